@@ -1,0 +1,1 @@
+"""Benchmark harnesses, the results schema and the analytic performance model. Nothing imports bench."""

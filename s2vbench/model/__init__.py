@@ -1,0 +1,15 @@
+"""A faithful Wan-S2V: the DiT, its audio path, FramePack, flow-matching training and sampling.
+
+The model knows nothing of distribution or measurement; :mod:`s2vbench.parallel` plugs into its attention
+seam (:mod:`s2vbench.model.attention`) and its stage methods (``prepare`` / ``run_blocks`` / ``head_tokens``).
+"""
+
+from .attention import attention, attention_backends, register_attention_backend
+from .checkpoint import CheckpointError, load_checkpoint, load_state_dict
+from .config import PRESETS, ClipShape, ConfigError, Preset, WanS2VConfig, get_preset
+from .model import PreparedSequence, WanS2V
+from .sequence import InputError, SequenceLayout, sequence_layout
+
+__all__ = ["CheckpointError", "ClipShape", "ConfigError", "InputError", "PRESETS", "PreparedSequence", "Preset",
+           "SequenceLayout", "WanS2V", "WanS2VConfig", "attention", "attention_backends", "get_preset",
+           "load_checkpoint", "load_state_dict", "register_attention_backend", "sequence_layout"]

@@ -1,0 +1,1 @@
+"""Sequence parallelism (Ulysses, ring, USP) and FSDP for the Wan-S2V model."""

@@ -1,0 +1,37 @@
+"""Shared test setup. Threads are pinned to one per process: CI has 2 cores and runs ``pytest -n 2``."""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    """The project's shared/ folder: $S2VBENCH_SHARED, else ../shared beside the checkout."""
+    env = os.environ.get("S2VBENCH_SHARED")
+    return Path(env) if env else REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    path = shared_dir()
+    if not (path / "fixtures").is_dir():
+        pytest.fail(f"shared fixtures not found at {path}; set S2VBENCH_SHARED to the folder holding "
+                    f"spec/ and fixtures/")
+    return path
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in float64."""
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm())

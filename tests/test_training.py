@@ -1,0 +1,114 @@
+"""Flow-matching training: RNG discipline, the loss decreases, gradients match finite differences."""
+
+import pytest
+import torch
+
+from s2vbench.model import WanS2V, get_preset
+from s2vbench.model.flow import (TrainConfig, draw_noise_and_time, flow_matching_loss, make_optimizer, shift_timestep,
+                                 synthetic_batch, train_step)
+
+TINY = get_preset("tiny")
+
+
+def test_draws_depend_only_on_seed_step_and_sample():
+    a = draw_noise_and_time((2, 3), seed=1, step=5, sample_index=7, shift=3.0)
+    torch.manual_seed(123)  # global RNG state must not matter
+    b = draw_noise_and_time((2, 3), seed=1, step=5, sample_index=7, shift=3.0)
+    assert torch.equal(a[0], b[0]) and a[1] == b[1]
+    for other in [(2, 5, 7), (1, 6, 7), (1, 5, 8)]:
+        c = draw_noise_and_time((2, 3), *other, shift=3.0)
+        assert not torch.equal(a[0], c[0])
+
+
+def test_timestep_shift():
+    u = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=torch.float64)
+    assert torch.allclose(shift_timestep(u, 3.0), 3 * u / (1 + 2 * u))
+    assert torch.equal(shift_timestep(u, 1.0), u)
+
+
+def test_loss_is_sum_over_noisy_tokens():
+    torch.manual_seed(0)
+    model = WanS2V(TINY.model)
+    batch = synthetic_batch(TINY.model, TINY.clip, batch_size=2)
+    loss = flow_matching_loss(model, batch, seed=0, step=0)
+    assert loss.num_tokens == 2 * 4 * 8 * 8 and loss.elements_per_token == 64
+    # zero-initialised head: prediction 0, so the loss is |eps - x0|^2 summed
+    noise = torch.stack([draw_noise_and_time((16, 4, 16, 16), 0, 0, i, 3.0)[0] for i in range(2)])
+    assert torch.allclose(loss.loss_sum, (noise - batch.latents).pow(2).sum(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, ac", [("float32", False), ("bfloat16", True)])
+def test_training_lowers_the_loss_on_a_fixed_batch(dtype, ac):
+    torch.manual_seed(0)
+    model = WanS2V(TINY.model)
+    cfg = TrainConfig(lr=2e-3, dtype=dtype, activation_checkpointing=ac)
+    opt = make_optimizer(model, cfg)
+    batch = synthetic_batch(TINY.model, TINY.clip, batch_size=1)
+    losses = [train_step(model, opt, batch, step=0, cfg=cfg).loss for _ in range(8)]  # same draw every step
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert losses[-1] < 0.95 * losses[0], losses
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = WanS2V(TINY.model)
+    with torch.no_grad():  # make every block matter for the gradient
+        model.head.head.weight.normal_(std=0.1)
+    batch = synthetic_batch(TINY.model, TINY.clip)
+    grads = []
+    for ac in (False, True):
+        model.zero_grad()
+        model.activation_checkpointing = ac
+        flow_matching_loss(model, batch, 0, 0).loss_sum.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6), n
+
+
+def test_gradients_match_float64_finite_differences():
+    torch.manual_seed(0)
+    cfg = TINY.model.replace(num_layers=2, audio_inject_layers=(1,))
+    model = WanS2V(cfg).double()
+    with torch.no_grad():  # break the zero-init symmetry so every checked parameter has a gradient
+        for name, p in model.named_parameters():
+            if p.abs().max() == 0:
+                p.normal_(std=0.05)
+    clip = TINY.clip
+    batch = synthetic_batch(cfg, type(clip)(2, 16, 16, 6))
+    batch = batch.__class__(**{k: (v.double() if torch.is_floating_point(v) else v)
+                               if isinstance(v, torch.Tensor) else v for k, v in vars(batch).items()})
+
+    def loss() -> torch.Tensor:
+        return flow_matching_loss(model, batch, seed=3, step=1).mean
+
+    model.zero_grad()
+    loss().backward()
+    params = dict(model.named_parameters())
+    checked = ["blocks.0.self_attn.q.weight", "blocks.1.ffn.2.bias", "audio_injector.injector.0.o.weight",
+               "audio_injector.injector_adain_layers.0.linear.weight", "casual_audio_encoder.weights",
+               "casual_audio_encoder.encoder.conv2.conv.weight", "frame_packer.proj_4x.weight",
+               "trainable_cond_mask.weight", "cond_encoder.weight", "time_projection.1.weight",
+               "text_embedding.0.weight", "head.modulation", "blocks.0.modulation"]
+    g = torch.Generator().manual_seed(0)
+    for name in checked:
+        p = params[name]
+        for _ in range(2):
+            idx = tuple(int(torch.randint(s, (1,), generator=g)) for s in p.shape)
+            orig = p.data[idx].item()
+            h = 1e-6
+            with torch.no_grad():
+                p.data[idx] = orig + h
+                up = loss().item()
+                p.data[idx] = orig - h
+                down = loss().item()
+                p.data[idx] = orig
+            fd = (up - down) / (2 * h)
+            ad = p.grad[idx].item()
+            assert abs(fd - ad) <= 1e-6 + 1e-4 * abs(fd), (name, idx, fd, ad)
+
+
+def test_train_config_errors():
+    with pytest.raises(ValueError, match="TrainConfig.dtype='fp8'"):
+        TrainConfig(dtype="fp8")
