@@ -146,3 +146,56 @@ def test_attention_seam():
     with torch.no_grad():
         m(**inputs())
     assert len(calls) == TINY.num_layers  # only self-attention was routed through it
+
+
+def test_audio_contributes_nothing_at_initialisation():
+    torch.manual_seed(0)
+    m = WanS2V(TINY).eval()
+    args = inputs()
+    with torch.no_grad():
+        a = m(**args)
+        args["audio_input"] = torch.randn_like(args["audio_input"])
+        b = m(**args)
+    assert torch.equal(a, b)
+    zeroed = [m.audio_injector.injector[k].o for k in range(3)] + list(m.audio_injector.injector_adain_layers)
+    assert all(not p.any() for mod in zeroed for p in mod.parameters())
+
+
+def test_meta_build_materialises_with_init_weights():
+    with torch.device("meta"):
+        m = WanS2V(TINY)
+    assert all(p.is_meta for p in m.parameters())
+    m.to_empty(device="cpu")
+    torch.manual_seed(0)
+    m.init_weights()
+    assert all(torch.isfinite(p).all() for p in m.parameters())
+    assert not m.head.head.weight.any() and not m.trainable_cond_mask.weight.any()
+    assert not m.cond_encoder.weight.any()
+    assert torch.all(m.casual_audio_encoder.weights == 0.01)
+    assert m.blocks[0].self_attn.q.weight.std() > 0
+    with torch.no_grad():
+        assert torch.isfinite(m(**inputs())).all()
+
+
+def test_small_keeps_the_14b_attention_to_matmul_ratio():
+    from s2vbench.bench.analytic import forward_flops
+
+    def ratio(name):
+        p = get_preset(name)
+        c = p.clip
+        return forward_flops(p.model, sequence_layout(p.model, c.latent_frames, c.latent_height, c.latent_width,
+                                                      c.with_motion)).attention_to_matmul
+
+    big = ratio("14b")  # its clip is the paper's 44,544-token one
+    assert 1.2 < big < 1.6
+    assert 0.8 * big <= ratio("small") <= 1.2 * big
+
+
+def test_no_module_calls_sdpa_directly():
+    from pathlib import Path
+
+    import s2vbench
+
+    root = Path(s2vbench.__file__).parent / "model"
+    users = [p.name for p in root.rglob("*.py") if "scaled_dot_product_attention" in p.read_text()]
+    assert users == ["attention.py"]
