@@ -12,6 +12,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+if not torch.cuda.is_available():
+    # Without a GPU the Triton kernels run in the interpreter; this must precede any kernel module import.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,6 +32,11 @@ def shared() -> Path:
         pytest.fail(f"shared fixtures not found at {path}; set S2VBENCH_SHARED to the folder holding "
                     f"spec/ and fixtures/")
     return path
+
+
+ON_GPU = torch.cuda.is_available()
+"""Kernel tests run on the GPU when there is one (bf16 included), else in the Triton interpreter (float32 only)."""
+DEVICE = "cuda" if ON_GPU else "cpu"
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -82,7 +82,14 @@ def _torch_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lens: torc
     return out.transpose(1, 2)
 
 
+def _load_triton() -> AttentionFn:
+    from ..kernels.attention import flash_attention
+
+    return flash_attention
+
+
 register_attention_backend("torch", _torch_sdpa)
+register_attention_backend("triton", loader=_load_triton)
 
 __all__ = ["AttentionFn", "attention", "attention_backends", "check_attention_inputs", "get_attention_backend",
            "key_padding_mask", "register_attention_backend"]
