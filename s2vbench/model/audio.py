@@ -10,30 +10,35 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..kernels.causal_conv import causal_conv_ln_silu_reference
 from .layers import CrossAttention, at_least_fp32, fp32_island, linear_as_input
 
 
 class CausalConv1d(nn.Module):
-    """Conv1d made causal by replicate-padding ``kernel_size - 1`` steps on the left."""
+    """Conv1d made causal by replicate-padding ``kernel_size - 1`` steps on the left (parameters only: the
+    conv always runs fused with the LayerNorm and SiLU after it, see :func:`conv_norm_silu`)."""
 
     def __init__(self, chan_in: int, chan_out: int, kernel_size: int = 3, stride: int = 1):
         super().__init__()
-        self.left_pad = kernel_size - 1
         self.conv = nn.Conv1d(chan_in, chan_out, kernel_size, stride=stride)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, C, T] -> [B, C', ceil(T / stride)]."""
-        w = self.conv.weight.to(x.dtype)
-        b = self.conv.bias.to(x.dtype)
-        return F.conv1d(F.pad(x, (self.left_pad, 0), mode="replicate"), w, b, stride=self.conv.stride)
+
+CONV_BACKENDS = ("torch", "triton")
 
 
-def conv_norm_silu(conv: CausalConv1d, x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Causal conv, then LayerNorm over channels (no affine) and SiLU: [B, C, T] -> [B, T', C'].
+def conv_norm_silu(conv: CausalConv1d, x: torch.Tensor, groups: int = 1, backend: str = "torch") -> torch.Tensor:
+    """Causal conv, then LayerNorm (no affine, eps 1e-6) over each of ``groups`` channel groups, then SiLU:
+    [B, C, T] -> [B, ceil(T / stride), C'], in x's dtype whatever the parameters' dtype."""
+    w = conv.conv.weight.to(x.dtype)
+    b = conv.conv.bias.to(x.dtype)
+    stride = conv.conv.stride[0]
+    if backend == "triton":
+        from ..kernels.causal_conv.triton_op import causal_conv_ln_silu
 
-    This is the unit a fused kernel replaces (``s2vbench.kernels.causal_conv``)."""
-    y = conv(x).transpose(1, 2)
-    return F.silu(F.layer_norm(y, y.shape[-1:], eps=eps))
+        return causal_conv_ln_silu(x, w, b, stride, groups)
+    if backend != "torch":
+        raise ValueError(f"unknown conv backend {backend!r}; choose one of {CONV_BACKENDS}")
+    return causal_conv_ln_silu_reference(x, w, b, stride, groups)
 
 
 class AudioConvEncoder(nn.Module):
@@ -53,25 +58,27 @@ class AudioConvEncoder(nn.Module):
         self.conv3 = CausalConv1d(dim // 2, dim, 3, stride=2)
         self.final_linear = nn.Linear(dim, dim) if need_global else None
         self.padding_tokens = nn.Parameter(torch.zeros(1, 1, 1, dim))
+        self.conv_backend = "torch"
+        """Implementation of the conv + LayerNorm + SiLU units: "torch" or "triton"."""
 
     def _compress(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, dim/4, T] after conv1 -> [N, T'', dim] through the shared stride-2 convs."""
-        x = F.silu(F.layer_norm(x.transpose(1, 2), (x.shape[1],), eps=1e-6)).transpose(1, 2)
-        x = conv_norm_silu(self.conv2, x).transpose(1, 2)
-        return conv_norm_silu(self.conv3, x)
+        """[N, T, dim/4] after conv1 + norm + SiLU -> [N, T'', dim] through the shared stride-2 convs."""
+        x = conv_norm_silu(self.conv2, x.transpose(1, 2), backend=self.conv_backend)
+        return conv_norm_silu(self.conv3, x.transpose(1, 2), backend=self.conv_backend)
 
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """feats [B, T, in_dim] -> (local [B, T'', num_tokens + 1, dim], global [B, T'', 1, dim] or None)."""
         b = feats.shape[0]
         x = feats.transpose(1, 2)
-        local = self.conv1_local(x)                                   # [B, n * dim/4, T]
-        local = local.unflatten(1, (self.num_tokens, -1)).flatten(0, 1)  # [(B n), dim/4, T], n outermost
+        # conv1_local's output channels are num_tokens groups of dim/4 (token-major), each normalised alone
+        local = conv_norm_silu(self.conv1_local, x, groups=self.num_tokens, backend=self.conv_backend)
+        local = local.unflatten(2, (self.num_tokens, -1)).transpose(1, 2).flatten(0, 1)  # [(B n), T, dim/4]
         local = self._compress(local).unflatten(0, (b, self.num_tokens)).transpose(1, 2)  # [B, T'', n, dim]
         pad = self.padding_tokens.to(local.dtype).expand(b, local.shape[1], 1, -1)
         local = torch.cat([local, pad], dim=2)
         if self.conv1_global is None:
             return local, None
-        glob = self._compress(self.conv1_global(x))
+        glob = self._compress(conv_norm_silu(self.conv1_global, x, backend=self.conv_backend))
         return local, linear_as_input(self.final_linear, glob).unsqueeze(2)
 
 
@@ -152,4 +159,5 @@ class AudioInjector(nn.Module):
         return out.reshape(b, (f1 - f0) * hw, c)[:, front:front + n]
 
 
-__all__ = ["AudioAdaLN", "AudioConvEncoder", "AudioInjector", "CausalAudioEncoder", "CausalConv1d", "conv_norm_silu"]
+__all__ = ["AudioAdaLN", "AudioConvEncoder", "AudioInjector", "CONV_BACKENDS", "CausalAudioEncoder", "CausalConv1d",
+           "conv_norm_silu"]
