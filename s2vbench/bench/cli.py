@@ -25,9 +25,18 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated: float32, bfloat16")
     p_run.add_argument("--steps", type=int, default=3, help="timed training steps per point")
     p_run.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps per point")
+    p_gpu = sub.add_parser("gpu-run", help="kernel correctness and benchmarks for one GPU lease (tiny shapes on CPU)")
+    p_gpu.add_argument("--out", type=Path, default=None, help="output folder (default runs/<timestamp>)")
+    p_gpu.add_argument("--budget-min", type=float, default=18.0, help="wall-clock budget in minutes")
+    p_gpu.add_argument("--smoke", action="store_true", help="tiny shapes even on a GPU")
     args = parser.parse_args(argv)
     if args.command == "model":
         return model_cli.run(args)
+    if args.command == "gpu-run":
+        from .gpu_run import gpu_run
+
+        gpu_run(args.out or _default_out(), args.budget_min, smoke=True if args.smoke else None)
+        return 0
     from .smoke import run_smoke
 
     run_smoke(args.out or _default_out(), tuple(args.presets.split(",")), tuple(args.dtypes.split(",")),

@@ -1,0 +1,134 @@
+"""``s2vbench gpu-run``: make one GPU lease (at most 20 minutes) count.
+
+Runs in priority order and writes every result the moment it exists (atomic, incremental):
+1. bf16 correctness of the attention kernels at N = 32k against float64, next to torch SDPA's error;
+2. attention benchmark at Wan shapes (B=1, H=40, D=128, N 4k..80k) and the paper's 8-GPU per-rank shapes
+   (Ulysses: 44,544 tokens x 5 heads; ring: 5,568-token blocks x 40 heads), against SDPA cuDNN / flash and
+   flash-attn when it imports;
+3. the causal-conv benchmark at the real shape (T = 153);
+4. a training step and peak memory of the small preset on one GPU.
+Needs nothing beyond the GPU image (torch, triton); run from the repository root with ``PYTHONPATH=.``.
+Without CUDA it runs tiny shapes: torch rows are timed on CPU and Triton rows say plainly they need CUDA.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from tabulate import tabulate
+
+from .kernels import (attention_benchmark, attention_correctness, attention_providers, conv_benchmark,
+                      smoke_attention_shapes, wan_attention_shapes, wan_conv_shapes)
+from .results import Metric, Record, ResultsLog
+
+
+class Budget:
+    """Wall-clock budget of the lease; each stage asks before it starts a point."""
+
+    def __init__(self, minutes: float):
+        self.deadline = time.monotonic() + 60 * minutes
+
+    def left_s(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def allows(self, need_s: float) -> bool:
+        return self.left_s() > need_s
+
+
+def _model_step_record(device: torch.device) -> Record:
+    from ..model import WanS2V, get_preset
+    from ..model.flow import TrainConfig, make_optimizer, synthetic_batch, train_step
+    from .kernels import time_call
+
+    preset = get_preset("small")
+    torch.manual_seed(0)
+    model = WanS2V(preset.model).to(device)
+    cfg = TrainConfig(dtype="bfloat16")
+    opt = make_optimizer(model, cfg)
+    batch = synthetic_batch(preset.model, preset.clip).to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    step = [0]
+
+    def one():
+        train_step(model, opt, batch, step[0], cfg)
+        step[0] += 1
+
+    timing = time_call(one, device)
+    metrics = [Metric("step_time", timing.median_ms / 1e3, "s", timing.how,
+                      stats={"min": timing.min_ms / 1e3, "max": timing.max_ms / 1e3, "n": timing.n})]
+    if device.type == "cuda":
+        metrics.append(Metric("peak_memory", torch.cuda.max_memory_allocated(device) / 2**30, "GiB",
+                              "torch.cuda.max_memory_allocated over the timed steps"))
+    return Record("model_step", "model-step/small/bf16", {"preset": "small", "train": cfg, "device": str(device)},
+                  metrics)
+
+
+def _summary(records: list[Record]) -> str:
+    rows = []
+    by_shape: dict[str, dict[str, Record]] = {}
+    for r in records:
+        if r.kind == "attention_kernel":
+            by_shape.setdefault(r.config["shape"]["name"], {})[r.config["provider"]] = r
+    for shape, provs in by_shape.items():
+        base = provs.get("sdpa_cudnn")
+        for prov, r in provs.items():
+            f, b = r.metric("fwd_time"), r.metric("bwd_time")
+            if f.value is None:
+                rows.append((shape, prov, "not measured", "", "", ""))
+                continue
+            ratio_f = ratio_b = ""
+            if base is not None and base.metric("fwd_time").value:
+                ratio_f = f"{base.metric('fwd_time').value / f.value:.2f}x"
+                ratio_b = f"{base.metric('bwd_time').value / b.value:.2f}x"
+            rows.append((shape, prov, f"{r.metric('fwd_tflops').value:.1f}", f"{r.metric('bwd_tflops').value:.1f}",
+                         ratio_f, ratio_b))
+    return tabulate(rows, headers=["shape", "provider", "fwd TFLOP/s", "bwd TFLOP/s", "fwd vs cuDNN",
+                                   "bwd vs cuDNN"])
+
+
+def gpu_run(out_dir: Path, budget_minutes: float = 18.0, smoke: bool | None = None) -> Path:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    smoke = device.type != "cuda" if smoke is None else smoke
+    budget = Budget(budget_minutes)
+    log = ResultsLog(out_dir / "results.json")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+
+    # 1. correctness
+    if device.type == "cuda":
+        n = 2048 if smoke else 32768
+        if not log.done(f"attention-correctness/pointer/{n}/{dtype}"):
+            log.extend(attention_correctness(n, dtype, device))
+    elif not log.done("attention-correctness/needs-cuda"):
+        log.append(Record("attention_correctness", "attention-correctness/needs-cuda", {},
+                          [Metric("passed", None, "1", "bf16 correctness needs a GPU (the interpreter computes bf16 "
+                                  "wrongly); the CPU test suite covers float32", status="not_measured")]))
+    # 2. attention benchmark: per-rank shapes of the 8-GPU run first, then the sweep over N
+    shapes = smoke_attention_shapes() if smoke else wan_attention_shapes()
+    shapes = sorted(shapes, key=lambda s: 0 if "rank" in s.name or "block" in s.name else 1)
+    for shape in shapes:
+        for provider in attention_providers(device):
+            name = f"attention/{shape.name}/{provider}/{str(dtype).replace('torch.', '')}"
+            if log.done(name) or not budget.allows(60):
+                continue
+            try:
+                log.append(attention_benchmark(shape, provider, dtype, device))
+            except Exception as e:  # one provider failing (e.g. unsupported on this GPU) must not lose the rest
+                log.append(Record("attention_kernel", name, {"shape": vars(shape), "provider": provider},
+                                  [Metric(f"{p}_time", None, "ms", f"failed: {type(e).__name__}: {e}"[:300],
+                                          status="not_measured") for p in ("fwd", "bwd", "fwd_bwd")]))
+    # 3. causal conv
+    for shape in wan_conv_shapes(scale=8 if smoke else 1):
+        if budget.allows(30) and not log.done(f"causal-conv/{shape.name}/{dtype}"):
+            log.append(conv_benchmark(shape, dtype, device))
+    # 4. model step and memory
+    if budget.allows(120) and not log.done("model-step/small/bf16"):
+        log.append(_model_step_record(device))
+    print(_summary(log.records))
+    print(f"results: {log.path} ({len(log.records)} records, device {log.environment.get('device')})")
+    return log.path
+
+
+__all__ = ["Budget", "gpu_run"]
