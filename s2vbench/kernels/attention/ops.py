@@ -77,9 +77,10 @@ def backward_config(head_dim: int, device: torch.device) -> LaunchConfig:
     return LaunchConfig(64, 64, 4 if head_dim <= 64 else 8, 2)
 
 
-def _precision(dtype: torch.dtype) -> str:
-    # Triton's default for fp32 dots on the GPU is tf32; fp32 inputs must mean fp32 arithmetic.
-    return "ieee" if dtype == torch.float32 else "tf32"
+def _precision(dtype: torch.dtype) -> str | None:
+    # Triton's default for fp32 dots on the GPU is tf32; fp32 inputs must mean fp32 arithmetic. Half-precision
+    # dots keep Triton's default (the setting only concerns fp32 operands).
+    return "ieee" if dtype == torch.float32 else None
 
 
 def _tma_allocator(size: int, alignment: int, stream) -> torch.Tensor:

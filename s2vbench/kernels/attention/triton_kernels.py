@@ -92,7 +92,7 @@ def _attn_fwd_tma(Q, K, V, O, LSE, KV_LENS, B, H, NQ, NK, qk_scale,
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     for start in tl.range(0, kv_len, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
         k = dk.load([b, start, h, 0]).reshape(BLOCK_N, HEAD_DIM)
-        s = tl.dot(q, k.T, input_precision=PRECISION) * qk_scale
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         s = tl.where((start + offs_n)[None, :] < kv_len, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.math.exp2(s - m_new[:, None])

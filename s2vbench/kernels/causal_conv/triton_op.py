@@ -135,7 +135,7 @@ def _conv_forward(x, weight, bias, stride, groups, eps):
     grid = (triton.cdiv(t_out, bt), triton.cdiv(c_out, bco), b)
     _conv_fwd[grid](x, weight, bias if bias is not None else weight, z, x.stride(0), x.stride(1), x.stride(2),
                     c_in, c_out, t_in, t_out, KSIZE=k, STRIDE=stride, HAS_BIAS=bias is not None, BLOCK_T=bt,
-                    BLOCK_CO=bco, BLOCK_CI=bci, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+                    BLOCK_CO=bco, BLOCK_CI=bci, PRECISION="ieee" if x.dtype == torch.float32 else None,
                     num_warps=warps)
     group = c_out // groups
     rows = b * t_out * groups
