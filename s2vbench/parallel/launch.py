@@ -1,0 +1,99 @@
+"""Run a function on N local processes with a process group, never hanging.
+
+Every process gets ``init_process_group`` with a timeout, so each collective has one. The parent watches
+all ranks: the first rank that raises (or dies) brings the others down, and its traceback is re-raised in
+the parent as :class:`RankFailed`; a run that outlives its deadline is killed and reported with the ranks
+that had not finished. Used by the tests and by local (CPU, gloo) benchmark points.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import queue as _queue
+import socket
+import time
+import traceback
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+class RankFailed(RuntimeError):
+    """A rank raised or died; the message carries its traceback."""
+
+    def __init__(self, rank: int, detail: str):
+        super().__init__(f"rank {rank} failed:\n{detail}")
+        self.rank = rank
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(fn: Callable, rank: int, world_size: int, port: int, backend: str, timeout_s: float, results,
+            args: tuple, threads: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(threads)
+    try:
+        dist.init_process_group(backend, rank=rank, world_size=world_size,
+                                timeout=_dt.timedelta(seconds=timeout_s))
+        out = fn(rank, world_size, *args)
+        results.put((rank, True, out))
+    except BaseException:  # noqa: BLE001 - every failure must reach the parent
+        results.put((rank, False, traceback.format_exc()))
+    finally:
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:
+                pass
+
+
+def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any, backend: str = "gloo", timeout_s: float = 120.0,
+              threads_per_rank: int = 1) -> list[Any]:
+    """``fn(rank, world_size, *args)`` on ``world_size`` spawned processes; returns the per-rank results.
+
+    ``fn`` must be importable by name (a module-level function) and its results picklable."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_worker, args=(fn, r, world_size, port, backend, timeout_s, results, args,
+                                               threads_per_rank), daemon=True)
+             for r in range(world_size)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + timeout_s + 30  # the collectives' own timeout fires first
+    out: dict[int, Any] = {}
+    try:
+        while len(out) < world_size:
+            try:
+                rank, ok, payload = results.get(timeout=0.2)
+            except _queue.Empty:
+                for r, p in enumerate(procs):
+                    if r not in out and p.exitcode not in (None, 0):
+                        raise RankFailed(r, f"process exited with code {p.exitcode} without reporting")
+                if time.monotonic() > deadline:
+                    missing = [r for r in range(world_size) if r not in out]
+                    raise TimeoutError(f"ranks {missing} did not finish within {timeout_s:.0f} s")
+                continue
+            if not ok:
+                raise RankFailed(rank, payload)
+            out[rank] = payload
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    return [out[r] for r in range(world_size)]
+
+
+__all__ = ["RankFailed", "free_port", "run_ranks"]

@@ -1,0 +1,96 @@
+"""Parallel configuration and the device mesh ``dp_shard x ring x ulysses`` (Ulysses innermost).
+
+Ulysses is the inner dimension so its all-to-alls stay on consecutive ranks (inside a node); ring is outer.
+FSDP shards over the flattened ``dp_shard x ring x ulysses`` ranks (torchtitan's ``dp_shard_cp``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from .sequence_parallel import CPGroups
+from .ulysses import valid_ulysses_degrees
+
+
+class ParallelConfigError(ValueError):
+    """A parallel configuration that cannot work, found before any communication."""
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How one training job is split across ranks."""
+
+    dp_shard: int = 1
+    """Data-parallel degree; FSDP shards parameters over dp_shard x ring x ulysses ranks."""
+    ulysses: int = 1
+    """Ulysses (all-to-all, head-split) context-parallel degree: the inner, intra-node group."""
+    ring: int = 1
+    """Ring-attention context-parallel degree: the outer group."""
+    ac: bool = False
+    """Activation checkpointing of every block."""
+    attention_backend: str = "torch"
+    """Local attention inside Ulysses/ring: "torch" or "triton"."""
+
+    @property
+    def cp(self) -> int:
+        return self.ulysses * self.ring
+
+    @property
+    def world_size(self) -> int:
+        return self.dp_shard * self.cp
+
+    def validate(self, world_size: int, num_heads: int, seq_len: int | None = None) -> None:
+        """Raise :class:`ParallelConfigError` naming the problem and a fix; touches no process group."""
+        for name in ("dp_shard", "ulysses", "ring"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ParallelConfigError(f"ParallelConfig.{name}={value!r} must be a positive integer")
+        if self.world_size != world_size:
+            raise ParallelConfigError(
+                f"dp_shard x ring x ulysses = {self.dp_shard} x {self.ring} x {self.ulysses} = {self.world_size} "
+                f"ranks, but the job has world size {world_size}; choose degrees whose product is {world_size}")
+        if num_heads % self.ulysses:
+            raise ParallelConfigError(
+                f"the Ulysses degree {self.ulysses} must divide the {num_heads} attention heads; valid degrees: "
+                f"{', '.join(map(str, valid_ulysses_degrees(num_heads)))}")
+        if self.attention_backend not in ("torch", "triton"):
+            raise ParallelConfigError(f"ParallelConfig.attention_backend={self.attention_backend!r}: choose "
+                                      f"'torch' or 'triton'")
+        if seq_len is not None and self.cp > seq_len:
+            raise ParallelConfigError(
+                f"{self.cp} context-parallel ranks (ring {self.ring} x ulysses {self.ulysses}) for a sequence of "
+                f"{seq_len} tokens: some ranks would hold only padding; use at most {seq_len} ranks")
+
+
+@dataclass
+class ParallelMesh:
+    """The mesh and groups of this rank."""
+
+    config: ParallelConfig
+    mesh: DeviceMesh
+    cp: CPGroups
+
+    @property
+    def dp_rank(self) -> int:
+        return self.mesh.get_local_rank("dp")
+
+    def fsdp_mesh(self) -> DeviceMesh:
+        """1-D mesh over dp_shard x ring x ulysses for FSDP."""
+        return self.mesh._flatten("dp_shard_cp") if self.mesh.ndim > 1 else self.mesh
+
+
+def build_mesh(config: ParallelConfig, device_type: str = "cpu", num_heads: int | None = None) -> ParallelMesh:
+    world = dist.get_world_size()
+    config.validate(world, num_heads if num_heads is not None else config.ulysses)
+    mesh = init_device_mesh(device_type, (config.dp_shard, config.ring, config.ulysses),
+                            mesh_dim_names=("dp", "ring", "ulysses"))
+    groups = CPGroups(ulysses=mesh.get_group("ulysses") if config.ulysses > 1 else None,
+                      ring=mesh.get_group("ring") if config.ring > 1 else None,
+                      ulysses_size=config.ulysses, ring_size=config.ring)
+    return ParallelMesh(config, mesh, groups)
+
+
+__all__ = ["ParallelConfig", "ParallelConfigError", "ParallelMesh", "build_mesh"]
