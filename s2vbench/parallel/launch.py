@@ -9,6 +9,7 @@ that had not finished. Used by the tests and by local (CPU, gloo) benchmark poin
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import os
 import queue as _queue
 import socket
@@ -44,7 +45,10 @@ def _worker(fn: Callable, rank: int, world_size: int, port: int, backend: str, t
         dist.init_process_group(backend, rank=rank, world_size=world_size,
                                 timeout=_dt.timedelta(seconds=timeout_s))
         out = fn(rank, world_size, *args)
-        results.put((rank, True, out))
+        # serialise here: tensors sent through the queue would be shared-memory handles that die with this process
+        buf = io.BytesIO()
+        torch.save(out, buf)
+        results.put((rank, True, buf.getvalue()))
     except BaseException:  # noqa: BLE001 - every failure must reach the parent
         results.put((rank, False, traceback.format_exc()))
     finally:
@@ -84,7 +88,7 @@ def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any, backend: str 
                 continue
             if not ok:
                 raise RankFailed(rank, payload)
-            out[rank] = payload
+            out[rank] = torch.load(io.BytesIO(payload), weights_only=False)
     finally:
         for p in procs:
             if p.is_alive():

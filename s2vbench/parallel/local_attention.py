@@ -27,7 +27,7 @@ def local_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: st
     if q.device.type == "cpu":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return out.transpose(1, 2), lse.float()
+        return out.transpose(1, 2), lse if lse.dtype == torch.float64 else lse.float()
     from ..kernels.attention import attention_reference
 
     return attention_reference(q, k, v)

@@ -77,6 +77,10 @@ class ParallelMesh:
     def dp_rank(self) -> int:
         return self.mesh.get_local_rank("dp")
 
+    def cp_group(self) -> dist.ProcessGroup:
+        """The whole context-parallel group (ring x ulysses), ranked by chunk index."""
+        return self.mesh["ring", "ulysses"]._flatten("cp").get_group()
+
     def fsdp_mesh(self) -> DeviceMesh:
         """1-D mesh over dp_shard x ring x ulysses for FSDP."""
         return self.mesh._flatten("dp_shard_cp") if self.mesh.ndim > 1 else self.mesh

@@ -21,6 +21,7 @@ class _RingAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, group, valid, backend, trace):
         ex = RingExchange(group, trace=trace) if group is not None else None
         r, me = (ex.size, ex.rank) if ex is not None else (1, 0)
+        acc = torch.promote_types(q.dtype, torch.float32)  # merge and accumulate in >= float32
         out = lse = None
         k_cur, v_cur = k, v
         for step in range(r):
@@ -33,13 +34,13 @@ class _RingAttention(torch.autograd.Function):
             n = valid[src]
             if n > 0:
                 o, l = local_forward(q, k_cur[:, :n], v_cur[:, :n], backend)
-                out, lse = (o.float(), l.float()) if out is None else merge_attention(out, lse, o, l)
+                out, lse = (o.to(acc), l.to(acc)) if out is None else merge_attention(out, lse, o, l)
             if handle is not None:
                 ex.wait(handle)
                 k_cur, v_cur = k_nxt, v_nxt
         if out is None:  # every key this rank could see is padding
-            out = torch.zeros_like(q, dtype=torch.float32)
-            lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("-inf"), device=q.device)
+            out = torch.zeros_like(q, dtype=acc)
+            lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("-inf"), device=q.device, dtype=acc)
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.group, ctx.valid, ctx.backend, ctx.trace = group, valid, backend, trace
@@ -52,9 +53,10 @@ class _RingAttention(torch.autograd.Function):
         ex = RingExchange(ctx.group, kind="ring_p2p_bwd", trace=ctx.trace) if ctx.group is not None else None
         r, me = (ex.size, ex.rank) if ex is not None else (1, 0)
         dout = dout.contiguous()
-        dq = torch.zeros_like(q, dtype=torch.float32)
-        dk_acc = torch.zeros_like(k, dtype=torch.float32)
-        dv_acc = torch.zeros_like(v, dtype=torch.float32)
+        acc = torch.promote_types(q.dtype, torch.float32)
+        dq = torch.zeros_like(q, dtype=acc)
+        dk_acc = torch.zeros_like(k, dtype=acc)
+        dv_acc = torch.zeros_like(v, dtype=acc)
         k_cur, v_cur = k, v
         acc_handle = None
         for step in range(r):
