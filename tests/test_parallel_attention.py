@@ -26,7 +26,7 @@ def cp_worker(rank, world, layouts, seq_len, backend):
     """For each (ulysses, ring): this rank's out and q/k/v grads on its padded chunk, plus the ring trace."""
     from s2vbench.parallel.comm import count_comm
     from s2vbench.parallel.mesh import ParallelConfig, build_mesh
-    from s2vbench.parallel.sequence_parallel import context_parallel_attention, padded_length
+    from s2vbench.parallel.sequence_parallel import CPAttention, context_parallel_attention, padded_length
 
     results = {}
     for u, r in layouts:
@@ -41,7 +41,7 @@ def cp_worker(rank, world, layouts, seq_len, backend):
         ql, kl, vl = (t[:, sl].clone().requires_grad_() for t in (q, k, v))
         trace = []
         with count_comm() as counter:
-            out, _ = context_parallel_attention(ql, kl, vl, pm.cp, seq_len, backend=backend, trace=trace)
+            out, _ = context_parallel_attention(ql, kl, vl, CPAttention(pm.cp, backend, trace), seq_len)
             out.backward(dout[:, sl])
         results[(u, r)] = dict(start=c * chunk, out=out.detach(), dq=ql.grad, dk=kl.grad, dv=vl.grad, trace=trace,
                                stats={k_: vars(s) for k_, s in counter.stats.items()})

@@ -116,3 +116,34 @@ def test_four_ranks_usp_and_uneven_lengths():
         layouts = [(2, 2), (1, 4), (4, 1)]
         check64(run_ranks(cp_worker, 4, layouts, clip, "torch", torch.float64, timeout_s=240), clip)
         check32(run_ranks(cp_worker, 4, layouts, clip, "torch", timeout_s=240), clip)
+
+
+def ac_worker(rank, world, u, r):
+    from s2vbench.parallel.checkpointing import enable_activation_checkpointing
+    from s2vbench.parallel.comm import count_comm
+    from s2vbench.parallel.context import ContextParallelAttention, cp_forward_tokens, use_context_parallel_attention
+    from s2vbench.parallel.mesh import ParallelConfig, build_mesh
+
+    pm = build_mesh(ParallelConfig(ulysses=u, ring=r), num_heads=4)
+    out = {}
+    for ac in (False, True):
+        model = tiny_model(torch.float64)
+        use_context_parallel_attention(model, ContextParallelAttention(pm.cp))
+        if ac:
+            enable_activation_checkpointing(model)
+        with count_comm() as counter:
+            pred, prep, shard = cp_forward_tokens(model, **clip_inputs("motion", dtype=torch.float64))
+            full_probe = probe(prep.layout.noisy, pred.shape[2], torch.float64)
+            (pred * full_probe[:, shard.start:shard.start + shard.num_noisy]).sum().backward()
+        out[ac] = dict(stats={k: (s.calls, s.bytes_sent) for k, s in counter.stats.items()},
+                       grads={n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    return out
+
+
+def test_activation_checkpointing_never_reruns_communication():
+    for u, r in ((2, 1), (1, 2)):
+        for res in run_ranks(ac_worker, 2, u, r, timeout_s=180):
+            assert res[True]["stats"] == res[False]["stats"], (u, r, res[True]["stats"], res[False]["stats"])
+            assert res[True]["grads"].keys() == res[False]["grads"].keys()
+            for name, g in res[False]["grads"].items():
+                assert torch.allclose(res[True]["grads"][name], g, rtol=1e-10, atol=1e-12), name

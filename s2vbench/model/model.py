@@ -93,6 +93,8 @@ class WanS2V(nn.Module):
         self.injection_of_block = {block: k for k, block in enumerate(cfg.audio_inject_layers)}
         self.activation_checkpointing = False
         """Recompute each block (and its audio injection) in the backward pass to save activation memory."""
+        self.checkpoint_context_fn = None
+        """Optional ``context_fn`` for torch.utils.checkpoint (selective checkpointing policies)."""
         self._taps: dict[str, torch.Tensor] | None = None
         if not any(p.is_meta for p in self.parameters()):
             self.init_weights()
@@ -276,8 +278,9 @@ class WanS2V(nn.Module):
                    kv_lens: torch.Tensor | None = None) -> torch.Tensor:
         for i in range(len(self.blocks)):
             if self.activation_checkpointing and torch.is_grad_enabled():
+                extra = {} if self.checkpoint_context_fn is None else {"context_fn": self.checkpoint_context_fn}
                 x = checkpoint(self.block_and_injection, i, x, prep, num_noisy, first_token, cos, sin, kv_lens,
-                               use_reentrant=False)
+                               use_reentrant=False, **extra)
             else:
                 x = self.block_and_injection(i, x, prep, num_noisy, first_token, cos, sin, kv_lens)
         return x

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..model import WanS2V, register_attention_backend
 from ..model.model import PreparedSequence
 from .comm import _record, nbytes
-from .sequence_parallel import CPGroups, context_parallel_attention, padded_length
+from .sequence_parallel import CPAttention, CPGroups, context_parallel_attention, padded_length
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,9 @@ class ContextParallelAttention:
     The real length of the current sequence is kept as state (set by each forward), so activation
     checkpointing's recompute during backward sees the same length."""
 
-    def __init__(self, groups: CPGroups, local_backend: str = "torch"):
+    def __init__(self, groups: CPGroups, local_backend: str = "torch", trace: list | None = None):
         self.groups = groups
-        self.local_backend = local_backend
+        self.cp = CPAttention(groups, local_backend, trace)
         self.valid_len: int | None = None
         self.name = f"context_parallel_{next(_IDS)}"
         register_attention_backend(self.name, self)
@@ -67,7 +67,7 @@ class ContextParallelAttention:
             raise RuntimeError("context-parallel attention called outside a context-parallel forward")
         if kv_lens is not None:
             raise ValueError("context-parallel self-attention masks padding itself; pass kv_lens=None")
-        return context_parallel_attention(q, k, v, self.groups, self.valid_len, self.local_backend)[0]
+        return context_parallel_attention(q, k, v, self.cp, self.valid_len)[0]
 
 
 def use_context_parallel_attention(model: WanS2V, attn: ContextParallelAttention) -> None:

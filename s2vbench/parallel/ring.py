@@ -16,87 +16,71 @@ from .comm import RingExchange
 from .local_attention import local_backward, local_forward
 
 
-class _RingAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, group, valid, backend, trace):
-        ex = RingExchange(group, trace=trace) if group is not None else None
-        r, me = (ex.size, ex.rank) if ex is not None else (1, 0)
-        acc = torch.promote_types(q.dtype, torch.float32)  # merge and accumulate in >= float32
-        out = lse = None
-        k_cur, v_cur = k, v
-        for step in range(r):
-            src = (me - step) % r
-            handle = None
-            if step + 1 < r:
-                (k_nxt, v_nxt), handle = ex.start([k_cur, v_cur], label=f"kv{step + 1}")
-            if trace is not None:
-                trace.append(f"attn {step}")
-            n = valid[src]
-            if n > 0:
-                o, l = local_forward(q, k_cur[:, :n], v_cur[:, :n], backend)
-                out, lse = (o.to(acc), l.to(acc)) if out is None else merge_attention(out, lse, o, l)
-            if handle is not None:
-                ex.wait(handle)
-                k_cur, v_cur = k_nxt, v_nxt
-        if out is None:  # every key this rank could see is padding
-            out = torch.zeros_like(q, dtype=acc)
-            lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("-inf"), device=q.device, dtype=acc)
-        out = out.to(q.dtype)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.group, ctx.valid, ctx.backend, ctx.trace = group, valid, backend, trace
-        ctx.mark_non_differentiable(lse)
-        return out, lse
+def ring_forward(q, k, v, group: dist.ProcessGroup | None, valid: list[int], backend: str = "torch",
+                 trace: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out in q's dtype, lse in >= float32) over every ring rank's k/v chunk; no autograd."""
+    ex = RingExchange(group, trace=trace) if group is not None else None
+    r, me = (ex.size, ex.rank) if ex is not None else (1, 0)
+    acc = torch.promote_types(q.dtype, torch.float32)  # merge and accumulate in >= float32
+    out = lse = None
+    k_cur, v_cur = k, v
+    for step in range(r):
+        src = (me - step) % r
+        handle = None
+        if step + 1 < r:
+            (k_nxt, v_nxt), handle = ex.start([k_cur, v_cur], label=f"kv{step + 1}")
+        if trace is not None:
+            trace.append(f"attn {step}")
+        n = valid[src]
+        if n > 0:
+            o, l = local_forward(q, k_cur[:, :n], v_cur[:, :n], backend)
+            out, lse = (o.to(acc), l.to(acc)) if out is None else merge_attention(out, lse, o, l)
+        if handle is not None:
+            ex.wait(handle)
+            k_cur, v_cur = k_nxt, v_nxt
+    if out is None:  # every key this rank could see is padding
+        out = torch.zeros_like(q, dtype=acc)
+        lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("-inf"), device=q.device, dtype=acc)
+    return out.to(q.dtype), lse
 
-    @staticmethod
-    def backward(ctx, dout, _dlse):
-        q, k, v, out, lse = ctx.saved_tensors
-        ex = RingExchange(ctx.group, kind="ring_p2p_bwd", trace=ctx.trace) if ctx.group is not None else None
-        r, me = (ex.size, ex.rank) if ex is not None else (1, 0)
-        dout = dout.contiguous()
-        acc = torch.promote_types(q.dtype, torch.float32)
-        dq = torch.zeros_like(q, dtype=acc)
-        dk_acc = torch.zeros_like(k, dtype=acc)
-        dv_acc = torch.zeros_like(v, dtype=acc)
-        k_cur, v_cur = k, v
-        acc_handle = None
-        for step in range(r):
-            src = (me - step) % r
-            kv_handle = None
-            if step + 1 < r:
-                (k_nxt, v_nxt), kv_handle = ex.start([k_cur, v_cur], label=f"kv{step + 1}")
-            n = ctx.valid[src]
-            gk = gv = None
-            if n > 0:
-                gq, gk, gv = local_backward(dout, q, k_cur[:, :n], v_cur[:, :n], out, lse, ctx.backend)
-                dq += gq
-            if acc_handle is not None:  # the accumulators of block src, from the ranks that held it before
-                ex.wait(acc_handle)
-                dk_acc, dv_acc = acc_in
-            if gk is not None:
-                dk_acc[:, :n] += gk
-                dv_acc[:, :n] += gv
-            if r > 1:  # pass them on with the block; after the last step they reach the block's owner
-                acc_in, acc_handle = ex.start([dk_acc, dv_acc], label=f"dkv{step}")
-            if kv_handle is not None:
-                ex.wait(kv_handle)
-                k_cur, v_cur = k_nxt, v_nxt
-        if acc_handle is not None:
+
+def ring_backward(dout, q, k, v, out, lse, group: dist.ProcessGroup | None, valid: list[int], backend: str = "torch",
+                  trace: list | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) in the inputs' dtype from the global (out, lse); no autograd."""
+    ex = RingExchange(group, kind="ring_p2p_bwd", trace=trace) if group is not None else None
+    r, me = (ex.size, ex.rank) if ex is not None else (1, 0)
+    dout = dout.contiguous()
+    acc = torch.promote_types(q.dtype, torch.float32)
+    dq = torch.zeros_like(q, dtype=acc)
+    dk_acc = torch.zeros_like(k, dtype=acc)
+    dv_acc = torch.zeros_like(v, dtype=acc)
+    k_cur, v_cur = k, v
+    acc_handle = None
+    for step in range(r):
+        src = (me - step) % r
+        kv_handle = None
+        if step + 1 < r:
+            (k_nxt, v_nxt), kv_handle = ex.start([k_cur, v_cur], label=f"kv{step + 1}")
+        n = valid[src]
+        gk = gv = None
+        if n > 0:
+            gq, gk, gv = local_backward(dout, q, k_cur[:, :n], v_cur[:, :n], out, lse, backend)
+            dq += gq
+        if acc_handle is not None:  # the accumulators of block src, from the ranks that held it before
             ex.wait(acc_handle)
             dk_acc, dv_acc = acc_in
-        return dq.to(q.dtype), dk_acc.to(k.dtype), dv_acc.to(v.dtype), None, None, None, None
+        if gk is not None:
+            dk_acc[:, :n] += gk
+            dv_acc[:, :n] += gv
+        if r > 1:  # pass them on with the block; after the last step they reach the block's owner
+            acc_in, acc_handle = ex.start([dk_acc, dv_acc], label=f"dkv{step}")
+        if kv_handle is not None:
+            ex.wait(kv_handle)
+            k_cur, v_cur = k_nxt, v_nxt
+    if acc_handle is not None:
+        ex.wait(acc_handle)
+        dk_acc, dv_acc = acc_in
+    return dq.to(q.dtype), dk_acc.to(k.dtype), dv_acc.to(v.dtype)
 
 
-def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: dist.ProcessGroup | None,
-                   valid: list[int], backend: str = "torch", trace: list | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out [B, Nq, H, D], lse [B, H, Nq]) of q against the k/v chunks of every ring rank.
-
-    ``valid[c]`` is the number of real (unpadded) keys in the chunk of ring rank c; ``group=None`` is a ring
-    of one (plain local attention, same numerics). ``trace`` (a list) records posts, attention steps, waits."""
-    r = dist.get_world_size(group) if group is not None else 1
-    if len(valid) != r:
-        raise ValueError(f"ring_attention: valid has {len(valid)} entries for a ring of {r} ranks")
-    return _RingAttention.apply(q, k, v, group, list(valid), backend, trace)
-
-
-__all__ = ["ring_attention"]
+__all__ = ["ring_backward", "ring_forward"]

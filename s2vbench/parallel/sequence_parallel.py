@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .ring import ring_attention
-from .ulysses import head_to_seq, seq_to_head
+from .comm import all_to_all
+from .ring import ring_backward, ring_forward
 
 
 @dataclass
@@ -48,21 +48,91 @@ def ring_chunk_valid(valid_len: int, chunk_len: int, ring_size: int) -> list[int
     return [max(0, min(chunk_len, valid_len - c * chunk_len)) for c in range(ring_size)]
 
 
-def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: CPGroups, valid_len: int,
-                               backend: str = "torch", trace: list | None = None
+class CPAttention:
+    """One context-parallel group's attention settings, registered under a key the custom op can carry."""
+
+    _registry: dict[str, "CPAttention"] = {}
+
+    def __init__(self, groups: CPGroups, backend: str = "torch", trace: list | None = None):
+        self.groups = groups
+        self.backend = backend
+        self.trace = trace
+        self.key = f"cp{len(CPAttention._registry)}"
+        CPAttention._registry[self.key] = self
+
+    @classmethod
+    def lookup(cls, key: str) -> "CPAttention":
+        return cls._registry[key]
+
+
+def _to_heads(t: torch.Tensor, groups: CPGroups) -> torch.Tensor:
+    return all_to_all(t, 2, 1, groups.ulysses) if groups.ulysses is not None else t
+
+
+def _to_seq(t: torch.Tensor, groups: CPGroups) -> torch.Tensor:
+    return all_to_all(t, 1, 2, groups.ulysses) if groups.ulysses is not None else t
+
+
+@torch.library.custom_op("s2vbench::cp_attention", mutates_args=())
+def cp_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key: str, valid_len: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, lse, q_h, k_h, v_h, out_h): the output, and what the backward needs after the all-to-all (empty
+    when there is no Ulysses group). One opaque op, so activation checkpointing can keep its outputs and
+    never re-run its communication."""
+    cp = CPAttention.lookup(key)
+    g = cp.groups
+    qh, kh, vh = (_to_heads(t, g) for t in (q, k, v))
+    valid = ring_chunk_valid(valid_len, qh.shape[1], g.ring_size)
+    out_h, lse = ring_forward(qh, kh, vh, g.ring, valid, cp.backend, cp.trace)
+    if g.ulysses is None:
+        empty = q.new_empty(0)
+        return out_h, lse, empty, empty.clone(), empty.clone(), empty.clone()
+    return _to_seq(out_h, g), lse, qh, kh, vh, out_h
+
+
+@cp_attention_op.register_fake
+def _(q, k, v, key, valid_len):
+    g = CPAttention.lookup(key).groups
+    b, n, h, d = q.shape
+    u = g.ulysses_size
+    lse = q.new_empty(b, h // u, n * u, dtype=torch.promote_types(q.dtype, torch.float32))
+    if u == 1:
+        return torch.empty_like(q), lse, *(q.new_empty(0) for _ in range(4))
+    heads = q.new_empty(b, n * u, h // u, d)
+    return torch.empty_like(q), lse, heads, heads.clone(), heads.clone(), heads.clone()
+
+
+def _setup(ctx, inputs, output):
+    q, k, v, key, valid_len = inputs
+    out, lse, qh, kh, vh, out_h = output
+    ctx.save_for_backward(q, k, v, out, lse, qh, kh, vh, out_h)
+    ctx.key, ctx.valid_len = key, valid_len
+
+
+def _backward(ctx, dout, *_unused):
+    q, k, v, out, lse, qh, kh, vh, out_h = ctx.saved_tensors
+    cp = CPAttention.lookup(ctx.key)
+    g = cp.groups
+    if g.ulysses is None:
+        qh, kh, vh, out_h = q, k, v, out
+    valid = ring_chunk_valid(ctx.valid_len, qh.shape[1], g.ring_size)
+    grads = ring_backward(_to_heads(dout.contiguous(), g), qh, kh, vh, out_h, lse, g.ring, valid, cp.backend, cp.trace)
+    dq, dk, dv = (_to_seq(t, g) for t in grads)
+    return dq, dk, dv, None, None
+
+
+cp_attention_op.register_autograd(_backward, setup_context=_setup)
+
+
+def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cp: CPAttention, valid_len: int
                                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of this rank's query chunk over the whole (padded) sequence.
 
     q, k, v [B, L, H, D] hold this rank's L tokens; the first ``valid_len`` tokens of the global sequence are
     real. Returns (out [B, L, H, D], lse [B, H / u, u L] of this rank's heads after the all-to-all)."""
-    if groups.ulysses is not None:
-        q, k, v = (seq_to_head(t, groups.ulysses) for t in (q, k, v))
-    chunk = q.shape[1]
-    valid = ring_chunk_valid(valid_len, chunk, groups.ring_size)
-    out, lse = ring_attention(q, k, v, groups.ring, valid, backend, trace)
-    if groups.ulysses is not None:
-        out = head_to_seq(out, groups.ulysses)
+    out, lse = cp_attention_op(q, k, v, cp.key, valid_len)[:2]
     return out, lse
 
 
-__all__ = ["CPGroups", "context_parallel_attention", "padded_length", "ring_chunk_valid"]
+__all__ = ["CPAttention", "CPGroups", "context_parallel_attention", "cp_attention_op", "padded_length",
+           "ring_chunk_valid"]
