@@ -40,7 +40,7 @@ def probe(n_tokens, width, dtype, seed=1):
 
 def single_process(name, dtype):
     model = tiny_model(dtype)
-    pred, prep = model.forward_tokens(**clip_inputs(name, dtype=dtype))
+    pred, prep, _ = model.forward_tokens(**clip_inputs(name, dtype=dtype))
     (pred * probe(*pred.shape[1:], dtype)).sum().backward()
     return pred.detach(), {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p)
                            for n, p in model.named_parameters()}
@@ -50,25 +50,24 @@ def cp_worker(rank, world, layouts, clip, backend, dtype=torch.float32):
     import torch.distributed as dist
 
     from s2vbench.parallel.comm import count_comm
-    from s2vbench.parallel.context import (ContextParallelAttention, cp_forward_tokens, gather_noisy_tokens,
-                                           use_context_parallel_attention)
+    from s2vbench.parallel.context import apply_context_parallel, gather_noisy_tokens
     from s2vbench.parallel.mesh import ParallelConfig, build_mesh
 
     out = {}
     for u, r in layouts:
         pm = build_mesh(ParallelConfig(dp_shard=world // (u * r), ulysses=u, ring=r), num_heads=4)
         model = tiny_model(dtype)
-        use_context_parallel_attention(model, ContextParallelAttention(pm.cp, backend))
+        apply_context_parallel(model, pm.cp, backend)
         with count_comm() as counter:
-            pred, prep, shard = cp_forward_tokens(model, **clip_inputs(clip, dtype=dtype))
+            pred, prep, win = model.forward_tokens(**clip_inputs(clip, dtype=dtype))
         kinds = {k: vars(s) for k, s in counter.stats.items()}
         full_probe = probe(prep.layout.noisy, pred.shape[2], dtype)
-        (pred * full_probe[:, shard.start:shard.start + shard.num_noisy]).sum().backward()
+        (pred * full_probe[:, win.first_token:win.first_token + win.num_noisy]).sum().backward()
         grads = {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p) for n, p in model.named_parameters()}
         for g in grads.values():  # sum over the context-parallel group
             dist.all_reduce(g, group=pm.cp_group())
-        full = gather_noisy_tokens(pred.detach(), shard, prep.layout.noisy, pm.cp, pm.cp_group())
-        out[(u, r)] = dict(pred=full, grads=grads, kinds=kinds, shard=shard)
+        full = gather_noisy_tokens(pred.detach(), win, prep.layout.noisy, pm.cp.size, pm.cp_group())
+        out[(u, r)] = dict(pred=full, grads=grads, kinds=kinds)
     return out
 
 
@@ -121,20 +120,20 @@ def test_four_ranks_usp_and_uneven_lengths():
 def ac_worker(rank, world, u, r):
     from s2vbench.parallel.checkpointing import enable_activation_checkpointing
     from s2vbench.parallel.comm import count_comm
-    from s2vbench.parallel.context import ContextParallelAttention, cp_forward_tokens, use_context_parallel_attention
+    from s2vbench.parallel.context import apply_context_parallel
     from s2vbench.parallel.mesh import ParallelConfig, build_mesh
 
     pm = build_mesh(ParallelConfig(ulysses=u, ring=r), num_heads=4)
     out = {}
     for ac in (False, True):
         model = tiny_model(torch.float64)
-        use_context_parallel_attention(model, ContextParallelAttention(pm.cp))
+        apply_context_parallel(model, pm.cp)
         if ac:
             enable_activation_checkpointing(model)
         with count_comm() as counter:
-            pred, prep, shard = cp_forward_tokens(model, **clip_inputs("motion", dtype=torch.float64))
+            pred, prep, win = model.forward_tokens(**clip_inputs("motion", dtype=torch.float64))
             full_probe = probe(prep.layout.noisy, pred.shape[2], torch.float64)
-            (pred * full_probe[:, shard.start:shard.start + shard.num_noisy]).sum().backward()
+            (pred * full_probe[:, win.first_token:win.first_token + win.num_noisy]).sum().backward()
         out[ac] = dict(stats={k: (s.calls, s.bytes_sent) for k, s in counter.stats.items()},
                        grads={n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     return out

@@ -104,16 +104,17 @@ class FlowLoss:
 
 
 def flow_matching_loss(model: WanS2V, batch: S2VBatch, seed: int, step: int, shift: float = 3.0) -> FlowLoss:
-    """Noise the batch with its own (seed, step, sample index) draws and score the model's velocity."""
+    """Noise the batch with its own (seed, step, sample index) draws and score the model's velocity on the
+    noisy tokens of its sequence window (all of them, unless context parallelism shards the sequence)."""
     x0 = batch.latents
     draws = [draw_noise_and_time(tuple(x0.shape[1:]), seed, step, int(i), shift) for i in batch.sample_index]
     noise = torch.stack([d[0] for d in draws]).to(device=x0.device, dtype=x0.dtype)
     t = torch.stack([d[1] for d in draws]).to(device=x0.device)
     tb = t.to(x0.dtype).view(-1, 1, 1, 1, 1)
     xt = tb * noise + (1 - tb) * x0
-    pred, prep = model.forward_tokens(xt, t * NUM_TRAIN_TIMESTEPS, batch.context, batch.ref_latents,
-                                      batch.audio_input, batch.motion_latents, batch.cond_states)
-    target = model.patchify(noise - x0).to(pred.dtype)
+    pred, _, win = model.forward_tokens(xt, t * NUM_TRAIN_TIMESTEPS, batch.context, batch.ref_latents,
+                                        batch.audio_input, batch.motion_latents, batch.cond_states)
+    target = model.patchify(noise - x0)[:, win.first_token:win.first_token + win.num_noisy].to(pred.dtype)
     loss_sum = (pred - target).pow(2).sum()
     return FlowLoss(loss_sum, pred.shape[0] * pred.shape[1], pred.shape[2])
 

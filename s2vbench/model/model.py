@@ -65,6 +65,26 @@ class PreparedSequence:
     """Token counts of the sequence."""
 
 
+@dataclass
+class SequenceWindow:
+    """The contiguous part of the sequence a forward runs the blocks on (all of it, unless sharded)."""
+
+    tokens: torch.Tensor
+    """[B, L, C] the window's tokens."""
+    cos: torch.Tensor
+    """[L, head_dim/2] its RoPE rows."""
+    sin: torch.Tensor
+    """[L, head_dim/2]."""
+    first_token: int
+    """Global index of its first token."""
+    num_noisy: int
+    """Noisy-video tokens at its start."""
+
+
+def whole_sequence(prep: PreparedSequence) -> SequenceWindow:
+    return SequenceWindow(prep.tokens, prep.cos, prep.sin, 0, prep.layout.noisy)
+
+
 class WanS2V(nn.Module):
     """The Wan-S2V diffusion transformer. Build the 14b preset under ``torch.device("meta")`` and
     materialise it later with ``to_empty`` + :meth:`init_weights` or a checkpoint load."""
@@ -95,6 +115,8 @@ class WanS2V(nn.Module):
         """Recompute each block (and its audio injection) in the backward pass to save activation memory."""
         self.checkpoint_context_fn = None
         """Optional ``context_fn`` for torch.utils.checkpoint (selective checkpointing policies)."""
+        self.sequence_window = whole_sequence
+        """Chooses the window of the prepared sequence the blocks run on (context parallelism swaps it)."""
         self._taps: dict[str, torch.Tensor] | None = None
         if not any(p.is_meta for p in self.parameters()):
             self.init_weights()
@@ -293,12 +315,15 @@ class WanS2V(nn.Module):
     # ---- whole forward --------------------------------------------------------------------------------
     def forward_tokens(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, ref_latents: torch.Tensor,
                        audio_input: torch.Tensor, motion_latents: torch.Tensor | None = None,
-                       cond_states: torch.Tensor | None = None) -> tuple[torch.Tensor, PreparedSequence]:
-        """The velocity as patch tokens [B, n_noisy, pt*ph*pw*out_dim], with the prepared sequence."""
+                       cond_states: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, PreparedSequence, SequenceWindow]:
+        """Velocity patch tokens [B, window.num_noisy, pt*ph*pw*out_dim] of the noisy tokens starting at
+        ``window.first_token`` (the whole clip unless ``sequence_window`` shards it), with the prepared
+        sequence and the window."""
         prep = self.prepare(x, t, context, ref_latents, audio_input, motion_latents, cond_states)
-        n = prep.layout.noisy
-        hidden = self.run_blocks(prep.tokens, prep, num_noisy=n)
-        return self.head_tokens(hidden[:, :n], prep), prep
+        win = self.sequence_window(prep)
+        hidden = self.run_blocks(win.tokens, prep, win.num_noisy, win.first_token, win.cos, win.sin)
+        return self.head_tokens(hidden[:, :win.num_noisy], prep), prep, win
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, ref_latents: torch.Tensor,
                 audio_input: torch.Tensor, motion_latents: torch.Tensor | None = None,
@@ -309,8 +334,10 @@ class WanS2V(nn.Module):
         ref_latents [B, in_dim, 1, h, w]; audio_input [B, 25, audio_dim, 4F] wav2vec2 features at 16 fps;
         motion_latents [B, in_dim, <= 19, h, w] or None for the first clip; cond_states [B, cond_dim, F, h, w]
         pose latent or None for no pose."""
-        tokens, prep = self.forward_tokens(x, t, context, ref_latents, audio_input, motion_latents, cond_states)
+        tokens, prep, win = self.forward_tokens(x, t, context, ref_latents, audio_input, motion_latents, cond_states)
+        if win.num_noisy != prep.layout.noisy:
+            raise RuntimeError("forward() returns the whole clip; with a sharded sequence_window use forward_tokens()")
         return self.unpatchify(tokens, prep.layout.grid)
 
 
-__all__ = ["PreparedSequence", "WanS2V", "sinusoidal_embedding"]
+__all__ = ["PreparedSequence", "SequenceWindow", "WanS2V", "sinusoidal_embedding", "whole_sequence"]

@@ -11,39 +11,23 @@ frame is split across ranks.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+import time
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..model import WanS2V, register_attention_backend
-from ..model.model import PreparedSequence
+from ..model.model import PreparedSequence, SequenceWindow
 from .comm import _record, nbytes
 from .sequence_parallel import CPAttention, CPGroups, context_parallel_attention, padded_length
 
 
-@dataclass(frozen=True)
-class SequenceShard:
-    """This rank's window of the padded sequence."""
-
-    total: int
-    """Real tokens of the sequence."""
-    padded: int
-    """Tokens after padding to a multiple of the context-parallel size."""
-    start: int
-    """Global index of the window's first token."""
-    length: int
-    """Tokens in the window (padded / cp)."""
-    num_noisy: int
-    """Noisy-video tokens at the start of the window."""
-
-
-def shard_sequence(total: int, noisy: int, cp_size: int, cp_rank: int) -> SequenceShard:
+def shard_window(total: int, cp_size: int, cp_rank: int) -> tuple[int, int, int]:
+    """(padded length, window start, window length) of a sequence padded once at its global end."""
     padded = padded_length(total, cp_size)
     length = padded // cp_size
-    start = cp_rank * length
-    return SequenceShard(total, padded, start, length, max(0, min(length, noisy - start)))
+    return padded, cp_rank * length, length
 
 
 _IDS = itertools.count()
@@ -70,40 +54,45 @@ class ContextParallelAttention:
         return context_parallel_attention(q, k, v, self.cp, self.valid_len)[0]
 
 
-def use_context_parallel_attention(model: WanS2V, attn: ContextParallelAttention) -> None:
-    """Route every block's self-attention through ``attn`` (cross-attention stays local)."""
+class ContextParallelWindow:
+    """The model's ``sequence_window`` under context parallelism: this rank's chunk of the padded sequence."""
+
+    def __init__(self, attn: ContextParallelAttention):
+        self.attn = attn
+
+    def __call__(self, prep: PreparedSequence) -> SequenceWindow:
+        lay = prep.layout
+        padded, start, length = shard_window(lay.total, self.attn.groups.size, self.attn.groups.cp_rank())
+        pad = padded - lay.total
+        window = slice(start, start + length)
+        self.attn.valid_len = lay.total
+        return SequenceWindow(tokens=F.pad(prep.tokens, (0, 0, 0, pad))[:, window],
+                              cos=F.pad(prep.cos, (0, 0, 0, pad))[window], sin=F.pad(prep.sin, (0, 0, 0, pad))[window],
+                              first_token=start, num_noisy=max(0, min(length, lay.noisy - start)))
+
+
+def apply_context_parallel(model: WanS2V, groups: CPGroups, local_backend: str = "torch") -> ContextParallelAttention:
+    """Route every block's self-attention through Ulysses/ring and run the blocks on this rank's window
+    (text cross-attention and the audio injection stay local)."""
+    attn = ContextParallelAttention(groups, local_backend)
     for block in model.blocks:
         block.self_attn.attn_backend = attn.name
-    model._cp_attention = attn
+    model.sequence_window = ContextParallelWindow(attn)
+    return attn
 
 
-def cp_forward_tokens(model: WanS2V, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, ref_latents: torch.Tensor,
-                      audio_input: torch.Tensor, motion_latents: torch.Tensor | None = None,
-                      cond_states: torch.Tensor | None = None) -> tuple[torch.Tensor, PreparedSequence, SequenceShard]:
-    """This rank's velocity tokens [B, shard.num_noisy, patch values] for noisy tokens ``shard.start ...``."""
-    attn: ContextParallelAttention = model._cp_attention
-    prep = model.prepare(x, t, context, ref_latents, audio_input, motion_latents, cond_states)
-    lay = prep.layout
-    shard = shard_sequence(lay.total, lay.noisy, attn.groups.size, attn.groups.cp_rank())
-    window = slice(shard.start, shard.start + shard.length)
-    pad = shard.padded - lay.total
-    tokens = F.pad(prep.tokens, (0, 0, 0, pad))[:, window]
-    cos = F.pad(prep.cos, (0, 0, 0, pad))[window]
-    sin = F.pad(prep.sin, (0, 0, 0, pad))[window]
-    attn.valid_len = lay.total
-    hidden = model.run_blocks(tokens, prep, shard.num_noisy, shard.start, cos, sin)
-    return model.head_tokens(hidden[:, :shard.num_noisy], prep), prep, shard
-
-
-def gather_noisy_tokens(local: torch.Tensor, shard: SequenceShard, noisy: int, groups: CPGroups,
+def gather_noisy_tokens(local: torch.Tensor, window: SequenceWindow, noisy: int, cp_size: int,
                         group: dist.ProcessGroup) -> torch.Tensor:
-    """All ranks' noisy-token outputs [B, noisy, C] (inference path; not differentiable)."""
-    padded = F.pad(local, (0, 0, 0, shard.length - local.shape[1])).contiguous()
-    parts = [torch.empty_like(padded) for _ in range(groups.size)]
+    """All ranks' noisy-token outputs [B, noisy, C], in order (inference path; not differentiable)."""
+    length = window.tokens.shape[1]
+    padded = F.pad(local, (0, 0, 0, length - local.shape[1])).contiguous()
+    parts = [torch.empty_like(padded) for _ in range(cp_size)]
+    start = time.perf_counter()
     dist.all_gather(parts, padded, group=group)
-    _record("all_gather", nbytes(padded) * (groups.size - 1), nbytes(padded) * (groups.size - 1), 0.0)
+    moved = nbytes(padded) * (cp_size - 1)
+    _record("all_gather", moved, moved, time.perf_counter() - start)
     return torch.cat(parts, dim=1)[:, :noisy]
 
 
-__all__ = ["ContextParallelAttention", "SequenceShard", "cp_forward_tokens", "gather_noisy_tokens", "shard_sequence",
-           "use_context_parallel_attention"]
+__all__ = ["ContextParallelAttention", "ContextParallelWindow", "apply_context_parallel", "gather_noisy_tokens",
+           "shard_window"]
