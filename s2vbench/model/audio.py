@@ -144,11 +144,14 @@ class AudioInjector(nn.Module):
         the padding dropped again. audio_local [B, F, n_tok, C]; audio_global [B, F, 1, C] or None.
         """
         b, n, c = x_noisy.shape
-        if n == 0:
-            return x_noisy
         hw = tokens_per_frame
-        f0, f1 = first_token // hw, (first_token + n - 1) // hw + 1
-        front, back = first_token - f0 * hw, f1 * hw - first_token - n
+        if n == 0:
+            # No noisy token in this window: still call the modules (on empty tensors), so every rank runs the
+            # same modules and sharded-parameter collectives stay matched across ranks.
+            f0 = f1 = front = back = 0
+        else:
+            f0, f1 = first_token // hw, (first_token + n - 1) // hw + 1
+            front, back = first_token - f0 * hw, f1 * hw - first_token - n
         frames = F.pad(x_noisy, (0, 0, front, back)).reshape(b * (f1 - f0), hw, c)
         if self.injector_adain_layers is not None:
             frames = self.injector_adain_layers[k](frames, audio_global[:, f0:f1, 0].flatten(0, 1))

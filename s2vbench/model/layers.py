@@ -105,10 +105,10 @@ class CrossAttention(nn.Module):
         self.attn_backend = "torch"
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, kv_lens: torch.Tensor | None = None) -> torch.Tensor:
-        b = x.shape[0]
-        v = self.v(context).view(b, -1, self.num_heads, self.head_dim)
-        q = self.norm_q(self.q(x)).view(b, -1, self.num_heads, self.head_dim).to(v.dtype)
-        k = self.norm_k(self.k(context)).view(b, -1, self.num_heads, self.head_dim).to(v.dtype)
+        b, nq, nk = x.shape[0], x.shape[1], context.shape[1]  # explicit sizes: b may be 0 (an empty window)
+        v = self.v(context).view(b, nk, self.num_heads, self.head_dim)
+        q = self.norm_q(self.q(x)).view(b, nq, self.num_heads, self.head_dim).to(v.dtype)
+        k = self.norm_k(self.k(context)).view(b, nk, self.num_heads, self.head_dim).to(v.dtype)
         return self.o(attention(q, k, v, kv_lens, backend=self.attn_backend).flatten(2))
 
 
