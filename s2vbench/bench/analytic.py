@@ -75,3 +75,94 @@ def forward_flops(cfg: WanS2VConfig, layout: SequenceLayout, infer_frames: int |
 
 
 __all__ = ["ForwardFlops", "forward_flops"]
+
+
+# ---- communication volumes ------------------------------------------------------------------------------
+# Conventions (the same as the counters in s2vbench.parallel.comm): an all-to-all of an N-byte buffer over p
+# ranks sends and receives floor(N (p - 1) / p) bytes per rank (the chunk a rank keeps is not communication);
+# a point-to-point exchange sends the bytes of its tensors; an all-reduce counts its payload once.
+#
+# Worked by hand (Ulysses 2 x ring 2, the tiny model, 416 tokens, batch 1, fp32): each rank holds
+# L = 104 tokens, H = 4 heads of D = 16, so one q/k/v/out tensor is X = 1 * 104 * 4 * 16 * 4 B = 26,624 B.
+# Per block, forward: 4 all-to-alls of 26,624 * 1/2 = 13,312 B (53,248 B); after them each rank holds
+# 2 * 104 tokens x 2 heads (still 26,624 B per tensor), and the ring sends k and v once (r - 1 = 1 step):
+# 53,248 B. Backward: 4 more all-to-alls (53,248 B); the ring prefetches k, v once (53,248 B) and passes the
+# float32 dK/dV accumulators twice (r = 2 hops: 2 * 53,248 = 106,496 B). Four blocks -> forward
+# all_to_all 212,992 B and ring_p2p 212,992 B; backward all_to_all 212,992 B and ring_p2p_bwd 638,976 B.
+
+
+@dataclass(frozen=True)
+class CommVolume:
+    """Calls and bytes sent by one rank for one collective kind."""
+
+    calls: int
+    bytes_sent: int
+
+
+def attention_comm_volume(batch: int, local_tokens: int, heads: int, head_dim: int, ulysses: int, ring: int,
+                          elem_bytes: int, acc_bytes: int = 4, backward: bool = True) -> dict[str, CommVolume]:
+    """One context-parallel self-attention (forward, and backward if asked) on one rank."""
+    x = batch * local_tokens * heads * head_dim * elem_bytes  # q, k, v or out on this rank, either layout
+    vol: dict[str, CommVolume] = {}
+    passes = 2 if backward else 1
+    if ulysses > 1:
+        vol["all_to_all"] = CommVolume(4 * passes, 4 * passes * (x * (ulysses - 1) // ulysses))
+    if ring > 1:
+        vol["ring_p2p"] = CommVolume(ring - 1, (ring - 1) * 2 * x)
+        if backward:
+            acc = x // elem_bytes * acc_bytes
+            vol["ring_p2p_bwd"] = CommVolume((ring - 1) + ring, (ring - 1) * 2 * x + ring * 2 * acc)
+    return vol
+
+
+def training_step_comm_volume(cfg: WanS2VConfig, layout: SequenceLayout, batch: int, ulysses: int, ring: int,
+                              elem_bytes: int) -> dict[str, CommVolume]:
+    """Bytes one rank sends in one training step through our collectives (FSDP2's own are separate).
+
+    Activation checkpointing adds nothing: the attention op's outputs are kept, so recompute never
+    communicates. The loss normalisation all-reduces two float64 scalars (token count, loss sum)."""
+    cp = ulysses * ring
+    local = -(-layout.total // cp)
+    per_layer = attention_comm_volume(batch, local, cfg.num_heads, cfg.head_dim, ulysses, ring, elem_bytes,
+                                      acc_bytes=max(4, elem_bytes))
+    vol = {k: CommVolume(v.calls * cfg.num_layers, v.bytes_sent * cfg.num_layers) for k, v in per_layer.items()}
+    vol["all_reduce"] = CommVolume(2, 2 * 8)
+    return vol
+
+
+__all__ += ["CommVolume", "attention_comm_volume", "training_step_comm_volume"]
+
+
+def fsdp_comm_volume(cfg: WanS2VConfig, world: int, param_bytes: int, reduce_bytes: int,
+                     with_motion: bool = True) -> dict[str, CommVolume]:
+    """FSDP2's per-rank traffic in one training step with the units of ``parallel.parallelize``.
+
+    Each unit's shard is the sum over its parameters of ceil(dim0 / world) * (other dims): FSDP2 pads dim 0
+    to a multiple of the world size. Non-root units are all-gathered in the forward and again in the backward
+    (resharded after forward); the root once. Every unit's gradients are reduce-scattered once, leaving out
+    parameters that got none (FramePack's projectors on a clip without motion)."""
+    import torch
+
+    from ..model import WanS2V
+    from ..parallel.parallelize import fsdp_units
+
+    with torch.device("meta"):
+        model = WanS2V(cfg)
+
+    def shard(params) -> int:
+        return sum(-(-p.shape[0] // world) * (p.numel() // p.shape[0]) for p in params)
+
+    units = fsdp_units(model)
+    in_units = {id(p) for unit in units for m in unit for p in m.parameters()}
+    shards = [shard([p for m in unit for p in m.parameters()]) for unit in units]
+    root_params = [p for p in model.parameters() if id(p) not in in_units]
+    unused = set() if with_motion else {id(p) for p in model.frame_packer.parameters()}
+    root = shard(root_params)
+    root_with_grad = shard([p for p in root_params if id(p) not in unused])
+    gather = (2 * sum(shards) + root) * param_bytes * (world - 1)
+    scatter = (sum(shards) + root_with_grad) * reduce_bytes * (world - 1)
+    return {"fsdp_all_gather": CommVolume(2 * len(units) + 1, gather),
+            "fsdp_reduce_scatter": CommVolume(len(units) + 1, scatter)}
+
+
+__all__ += ["fsdp_comm_volume"]

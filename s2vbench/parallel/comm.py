@@ -1,9 +1,13 @@
 """Our collectives, counted: bytes sent and received and wall time per collective kind.
 
 Counting conventions (the analytic volumes in ``bench/analytic.py`` use the same):
-- all-to-all of an N-byte buffer over p ranks: each rank sends and receives N (p - 1) / p bytes; the chunk a
-  rank keeps for itself is not communication;
-- point-to-point: the bytes of the tensors sent, and of those received.
+- all-to-all of an N-byte buffer over p ranks: each rank sends and receives floor(N (p - 1) / p) bytes; the
+  chunk a rank keeps for itself is not communication;
+- point-to-point: the bytes of the tensors sent, and of those received;
+- all-reduce: the payload, once;
+- FSDP2's all-gather and reduce-scatter (seen through a dispatch mode over c10d ops, since FSDP2 issues them
+  itself): a rank with an s-byte shard sends and receives s (p - 1) bytes. Their time is not recorded: the
+  ops are asynchronous and the dispatch mode sees only their launch.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 @dataclass
@@ -46,13 +51,35 @@ class CommCounter:
 _ACTIVE: list[CommCounter] = []
 
 
+class _FSDPCollectives(TorchDispatchMode):
+    """Records FSDP2's flat-buffer all-gathers and reduce-scatters (our own collectives use other c10d ops)."""
+
+    KINDS = {"c10d._allgather_base_.default": "fsdp_all_gather",
+             "c10d._reduce_scatter_base_.default": "fsdp_reduce_scatter"}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kind = self.KINDS.get(str(func))
+        if kind is not None:
+            out, inp = args[0], args[1]
+            shard, full = (inp, out) if kind == "fsdp_all_gather" else (out, inp)
+            p = full.numel() // shard.numel()
+            moved = nbytes(shard) * (p - 1)
+            _record(kind, moved, moved, 0.0)
+        return func(*args, **(kwargs or {}))
+
+
 @contextlib.contextmanager
-def count_comm():
-    """Count every collective issued through this module inside the block."""
+def count_comm(fsdp: bool = False):
+    """Count every collective issued through this module inside the block, and with ``fsdp=True`` also
+    FSDP2's own all-gathers and reduce-scatters (through a dispatch mode: not for timed runs)."""
     counter = CommCounter()
     _ACTIVE.append(counter)
     try:
-        yield counter
+        if fsdp:
+            with _FSDPCollectives():
+                yield counter
+        else:
+            yield counter
     finally:
         _ACTIVE.remove(counter)
 

@@ -18,6 +18,7 @@ import warnings
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
 from ..model import WanS2V
@@ -30,34 +31,39 @@ from .mesh import ParallelConfig, ParallelMesh, build_mesh
 warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
 
 
+def fsdp_units(model: WanS2V) -> list[list[nn.Module]]:
+    """The FSDP units in execution order of their first use: blocks and audio-injector pairs
+    (AdaLN first, then its cross-attention); the root (everything else) is not listed."""
+    injector = model.audio_injector
+    units: list[list[nn.Module]] = []
+    for i, block in enumerate(model.blocks):
+        units.append([block])
+        k = model.injection_of_block.get(i)
+        if k is not None:
+            pair = [injector.injector[k]]
+            if injector.injector_adain_layers is not None:
+                pair.insert(0, injector.injector_adain_layers[k])
+            units.append(pair)
+    return units
+
+
 def apply_fsdp(model: WanS2V, mesh, param_dtype: torch.dtype | None = None) -> None:
     """FSDP2 units as described above; with low-precision ``param_dtype`` gradients reduce in float32."""
     low = param_dtype in (torch.bfloat16, torch.float16)
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if low else None)
-    for block in model.blocks:
-        fully_shard(block, mesh=mesh, mp_policy=mp)
-    injector = model.audio_injector
-    pairs = []
-    for k, cross in enumerate(injector.injector):
-        unit = [cross] if injector.injector_adain_layers is None else [injector.injector_adain_layers[k], cross]
-        fully_shard(unit, mesh=mesh, mp_policy=mp)
-        pairs.append(unit[0])
+    units = fsdp_units(model)
+    for unit in units:
+        fully_shard(unit if len(unit) > 1 else unit[0], mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp)
     register_fsdp_forward_method(model, "forward_tokens")
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)
             m.set_force_sum_reduction_for_comms(True)
-    # Prefetch order follows execution: block i, then its injection pair (if any), then block i + 1.
-    for i, block in enumerate(model.blocks):
-        nxt = []
-        k = model.injection_of_block.get(i)
-        if k is not None:
-            nxt.append(pairs[k])
-        if i + 1 < len(model.blocks):
-            nxt.append(model.blocks[i + 1])
-        if nxt:
-            block.set_modules_to_forward_prefetch(nxt)
+    # Prefetch in execution order: block i, then its injection pair (if any), then block i + 1.
+    firsts = [unit[0] for unit in units]
+    for cur, nxt in zip(firsts, firsts[1:]):
+        cur.set_modules_to_forward_prefetch([nxt])
 
 
 def parallelize(model: WanS2V, config: ParallelConfig, device_type: str = "cpu",
@@ -72,4 +78,4 @@ def parallelize(model: WanS2V, config: ParallelConfig, device_type: str = "cpu",
     return pm
 
 
-__all__ = ["apply_fsdp", "parallelize"]
+__all__ = ["apply_fsdp", "fsdp_units", "parallelize"]
