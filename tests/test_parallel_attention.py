@@ -109,3 +109,51 @@ def test_invalid_configs_fail_before_any_communication():
         ParallelConfig(dp_shard=2, ulysses=2).validate(8, num_heads=40)
     with pytest.raises(ParallelConfigError, match="at most 6 ranks"):
         ParallelConfig(ring=8).validate(8, num_heads=40, seq_len=6)
+
+
+def peer_worker(rank, world, seq_len):
+    """Our ring (r = world) and Ulysses (u = world) next to torch's ring template and DeepSpeed's Ulysses."""
+    import torch.distributed as dist
+
+    from s2vbench.parallel.mesh import ParallelConfig, build_mesh
+    from s2vbench.parallel.sequence_parallel import CPAttention, context_parallel_attention
+
+    q, k, v, _ = make_inputs(seq_len)
+    chunk = seq_len // world
+    sl = slice(rank * chunk, (rank + 1) * chunk)
+    res = {}
+    ring = build_mesh(ParallelConfig(ring=world), num_heads=H)
+    ours_ring = context_parallel_attention(q[:, sl], k[:, sl], v[:, sl], CPAttention(ring.cp), seq_len)[0]
+    from torch.distributed.tensor.experimental._context_parallel._attention import (_cp_options,
+                                                                                      _templated_ring_attention)
+
+    _cp_options.enable_load_balance = False  # its load balancing is for causal masks only
+    t = [x[:, sl].transpose(1, 2) for x in (q, k, v)]
+    torch_ring = _templated_ring_attention(dist.group.WORLD, 2, torch.ops.aten._scaled_dot_product_flash_attention_for_cpu,
+                                           *t, is_causal=False)[0].transpose(1, 2)
+    res["ring_vs_torch"] = float((ours_ring - torch_ring).abs().max())
+    ulysses = build_mesh(ParallelConfig(ulysses=world), num_heads=H)
+    ours_uly = context_parallel_attention(q[:, sl], k[:, sl], v[:, sl], CPAttention(ulysses.cp), seq_len)[0]
+    try:
+        from deepspeed.sequence.layer import DistributedAttention
+    except Exception as e:  # noqa: BLE001 - any import failure means the peer is unavailable
+        res["deepspeed"] = f"unavailable: {type(e).__name__}: {e}"
+    else:
+        def local(qq, kk, vv, *args, **kwargs):
+            return torch.nn.functional.scaled_dot_product_attention(
+                qq.transpose(1, 2), kk.transpose(1, 2), vv.transpose(1, 2)).transpose(1, 2)
+
+        ds = DistributedAttention(local, dist.group.WORLD, scatter_idx=2, gather_idx=1)
+        res["ulysses_vs_deepspeed"] = float((ours_uly - ds(q[:, sl], k[:, sl], v[:, sl])).abs().max())
+    return res
+
+
+def test_matches_torch_ring_attention_and_deepspeed_ulysses():
+    results = run_ranks(peer_worker, 2, 32, timeout_s=120)
+    for res in results:
+        assert res["ring_vs_torch"] < 1e-5, res
+    if "deepspeed" in results[0]:
+        pytest.skip(f"DeepSpeed's DistributedAttention not compared: deepspeed {results[0]['deepspeed']} "
+                    f"(install the 'peers' extra)")
+    for res in results:
+        assert res["ulysses_vs_deepspeed"] < 1e-5, res
