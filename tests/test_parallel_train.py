@@ -80,3 +80,35 @@ def test_three_adamw_steps_with_ac_fsdp_usp_and_an_uneven_length():
                 assert (params[name] - p).norm() <= 1e-9 * p.norm() + 1e-12, (dp, u, r, name)
         moved = sum(float((want[n] - p0).norm()) for n, p0 in tiny_model(torch.float64).named_parameters())
         assert moved > 0  # the steps really changed the parameters
+
+
+def materialise_worker(rank, world):
+    from s2vbench.model import WanS2V, get_preset
+    from s2vbench.model.flow import TrainConfig, make_optimizer
+    from s2vbench.parallel import ParallelConfig, parallelize
+    from s2vbench.parallel.train import parallel_train_step
+
+    with torch.device("meta"):
+        model = WanS2V(get_preset("tiny").model)
+    parallelize(model, ParallelConfig(ulysses=2))  # shards on the meta device
+    model.to_empty(device="cpu")                   # each rank allocates its shards only
+    torch.manual_seed(0)
+    model.init_weights()                           # the official init, on the sharded parameters
+    full = {n: p.full_tensor().detach().clone() for n, p in model.named_parameters()}
+    opt = make_optimizer(model, TrainConfig())
+    loss = parallel_train_step(model, opt, sample_batch([0], torch.float32), 0, TrainConfig()).loss
+    return full, loss
+
+
+def test_meta_model_materialises_shard_by_shard():
+    (a, loss_a), (b, loss_b) = run_ranks(materialise_worker, 2, timeout_s=120)
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)  # one model, not two
+    q = a["blocks.0.self_attn.q.weight"]
+    bound = (6 / (64 + 64)) ** 0.5  # xavier-uniform
+    assert q.abs().max() <= bound and abs(float(q.std()) - bound / 3 ** 0.5) < 0.02
+    for zero in ("head.head.weight", "trainable_cond_mask.weight", "cond_encoder.weight",
+                 "audio_injector.injector.0.o.weight", "audio_injector.injector_adain_layers.0.linear.weight"):
+        assert not a[zero].any(), zero
+    assert torch.all(a["casual_audio_encoder.weights"] == 0.01)
+    assert all(torch.isfinite(t).all() for t in a.values())
+    assert loss_a == loss_b and torch.isfinite(torch.tensor(loss_a))
