@@ -6,7 +6,7 @@ from s2vbench.parallel.launch import run_ranks
 from test_parallel_train import UNEVEN, sample_batch, tiny_model
 
 
-def bytes_worker(rank, world, layouts):
+def bytes_worker(rank, world, layouts, bf16=False):
     from s2vbench.model.flow import TrainConfig, make_optimizer
     from s2vbench.parallel import ParallelConfig, parallelize
     from s2vbench.parallel.comm import count_comm
@@ -15,32 +15,35 @@ def bytes_worker(rank, world, layouts):
     out = {}
     for dp, u, r, ac in layouts:
         model = tiny_model(torch.float32)
-        pm = parallelize(model, ParallelConfig(dp_shard=dp, ulysses=u, ring=r, ac=ac))
-        cfg = TrainConfig(lr=1e-3)
+        pm = parallelize(model, ParallelConfig(dp_shard=dp, ulysses=u, ring=r, ac=ac),
+                         param_dtype=torch.bfloat16 if bf16 else None)
+        cfg = TrainConfig(lr=1e-3, dtype="bfloat16" if bf16 else "float32")
         opt = make_optimizer(model, cfg)
         batch = sample_batch(data_parallel_sample_indices(0, pm.dp_rank, dp, 1), torch.float32)
         with count_comm(fsdp=True) as counter:
-            parallel_train_step(model, opt, batch, 0, cfg)
+            stats = parallel_train_step(model, opt, batch, 0, cfg)
+        assert torch.isfinite(torch.tensor(stats.loss))
         out[(dp, u, r, ac)] = {k: (s.calls, s.bytes_sent, s.bytes_recv) for k, s in counter.stats.items()}
     return out
 
 
-def expected(world, dp, u, r):
+def expected(world, dp, u, r, bf16=False):
     from s2vbench.bench.analytic import fsdp_comm_volume, training_step_comm_volume
     from s2vbench.model import get_preset, sequence_layout
 
     cfg = get_preset("tiny").model
     layout = sequence_layout(cfg, *UNEVEN, with_motion=False)
-    vol = training_step_comm_volume(cfg, layout, 1, u, r, elem_bytes=4)
-    vol.update(fsdp_comm_volume(cfg, world, param_bytes=4, reduce_bytes=4, with_motion=False))
+    vol = training_step_comm_volume(cfg, layout, 1, u, r, elem_bytes=2 if bf16 else 4)
+    vol.update(fsdp_comm_volume(cfg, world, param_bytes=2 if bf16 else 4, reduce_bytes=4, with_motion=False))
     return {k: (v.calls, v.bytes_sent) for k, v in vol.items()}
 
 
-def check(world, layouts):
-    for rank_stats in run_ranks(bytes_worker, world, layouts, timeout_s=300):
+def check(world, layouts, bf16=False):
+    for rank_stats in run_ranks(bytes_worker, world, layouts, bf16, timeout_s=300):
         for (dp, u, r, ac), stats in rank_stats.items():
             got = {k: (calls, sent) for k, (calls, sent, _) in stats.items()}
-            assert got == expected(world, dp, u, r), ((dp, u, r, ac), got, expected(world, dp, u, r))
+            want = expected(world, dp, u, r, bf16)
+            assert got == want, ((dp, u, r, ac), got, want)
             assert all(sent == recv for _, sent, recv in stats.values())
 
 
@@ -50,3 +53,9 @@ def test_two_ranks():
 
 def test_four_ranks():
     check(4, [(1, 2, 2, True), (1, 1, 4, False), (1, 4, 1, False), (2, 2, 1, True)])
+
+
+def test_bf16_params_fp32_reduction():
+    """bf16 parameters and activations (2-byte all-gathers and all-to-alls), float32 gradient reduction and
+    ring accumulators (4 bytes)."""
+    check(4, [(1, 2, 2, True), (2, 1, 2, False)], bf16=True)
