@@ -31,12 +31,17 @@ def test_python_dash_m_model():
     assert "648,073" in out.stdout and "output (1, 16, 4, 16, 16)" in out.stdout
 
 
-def test_run_writes_results(tmp_path, capsys):
-    assert cli.main(["run", "--presets", "tiny", "--dtypes", "float32", "--steps", "2", "--out", str(tmp_path)]) == 0
-    doc = json.loads((tmp_path / "results.json").read_text())
-    (rec,) = doc["records"]
-    assert rec["kind"] == "model_smoke" and rec["config"]["preset"] == "tiny"
-    st = {m["name"]: m for m in rec["metrics"]}["step_time"]
-    assert st["unit"] == "s" and st["stats"]["n"] == 2 and st["value"] > 0
-    assert rec["environment"]["torch"]
-    assert "model smoke run" in capsys.readouterr().out
+def test_report_command(tmp_path, capsys):
+    from s2vbench.bench.results import Metric, Record, ResultsLog
+
+    log = ResultsLog(tmp_path / "r.json", environment={"device": "cpu"})
+    for world, t in ((1, 2.0), (2, 1.25)):
+        cfg = {"strategy": "single" if world == 1 else "ring", "world": world}
+        log.append(Record("iteration", f"p{world}", cfg, [
+            Metric("step_time", t, "s", "median", stats={"min": t, "max": t, "n": 1, "step0": t}),
+            Metric("exposed_comm", 0.1, "s", "x", stats={"share": 0.08})]))
+    assert cli.main(["report", str(log.path), "--out", str(tmp_path / "rep")]) == 0
+    text = (tmp_path / "rep" / "report.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| ring"))
+    assert "1.250" in row and "1.60" in row and "80%" in row  # step time, speed-up, efficiency
+    assert (tmp_path / "rep" / "speedup.png").exists()

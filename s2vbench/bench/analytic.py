@@ -166,3 +166,25 @@ def fsdp_comm_volume(cfg: WanS2VConfig, world: int, param_bytes: int, reduce_byt
 
 
 __all__ += ["fsdp_comm_volume"]
+
+
+def parameter_count(cfg: WanS2VConfig) -> int:
+    """Parameters of the model (counted on the meta device: exact, allocation-free)."""
+    import torch
+
+    from ..model import WanS2V
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in WanS2V(cfg).parameters())
+
+
+def training_state_bytes(cfg: WanS2VConfig, shards: int = 1, param_bytes: int = 4) -> dict[str, float]:
+    """Bytes per rank of parameters, gradients and AdamW's two moments (float32 master state), sharded
+    evenly over ``shards`` ranks (FSDP). 14b at one rank: 16.3 G x 4 B = 65.2 GB each for params and grads,
+    130.4 GB for the optimizer."""
+    n = parameter_count(cfg)
+    per = n * param_bytes / shards
+    return {"params": per, "grads": per, "optimizer": 2 * n * 4 / shards}
+
+
+__all__ += ["parameter_count", "training_state_bytes"]

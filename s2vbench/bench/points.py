@@ -1,0 +1,109 @@
+"""Sweep points: what one measurement runs (preset, GPU count, strategy, degrees, numerics)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from ..model import get_preset
+from ..parallel import ParallelConfig
+
+STRATEGIES = ("single", "fsdp", "ulysses", "ring", "usp")
+"""single: one rank; fsdp: data parallel with sharding; ulysses / ring: context parallel; usp: both."""
+
+
+def strategy_degrees(strategy: str, world: int) -> tuple[int, int, int]:
+    """(dp_shard, ulysses, ring) of a strategy at a world size."""
+    if strategy == "single":
+        if world != 1:
+            raise ValueError(f"strategy 'single' runs on one rank, not {world}")
+        return 1, 1, 1
+    if strategy == "fsdp":
+        return world, 1, 1
+    if strategy == "ulysses":
+        return 1, world, 1
+    if strategy == "ring":
+        return 1, 1, world
+    if strategy == "usp":
+        u = max(d for d in range(1, int(math.isqrt(world)) + 1) if world % d == 0)
+        if u == 1:
+            raise ValueError(f"usp needs a world size with two factors > 1, got {world}")
+        return 1, world // u, u  # ulysses (inner) gets the larger factor
+    raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measured configuration."""
+
+    preset: str
+    """Model preset (tiny, small, 14b)."""
+    world: int
+    """Ranks (GPUs, or single-thread CPU processes)."""
+    strategy: str
+    """One of STRATEGIES."""
+    global_batch: int = 2
+    """Clips per optimizer step over all data-parallel ranks (strong scaling keeps it fixed)."""
+    scaling: str = "strong"
+    """strong: fixed global batch; weak: global batch grows with the data-parallel degree."""
+    ac: bool = False
+    """Activation checkpointing."""
+    dtype: str = "float32"
+    """float32, or bfloat16 (autocast, and bf16 FSDP parameters on GPU)."""
+    attention_backend: str = "torch"
+    """Local attention under context parallelism: torch or triton."""
+    steps: int = 3
+    """Timed training steps."""
+    warmup: int = 1
+    """Untimed warm-up steps (counted in the record)."""
+    oversubscribed: bool = False
+    """More ranks than cores: run for correctness and bytes only, never timed or used for speed-ups."""
+
+    @property
+    def degrees(self) -> tuple[int, int, int]:
+        return strategy_degrees(self.strategy, self.world)
+
+    @property
+    def batch_per_rank(self) -> int:
+        dp = self.degrees[0]
+        if self.global_batch % dp:
+            raise ValueError(f"global batch {self.global_batch} does not split over {dp} data-parallel ranks")
+        return self.global_batch // dp
+
+    @property
+    def name(self) -> str:
+        dp, u, r = self.degrees
+        return (f"{self.preset}/{self.strategy}/w{self.world}/dp{dp}-u{u}-r{r}/{self.dtype}/ac{int(self.ac)}"
+                f"/gb{self.global_batch}")
+
+    def parallel_config(self) -> ParallelConfig:
+        dp, u, r = self.degrees
+        return ParallelConfig(dp_shard=dp, ulysses=u, ring=r, ac=self.ac, attention_backend=self.attention_backend)
+
+    def validate(self) -> None:
+        get_preset(self.preset)
+        if self.scaling not in ("strong", "weak"):
+            raise ValueError(f"scaling must be 'strong' or 'weak', got {self.scaling!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.steps < 1 or self.warmup < 0:
+            raise ValueError(f"need steps >= 1 and warmup >= 0, got {self.steps} and {self.warmup}")
+        _ = self.batch_per_rank
+        self.parallel_config().validate(self.world, get_preset(self.preset).model.num_heads)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["degrees"] = dict(zip(("dp_shard", "ulysses", "ring"), self.degrees))
+        return d
+
+
+def default_cpu_points(cores: int, preset: str = "small") -> list[Point]:
+    """The main job on CPU: single, fsdp, ulysses and ring at 1 and 2 ranks; usp at 2x2 for correctness and
+    bytes (oversubscribed when the machine has fewer than 4 cores)."""
+    points = [Point(preset, 1, "single")]
+    points += [Point(preset, 2, s, oversubscribed=cores < 2) for s in ("fsdp", "ulysses", "ring")]
+    points.append(Point(preset, 4, "usp", oversubscribed=cores < 4, steps=1, warmup=0))
+    return points
+
+
+__all__ = ["Point", "STRATEGIES", "default_cpu_points", "strategy_degrees"]

@@ -1,0 +1,177 @@
+"""``s2vbench report RESULTS...``: a markdown report with tables and plots from results files."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+
+from tabulate import tabulate
+
+from .results import Record, atomic_write_text, read_results
+
+
+def _value(rec: Record, name: str):
+    try:
+        return rec.metric(name).value
+    except KeyError:
+        return None
+
+
+def _fmt(x, spec: str = ".3f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def timed(records: list[Record]) -> list[Record]:
+    return [r for r in records if r.kind == "iteration" and _value(r, "step_time") is not None]
+
+
+def speedups(records: list[Record]) -> tuple[Record | None, dict[str, tuple[float, float]]]:
+    """Baseline (the smallest world that ran; its fastest point) and per point (speed-up, efficiency)."""
+    ran = timed(records)
+    if not ran:
+        return None, {}
+    smallest = min(r.config["world"] for r in ran)
+    base = min((r for r in ran if r.config["world"] == smallest), key=lambda r: _value(r, "step_time"))
+    t0 = _value(base, "step_time")
+    out = {}
+    for r in ran:
+        s = t0 / _value(r, "step_time")
+        out[r.name] = (s, s / (r.config["world"] / smallest))
+    return base, out
+
+
+def _plots(records: list[Record], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    ran = timed(records)
+    base, sp = speedups(records)
+    if ran and base is not None:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        worlds = sorted({r.config["world"] for r in ran})
+        w0 = min(worlds)
+        ax.plot(worlds, [w / w0 for w in worlds], "k--", label="ideal")
+        for strategy in sorted({r.config["strategy"] for r in ran}):
+            pts = sorted((r.config["world"], sp[r.name][0]) for r in ran if r.config["strategy"] == strategy)
+            if pts[0][0] != w0:  # every curve starts at the baseline point
+                pts.insert(0, (w0, 1.0))
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=strategy)
+        ax.set_xlabel("ranks")
+        ax.set_ylabel(f"speed-up vs {base.config['strategy']} at {w0} rank(s)")
+        ax.set_xticks(worlds)
+        ax.legend()
+        ax.set_title("Training-step speed-up")
+        fig.tight_layout()
+        fig.savefig(out / "speedup.png", dpi=120)
+        plt.close(fig)
+        made.append("speedup.png")
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        labels = [f"{r.config['strategy']}\nw{r.config['world']}" for r in ran]
+        share = [r.metric("exposed_comm").stats.get("share", 0.0) * 100 for r in ran]
+        ax.bar(labels, share, color="tab:red")
+        ax.set_ylabel("exposed communication, % of step")
+        ax.set_title("Exposed communication (step - compute-only)")
+        fig.tight_layout()
+        fig.savefig(out / "exposed_comm.png", dpi=120)
+        plt.close(fig)
+        made.append("exposed_comm.png")
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for i, r in enumerate(ran):
+            st = r.metric("step_time").stats
+            ys = [v for k, v in st.items() if k.startswith("step")]
+            ax.scatter([i] * len(ys), ys, alpha=0.7)
+            ax.hlines(_value(r, "step_time"), i - 0.3, i + 0.3, color="k")
+        ax.set_xticks(range(len(ran)), labels)
+        ax.set_ylabel("step time, s (bar: median)")
+        ax.set_title("Per-step time (warm-up excluded)")
+        fig.tight_layout()
+        fig.savefig(out / "step_times.png", dpi=120)
+        plt.close(fig)
+        made.append("step_times.png")
+
+    its = [r for r in records if r.kind == "iteration" and "failed" not in r.tags and "oom" not in r.tags]
+    if its:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        labels = [f"{r.config['strategy']}\nw{r.config['world']}" for r in its]
+        parts = [("peak_rss", "peak RSS (measured)"), ("saved_activations", "saved activations (measured)"),
+                 ("analytic_params", "params (analytic)"), ("analytic_optimizer", "AdamW state (analytic)")]
+        width = 0.8 / len(parts)
+        for j, (name, label) in enumerate(parts):
+            ax.bar([i + j * width for i in range(len(its))], [_value(r, name) or 0.0 for r in its], width,
+                   label=label)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(its))], labels)
+        ax.set_ylabel("GiB per rank")
+        ax.set_title("Memory per rank by strategy")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "memory.png", dpi=120)
+        plt.close(fig)
+        made.append("memory.png")
+    return made
+
+
+def write_report(results: list[Path], out: Path, title: str | None = None) -> Path:
+    """Write ``out/report.md`` (and its PNGs) from the records of ``results``."""
+    records = [r for p in results for r in read_results(p)]
+    out.mkdir(parents=True, exist_ok=True)
+    plots = _plots(records, out)
+    env = records[0].environment if records else {}
+    base, sp = speedups(records)
+    lines = [f"# {title or 's2vbench report'}", "",
+             f"Made {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} from "
+             f"{', '.join(str(p) for p in results)}.", "",
+             f"Device: **{env.get('device', '?')}** ({env.get('device_count', 0)} GPUs); CPU {env.get('cpu', '?')} "
+             f"x {env.get('cpu_count', '?')}; torch {env.get('torch')}, triton {env.get('triton')}, CUDA "
+             f"{env.get('cuda')}, driver {env.get('driver')}, deepspeed {env.get('deepspeed')}; git "
+             f"{(env.get('git_commit') or '?')[:12]}{' (dirty)' if env.get('git_dirty') else ''}.", ""]
+    if base is not None:
+        lines += [f"Speed-up is relative to the smallest rank count that ran: **{base.name}** "
+                  f"({_fmt(_value(base, 'step_time'))} s/step). Each rank is one process with one thread. "
+                  f"Step times: per step the slowest rank, median over the timed steps, warm-up excluded.", ""]
+    rows = []
+    for r in [r for r in records if r.kind == "iteration"]:
+        s, eff = sp.get(r.name, (None, None))
+        st = r.metric("step_time")
+        spread = f"{_fmt(st.stats.get('min'))}-{_fmt(st.stats.get('max'))}" if st.value is not None else ""
+        exposed = r.metric("exposed_comm").stats.get("share") if _value(r, "exposed_comm") is not None else None
+        rows.append((r.config.get("strategy"), r.config.get("world"), _fmt(st.value), spread, _fmt(s, ".2f"),
+                     _fmt(eff, ".0%") if eff is not None else "n/a", _fmt(_value(r, "samples_per_s_per_device")),
+                     _fmt(_value(r, "tokens_per_s_per_device"), ".0f"), _fmt(_value(r, "tflops_per_device"), ".4f"),
+                     _fmt(exposed, ".0%") if exposed is not None else "n/a", _fmt(_value(r, "peak_rss")),
+                     _fmt(_value(r, "saved_activations"), ".4f"), ", ".join(r.tags)))
+    lines += ["## Iteration time", "", tabulate(rows, headers=[
+        "strategy", "ranks", "step s", "min-max s", "speed-up", "efficiency", "samples/s/dev", "tokens/s/dev",
+        "TFLOP/s/dev", "exposed comm", "peak RSS GiB", "saved act. GiB", "tags"], tablefmt="pipe", disable_numparse=True), ""]
+    comm_rows = []
+    for r in [r for r in records if r.kind == "iteration"]:
+        for m in r.metrics:
+            if m.name.startswith("comm_"):
+                want = m.stats.get("analytic")
+                comm_rows.append((r.config.get("strategy"), r.config.get("world"), m.name[5:], f"{m.value:,.0f}",
+                                  f"{want:,.0f}", "yes" if want == m.value else "NO",
+                                  _fmt(m.stats.get("seconds"), ".4f")))
+    if comm_rows:
+        lines += ["## Communication per step (bytes sent by the busiest rank)", "",
+                  "FSDP2's own collectives are counted through a dispatch mode, which sees their launch only, so "
+                  "their seconds read 0.", "",
+                  tabulate(comm_rows, headers=["strategy", "ranks", "kind", "counted B", "analytic B", "equal",
+                                               "seconds"], tablefmt="pipe", disable_numparse=True), ""]
+    not_timed = [r for r in records if r.kind == "iteration" and _value(r, "step_time") is None]
+    if not_timed:
+        lines += ["## Points without timings", ""]
+        lines += [f"- `{r.name}`: {r.metric('step_time').how}" for r in not_timed] + [""]
+    lines += ["MFU is not measured on CPU: there is no bf16 peak to divide by. GPU figures appear only when "
+              "measured on a GPU.", ""]
+    for p in plots:
+        lines += [f"![{p[:-4]}]({p})", ""]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+__all__ = ["speedups", "write_report"]

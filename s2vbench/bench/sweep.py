@@ -1,0 +1,135 @@
+"""Run sweep points, each in its own process group, and write one record per point as soon as it exists.
+
+A point whose rank is killed (SIGKILL, the kernel's oom-killer) or raises an out-of-memory error is recorded
+as OOM and the sweep goes on; any other failure is recorded as failed with its traceback. A re-run resumes:
+points already in the results file are skipped.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from ..model import get_preset, sequence_layout
+from ..parallel.launch import RankFailed, run_ranks
+from .analytic import forward_flops, fsdp_comm_volume, training_state_bytes, training_step_comm_volume
+from .points import Point
+from .results import Metric, Record, ResultsLog
+from .worker import run_point_rank
+
+GIB = 2**30
+
+
+def _median_max_over_ranks(per_rank: list[list[float]]) -> tuple[float, list[float]]:
+    steps = [max(ts) for ts in zip(*per_rank)]
+    return statistics.median(steps), steps
+
+
+def point_record(point: Point, results: list[dict]) -> Record:
+    preset = get_preset(point.preset)
+    clip = preset.clip
+    layout = sequence_layout(preset.model, clip.latent_frames, clip.latent_height, clip.latent_width,
+                             clip.with_motion)
+    fwd = forward_flops(preset.model, layout).total
+    train_flops = 3 * fwd * point.global_batch
+    recompute = (fwd * point.global_batch) if point.ac else 0.0
+    metrics: list[Metric] = []
+    reason = "oversubscribed: more ranks than cores, run for correctness and bytes only"
+    if point.oversubscribed:
+        for name, unit in (("step_time", "s"), ("compute_time", "s"), ("exposed_comm", "s"),
+                           ("samples_per_s_per_device", "samples/s"), ("tflops_per_device", "TFLOP/s")):
+            metrics.append(Metric(name, None, unit, reason, status="not_measured"))
+    else:
+        step, steps = _median_max_over_ranks([r["real"]["times"] for r in results])
+        how = (f"per step the slowest rank (perf_counter on CPU, CUDA events on GPU), median over {point.steps} "
+               f"timed steps; {point.warmup} warm-up step(s) excluded")
+        stats = {"min": min(steps), "max": max(steps), "n": len(steps), "warmup": point.warmup}
+        stats.update({f"step{i}": t for i, t in enumerate(steps)})
+        metrics.append(Metric("step_time", step, "s", how, stats=stats))
+        if results[0]["compute"] is not None:
+            compute, _ = _median_max_over_ranks([r["compute"]["times"] for r in results])
+            metrics.append(Metric("compute_time", compute, "s",
+                                  "same ranks and shapes with every collective a no-op (torch fake process group)"))
+            metrics.append(Metric("exposed_comm", max(0.0, step - compute), "s", "step_time - compute_time",
+                                  stats={"share": max(0.0, step - compute) / step}))
+        else:
+            metrics.append(Metric("compute_time", step, "s", "one rank: no collectives"))
+            metrics.append(Metric("exposed_comm", 0.0, "s", "one rank: no collectives", stats={"share": 0.0}))
+        metrics.append(Metric("samples_per_s_per_device", point.global_batch / step / point.world, "samples/s",
+                              "global batch / step_time / ranks"))
+        metrics.append(Metric("tokens_per_s_per_device", point.global_batch * layout.total / step / point.world,
+                              "tokens/s", "global batch x sequence tokens / step_time / ranks"))
+        metrics.append(Metric("tflops_per_device", train_flops / step / point.world / 1e12, "TFLOP/s",
+                              "model FLOPs (3x forward, bench.analytic, no recompute) / step_time / ranks",
+                              stats={"recompute_flops_share": recompute / (train_flops + recompute)}))
+    metrics.append(Metric("mfu", None, "1", "needs the device's bf16 peak; none is known for CPUs",
+                          status="not_measured"))
+    metrics.append(Metric("peak_rss", max(r["peak_rss"] for r in results) / GIB, "GiB",
+                          "max over ranks of the process's peak resident set size (getrusage)"))
+    metrics.append(Metric("saved_activations", max(r["real"]["saved_activation_bytes"] for r in results) / GIB,
+                          "GiB", "max over ranks: tensors saved for backward in one step, deduplicated by storage, "
+                                 "parameters excluded (saved-tensor hooks)"))
+    shards = 1 if point.strategy == "single" else point.world
+    for part, value in training_state_bytes(preset.model, shards).items():
+        metrics.append(Metric(f"analytic_{part}", value / GIB, "GiB", "float32, sharded over all ranks by FSDP",
+                              status="predicted"))
+    dp, u, r = point.degrees
+    analytic = training_step_comm_volume(preset.model, layout, point.batch_per_rank, u, r, elem_bytes=4) \
+        if point.strategy != "single" else {}
+    if point.strategy != "single":
+        analytic.update(fsdp_comm_volume(preset.model, point.world, 4, 4, with_motion=clip.with_motion))
+    kinds = set(analytic) | {k for res in results for k in res["real"]["comm"]}
+    for kind in sorted(kinds):
+        sent = max(res["real"]["comm"].get(kind, {}).get("bytes_sent", 0) for res in results)
+        secs = max(res["real"]["comm"].get(kind, {}).get("seconds", 0.0) for res in results)
+        want = analytic.get(kind)
+        metrics.append(Metric(f"comm_{kind}", float(sent), "bytes",
+                              "max over ranks of bytes sent in one step (parallel.comm counters)",
+                              stats={"analytic": float(want.bytes_sent) if want else 0.0, "seconds": secs}))
+    tags = ["oversubscribed"] if point.oversubscribed else []
+    config = point.to_dict() | {"tokens": layout.total, "model": preset.model, "clip": clip}
+    return Record("iteration", point.name, config, metrics, tags=tags)
+
+
+def failure_record(point: Point, error: BaseException) -> Record:
+    text = str(error)
+    oom = ("exited with code -9" in text or "OutOfMemoryError" in text or "out of memory" in text.lower())
+    status = "oom" if oom else "failed"
+    return Record("iteration", point.name, point.to_dict(),
+                  [Metric("step_time", None, "s", f"{status}: {text[-500:]}", status="not_measured")],
+                  tags=[status], notes=text[-4000:])
+
+
+def run_sweep(points: list[Point], results_path: Path, timeout_s: float = 1800.0, progress: bool = True
+              ) -> ResultsLog:
+    for p in points:
+        p.validate()
+    log = ResultsLog(results_path)
+    todo = [p for p in points if not log.done(p.name)]
+    bar = None
+    if progress:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                       TimeElapsedColumn(), TimeRemainingColumn())
+        bar.start()
+        task = bar.add_task("sweep", total=len(points), completed=len(points) - len(todo))
+    try:
+        for point in todo:
+            if bar is not None:
+                bar.update(task, description=f"{point.name} ({point.warmup}+{point.steps} steps)")
+            try:
+                results = run_ranks(run_point_rank, point.world, point.to_dict(), timeout_s=timeout_s,
+                                    threads_per_rank=1)
+                log.append(point_record(point, results))
+            except (RankFailed, TimeoutError) as e:
+                log.append(failure_record(point, e))
+            if bar is not None:
+                bar.advance(task)
+    finally:
+        if bar is not None:
+            bar.stop()
+    return log
+
+
+__all__ = ["failure_record", "point_record", "run_sweep"]

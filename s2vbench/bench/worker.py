@@ -1,0 +1,84 @@
+"""What each rank of a sweep point runs: real training steps, then the same steps with every collective
+replaced by a no-op of the same shapes (torch's "fake" process group), for the compute-only time."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.distributed as dist
+
+from ..model import WanS2V, get_preset
+from ..model.flow import TrainConfig, make_optimizer, synthetic_batch, train_step
+from ..parallel import parallelize
+from ..parallel.comm import count_comm
+from ..parallel.train import data_parallel_sample_indices, parallel_train_step
+from .measure import SavedActivations, StepTimer, peak_rss_bytes
+from .points import Point
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(dist.get_rank() % torch.cuda.device_count())
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _run_steps(point: Point, device: torch.device, timed: bool, count: bool) -> dict:
+    preset = get_preset(point.preset)
+    torch.manual_seed(0)
+    model = WanS2V(preset.model).to(device)
+    pm = None
+    if point.strategy != "single":
+        param_dtype = torch.bfloat16 if (device.type == "cuda" and point.dtype == "bfloat16") else None
+        pm = parallelize(model, point.parallel_config(), device.type, param_dtype=param_dtype)
+    cfg = TrainConfig(dtype=point.dtype, activation_checkpointing=point.ac)
+    opt = make_optimizer(model, cfg)
+    dp = point.degrees[0]
+    dp_rank = pm.dp_rank if pm is not None else 0
+    batch = synthetic_batch(preset.model, preset.clip, point.batch_per_rank, seed=dp_rank)
+    step_fn = parallel_train_step if pm is not None else train_step
+    timer = StepTimer(device)
+    times: list[float] = []
+    losses: list[float] = []
+    total = point.warmup + point.steps
+    for step in range(total):
+        batch.sample_index = data_parallel_sample_indices(step, dp_rank, dp, point.batch_per_rank)
+        b = batch.to(device)
+        if step >= point.warmup and timed:
+            with timer.time(times):
+                losses.append(step_fn(model, opt, b, step, cfg).loss)
+        else:
+            losses.append(step_fn(model, opt, b, step, cfg).loss)
+    out = {"times": times, "losses": losses}
+    if count:  # one more, untimed step: collective bytes per kind and activations saved for backward
+        saved = SavedActivations(model)
+        with count_comm(fsdp=pm is not None) as counter, saved.count():
+            step_fn(model, opt, batch.to(device), total, cfg)
+        out["comm"] = {k: dataclasses.asdict(s) for k, s in counter.stats.items()}
+        out["saved_activation_bytes"] = saved.bytes
+    if device.type == "cuda":
+        out["peak_allocated"] = torch.cuda.max_memory_allocated(device)
+        out["peak_reserved"] = torch.cuda.max_memory_reserved(device)
+    return out
+
+
+def run_point_rank(rank: int, world: int, point_dict: dict) -> dict:
+    """One rank of a point (called by ``parallel.launch.run_ranks`` or under torchrun)."""
+    fields = {f.name for f in dataclasses.fields(Point)}
+    point = Point(**{k: v for k, v in point_dict.items() if k in fields})
+    device = _device()
+    timed = not point.oversubscribed
+    real = _run_steps(point, device, timed=timed, count=True)
+    compute = None
+    if world > 1 and timed:
+        from torch.testing._internal.distributed.fake_pg import FakeStore
+
+        dist.barrier()
+        dist.destroy_process_group()
+        dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world)
+        compute = _run_steps(point, device, timed=True, count=False)
+    return {"rank": rank, "real": real, "compute": compute, "peak_rss": peak_rss_bytes()}
+
+
+__all__ = ["run_point_rank"]
