@@ -48,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     p_rep.add_argument("results", nargs="+", type=Path)
     p_rep.add_argument("--out", type=Path, required=True, help="folder for report.md and its plots")
     p_rep.add_argument("--title", default=None)
+    p_cmp = sub.add_parser("compare", help="regression check: flags medians outside the baseline's bootstrap CI; "
+                                           "exits 1 on a regression")
+    p_cmp.add_argument("baseline", type=Path)
+    p_cmp.add_argument("new", type=Path)
+    p_cmp.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
+    p_cmp.add_argument("--repeats", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p_gpu = sub.add_parser("gpu-run", help="kernel correctness and benchmarks for one GPU lease (tiny shapes on CPU)")
     p_gpu.add_argument("--out", type=Path, default=None, help="output folder (default runs/<timestamp>)")
     p_gpu.add_argument("--budget-min", type=float, default=18.0, help="wall-clock budget in minutes")
@@ -57,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         return model_cli.run(args)
     if args.command == "run":
         return _run(args)
+    if args.command == "compare":
+        from .compare import run_compare
+
+        return run_compare(args.baseline, args.new, args.level, args.repeats)
     if args.command == "report":
         from .report import write_report
 

@@ -1,0 +1,92 @@
+"""s2vbench compare on synthetic noisy data: pass, fail, improvement, pytest-benchmark input."""
+
+import json
+
+import numpy as np
+
+from s2vbench.bench import cli
+from s2vbench.bench.compare import bootstrap_median_ci
+from s2vbench.bench.results import Metric, Record, ResultsLog
+
+
+def results_file(path, scale, n=25, seed=0, device="cpu"):
+    rng = np.random.default_rng(seed)
+    log = ResultsLog(path, environment={"device": device, "cpu": "test-cpu"})
+    for name, base in (("a", 1.0), ("b", 2.0)):
+        steps = (base * scale.get(name, 1.0) * (1 + 0.02 * rng.standard_normal(n))).tolist()
+        log.append(Record("iteration", name, {}, [Metric("step_time", float(np.median(steps)), "s", "synthetic",
+                                                         stats={f"step{i}": t for i, t in enumerate(steps)})]))
+    return path
+
+
+def test_same_distribution_passes(tmp_path, capsys):
+    base = results_file(tmp_path / "base.json", {}, seed=0)
+    new = results_file(tmp_path / "new.json", {}, seed=1)
+    assert cli.main(["compare", str(base), str(new)]) == 0
+    assert "0 regression(s) among 2 matched" in capsys.readouterr().out
+
+
+def test_slowdown_fails_and_speedup_is_reported(tmp_path, capsys):
+    base = results_file(tmp_path / "base.json", {}, seed=0)
+    new = results_file(tmp_path / "new.json", {"a": 1.10, "b": 0.9}, seed=1)
+    assert cli.main(["compare", str(base), str(new)]) == 1
+    out = capsys.readouterr().out
+    assert "regression" in out and "improvement" in out and "1 regression(s) among 2 matched" in out
+
+
+def test_points_match_only_on_the_same_hardware(tmp_path, capsys):
+    base = results_file(tmp_path / "base.json", {}, seed=0)
+    new = results_file(tmp_path / "new.json", {"a": 2.0}, seed=1, device="NVIDIA H100")
+    assert cli.main(["compare", str(base), str(new)]) == 0
+    assert "unmatched" in capsys.readouterr().out
+
+
+def test_pytest_benchmark_json(tmp_path):
+    def bench(path, data):
+        doc = {"machine_info": {"node": "n", "cpu": {"brand_raw": "c"}},
+               "benchmarks": [{"fullname": "tests/x.py::test_k", "stats": {"data": data, "median": float(np.median(data)),
+                                                                          "min": min(data), "max": max(data)}}]}
+        path.write_text(json.dumps(doc))
+        return path
+
+    rng = np.random.default_rng(0)
+    data = 1e-3 * (1 + 0.01 * rng.standard_normal(40))
+    base = bench(tmp_path / "b.json", data.tolist())
+    same = bench(tmp_path / "s.json", rng.permutation(data).tolist())  # the same timings, in another order
+    slow = bench(tmp_path / "f.json", (1.2 * data).tolist())
+    assert cli.main(["compare", str(base), str(same)]) == 0
+    assert cli.main(["compare", str(base), str(slow)]) == 1
+
+
+def test_bootstrap_interval_covers_the_median_and_narrows_with_data():
+    rng = np.random.default_rng(3)
+    small = rng.normal(1.0, 0.05, 10).tolist()
+    big = rng.normal(1.0, 0.05, 400).tolist()
+    lo_s, hi_s = bootstrap_median_ci(small)
+    lo_b, hi_b = bootstrap_median_ci(big)
+    assert lo_s <= np.median(small) <= hi_s and lo_b <= np.median(big) <= hi_b
+    assert hi_b - lo_b < hi_s - lo_s
+
+
+def test_false_positive_rate_and_power():
+    """Same-distribution pairs are rarely flagged and a 10% slowdown nearly always is. With 25 samples the
+    percentile bootstrap of a median is somewhat narrow, so the 95% level flags ~8% of unchanged pairs (2.5%
+    nominal); a higher --level trades power for fewer false alarms."""
+    from s2vbench.bench.compare import Series, compare
+
+    def rates(level):
+        rng = np.random.default_rng(7)
+        false_pos = detected = 0
+        trials = 200
+        for _ in range(trials):
+            base = Series(("p", "h"), (1 + 0.02 * rng.standard_normal(25)).tolist())
+            same = Series(("p", "h"), (1 + 0.02 * rng.standard_normal(25)).tolist())
+            slow = Series(("p", "h"), (1.1 * (1 + 0.02 * rng.standard_normal(25))).tolist())
+            false_pos += compare({base.key: base}, {same.key: same}, level, 500)[0][0].verdict == "regression"
+            detected += compare({base.key: base}, {slow.key: slow}, level, 500)[0][0].verdict == "regression"
+        return false_pos / trials, detected / trials
+
+    fp95, power95 = rates(0.95)
+    fp99, power99 = rates(0.99)
+    assert fp95 <= 0.10 and power95 >= 0.99
+    assert fp99 < fp95 and fp99 <= 0.04 and power99 >= 0.95
