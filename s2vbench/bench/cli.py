@@ -32,6 +32,44 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scaling(args: argparse.Namespace, argv: list[str]) -> int:
+    import json
+
+    from .cluster import detect_env, render_sbatch
+    from .points import Point
+    from .report import write_report
+    from .scaling import launch_sweep, load_sweep, run_in_job, sweep_points
+
+    out = args.out or _default_out()
+    name = "scaling"
+    if args.points_json is not None:
+        points, notes = [Point(**{k: v for k, v in d.items() if k != "degrees"})
+                         for d in json.loads(args.points_json.read_text())], []
+    elif args.sweep is not None:
+        points, notes, name = load_sweep(args.sweep)
+    else:
+        points, notes = sweep_points(args.preset, [int(g) for g in args.gpus.split(",")], args.strategies.split(","),
+                                     global_batch=args.global_batch, scaling=args.scaling, steps=args.steps,
+                                     warmup=args.warmup, ac=args.ac, dtype=args.dtype,
+                                     attention_backend=args.attention_backend)
+    if args.sbatch:
+        rest = [a for a in argv if a != "--sbatch"]
+        print(render_sbatch(f"s2vbench-{name}", args.nodes, args.gpus_per_node, ["python", "-m", "s2vbench", *rest]))
+        return 0
+    env = detect_env()
+    if env is not None:
+        run_in_job(points, out)
+        if env.rank != 0 or args.points_json is not None:
+            return 0
+        log_path = out / "results.json"
+    else:
+        for note in notes:
+            print(note)
+        log_path = launch_sweep(points, out).path
+    print(write_report([log_path], out, title=f"s2vbench scaling: {name}"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="s2vbench", description="Wan-S2V scaling benchmarks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +86,25 @@ def main(argv: list[str] | None = None) -> int:
     p_rep.add_argument("results", nargs="+", type=Path)
     p_rep.add_argument("--out", type=Path, required=True, help="folder for report.md and its plots")
     p_rep.add_argument("--title", default=None)
+    p_sc = sub.add_parser("scaling", help="sweep GPU counts and strategies: inside torchrun/SLURM, or launching "
+                                          "torchrun per GPU count on this node")
+    p_sc.add_argument("--preset", default="14b")
+    p_sc.add_argument("--gpus", default="1,2,4,8", help="comma-separated GPU counts")
+    p_sc.add_argument("--strategies", default="fsdp,ulysses,ring,usp", help="comma-separated: " + ",".join(
+        ("single", "fsdp", "ulysses", "ring", "usp")))
+    p_sc.add_argument("--global-batch", type=int, default=8, help="clips per step (strong scaling keeps it)")
+    p_sc.add_argument("--scaling", choices=("strong", "weak"), default="strong")
+    p_sc.add_argument("--ac", action="store_true", help="activation checkpointing")
+    p_sc.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
+    p_sc.add_argument("--attention-backend", choices=("torch", "triton"), default="torch")
+    p_sc.add_argument("--steps", type=int, default=3)
+    p_sc.add_argument("--warmup", type=int, default=1)
+    p_sc.add_argument("--sweep", type=Path, default=None, help="a TOML sweep file (overrides the flags above)")
+    p_sc.add_argument("--points-json", type=Path, default=None, help=argparse.SUPPRESS)
+    p_sc.add_argument("--out", type=Path, default=None, help="output folder (default runs/<timestamp>)")
+    p_sc.add_argument("--sbatch", action="store_true", help="print an sbatch script for this sweep and exit")
+    p_sc.add_argument("--nodes", type=int, default=1, help="with --sbatch: nodes")
+    p_sc.add_argument("--gpus-per-node", type=int, default=8, help="with --sbatch: GPUs per node")
     p_cmp = sub.add_parser("compare", help="regression check: flags medians outside the baseline's bootstrap CI; "
                                            "exits 1 on a regression")
     p_cmp.add_argument("baseline", type=Path)
@@ -63,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         return model_cli.run(args)
     if args.command == "run":
         return _run(args)
+    if args.command == "scaling":
+        return _scaling(args, argv if argv is not None else sys.argv[1:])
     if args.command == "compare":
         from .compare import run_compare
 

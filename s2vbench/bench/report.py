@@ -25,19 +25,29 @@ def timed(records: list[Record]) -> list[Record]:
     return [r for r in records if r.kind == "iteration" and _value(r, "step_time") is not None]
 
 
-def speedups(records: list[Record]) -> tuple[Record | None, dict[str, tuple[float, float]]]:
-    """Baseline (the smallest world that ran; its fastest point) and per point (speed-up, efficiency)."""
+def group_key(r: Record) -> tuple:
+    """Points that differ only in rank count and strategy compare with each other (strong scaling also keeps
+    the global batch; weak scaling lets it grow with the data-parallel degree)."""
+    c = r.config
+    batch = c.get("global_batch") if c.get("scaling", "strong") == "strong" else None
+    return (c.get("preset"), c.get("ac"), c.get("dtype"), c.get("attention_backend"), c.get("scaling"), batch)
+
+
+def speedups(records: list[Record]) -> tuple[dict[tuple, Record], dict[str, tuple[float, float]]]:
+    """Per comparison group, the baseline (the fastest point at the smallest rank count that ran), and per
+    point its (speed-up, efficiency) against its group's baseline."""
     ran = timed(records)
-    if not ran:
-        return None, {}
-    smallest = min(r.config["world"] for r in ran)
-    base = min((r for r in ran if r.config["world"] == smallest), key=lambda r: _value(r, "step_time"))
-    t0 = _value(base, "step_time")
+    bases: dict[tuple, Record] = {}
+    for key in {group_key(r) for r in ran}:
+        group = [r for r in ran if group_key(r) == key]
+        smallest = min(r.config["world"] for r in group)
+        bases[key] = min((r for r in group if r.config["world"] == smallest), key=lambda r: _value(r, "step_time"))
     out = {}
     for r in ran:
-        s = t0 / _value(r, "step_time")
-        out[r.name] = (s, s / (r.config["world"] / smallest))
-    return base, out
+        base = bases[group_key(r)]
+        s = _value(base, "step_time") / _value(r, "step_time")
+        out[r.name] = (s, s / (r.config["world"] / base.config["world"]))
+    return bases, out
 
 
 def _plots(records: list[Record], out: Path) -> list[str]:
@@ -48,19 +58,22 @@ def _plots(records: list[Record], out: Path) -> list[str]:
 
     made = []
     ran = timed(records)
-    base, sp = speedups(records)
-    if ran and base is not None:
+    bases, sp = speedups(records)
+    if ran:
         fig, ax = plt.subplots(figsize=(6, 4))
         worlds = sorted({r.config["world"] for r in ran})
         w0 = min(worlds)
         ax.plot(worlds, [w / w0 for w in worlds], "k--", label="ideal")
-        for strategy in sorted({r.config["strategy"] for r in ran}):
-            pts = sorted((r.config["world"], sp[r.name][0]) for r in ran if r.config["strategy"] == strategy)
-            if pts[0][0] != w0:  # every curve starts at the baseline point
-                pts.insert(0, (w0, 1.0))
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=strategy)
+        for key, base in sorted(bases.items(), key=lambda kv: str(kv[0])):
+            tag = "" if len(bases) == 1 else f" (ac={key[1]}, {key[2]})"
+            group = [r for r in ran if group_key(r) == key]
+            for strategy in sorted({r.config["strategy"] for r in group}):
+                pts = sorted((r.config["world"], sp[r.name][0]) for r in group if r.config["strategy"] == strategy)
+                if pts[0][0] != base.config["world"]:  # every curve starts at its group's baseline
+                    pts.insert(0, (base.config["world"], 1.0))
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=strategy + tag)
         ax.set_xlabel("ranks")
-        ax.set_ylabel(f"speed-up vs {base.config['strategy']} at {w0} rank(s)")
+        ax.set_ylabel("speed-up vs the smallest rank count that ran")
         ax.set_xticks(worlds)
         ax.legend()
         ax.set_title("Training-step speed-up")
@@ -70,7 +83,7 @@ def _plots(records: list[Record], out: Path) -> list[str]:
         made.append("speedup.png")
 
         fig, ax = plt.subplots(figsize=(7, 4))
-        labels = [f"{r.config['strategy']}\nw{r.config['world']}" for r in ran]
+        labels = [f"{r.config['strategy']}\nw{r.config['world']}{' ac' if r.config.get('ac') else ''}" for r in ran]
         share = [r.metric("exposed_comm").stats.get("share", 0.0) * 100 for r in ran]
         ax.bar(labels, share, color="tab:red")
         ax.set_ylabel("exposed communication, % of step")
@@ -97,7 +110,7 @@ def _plots(records: list[Record], out: Path) -> list[str]:
     its = [r for r in records if r.kind == "iteration" and "failed" not in r.tags and "oom" not in r.tags]
     if its:
         fig, ax = plt.subplots(figsize=(8, 4))
-        labels = [f"{r.config['strategy']}\nw{r.config['world']}" for r in its]
+        labels = [f"{r.config['strategy']}\nw{r.config['world']}{' ac' if r.config.get('ac') else ''}" for r in its]
         parts = [("peak_rss", "peak RSS (measured)"), ("saved_activations", "saved activations (measured)"),
                  ("analytic_params", "params (analytic)"), ("analytic_optimizer", "AdamW state (analytic)")]
         width = 0.8 / len(parts)
@@ -121,7 +134,7 @@ def write_report(results: list[Path], out: Path, title: str | None = None) -> Pa
     out.mkdir(parents=True, exist_ok=True)
     plots = _plots(records, out)
     env = records[0].environment if records else {}
-    base, sp = speedups(records)
+    bases, sp = speedups(records)
     lines = [f"# {title or 's2vbench report'}", "",
              f"Made {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} from "
              f"{', '.join(str(p) for p in results)}.", "",
@@ -129,23 +142,26 @@ def write_report(results: list[Path], out: Path, title: str | None = None) -> Pa
              f"x {env.get('cpu_count', '?')}; torch {env.get('torch')}, triton {env.get('triton')}, CUDA "
              f"{env.get('cuda')}, driver {env.get('driver')}, deepspeed {env.get('deepspeed')}; git "
              f"{(env.get('git_commit') or '?')[:12]}{' (dirty)' if env.get('git_dirty') else ''}.", ""]
-    if base is not None:
-        lines += [f"Speed-up is relative to the smallest rank count that ran: **{base.name}** "
-                  f"({_fmt(_value(base, 'step_time'))} s/step). Each rank is one process with one thread. "
-                  f"Step times: per step the slowest rank, median over the timed steps, warm-up excluded.", ""]
+    if bases:
+        lines += ["Speed-up is relative to the smallest rank count that ran, within points that differ only in "
+                  "rank count and strategy; the baselines are " +
+                  ", ".join(f"**{b.name}** ({_fmt(_value(b, 'step_time'))} s/step)" for b in bases.values()) +
+                  ". Step times: per step the slowest rank, median over the timed steps, warm-up excluded. On "
+                  "CPU each rank is one single-threaded process.", ""]
     rows = []
     for r in [r for r in records if r.kind == "iteration"]:
         s, eff = sp.get(r.name, (None, None))
         st = r.metric("step_time")
         spread = f"{_fmt(st.stats.get('min'))}-{_fmt(st.stats.get('max'))}" if st.value is not None else ""
         exposed = r.metric("exposed_comm").stats.get("share") if _value(r, "exposed_comm") is not None else None
-        rows.append((r.config.get("strategy"), r.config.get("world"), _fmt(st.value), spread, _fmt(s, ".2f"),
+        rows.append((r.config.get("strategy"), r.config.get("world"), "on" if r.config.get("ac") else "off",
+                     r.config.get("dtype"), _fmt(st.value), spread, _fmt(s, ".2f"),
                      _fmt(eff, ".0%") if eff is not None else "n/a", _fmt(_value(r, "samples_per_s_per_device")),
                      _fmt(_value(r, "tokens_per_s_per_device"), ".0f"), _fmt(_value(r, "tflops_per_device"), ".4f"),
                      _fmt(exposed, ".0%") if exposed is not None else "n/a", _fmt(_value(r, "peak_rss")),
                      _fmt(_value(r, "saved_activations"), ".4f"), ", ".join(r.tags)))
     lines += ["## Iteration time", "", tabulate(rows, headers=[
-        "strategy", "ranks", "step s", "min-max s", "speed-up", "efficiency", "samples/s/dev", "tokens/s/dev",
+        "strategy", "ranks", "AC", "dtype", "step s", "min-max s", "speed-up", "efficiency", "samples/s/dev", "tokens/s/dev",
         "TFLOP/s/dev", "exposed comm", "peak RSS GiB", "saved act. GiB", "tags"], tablefmt="pipe", disable_numparse=True), ""]
     comm_rows = []
     for r in [r for r in records if r.kind == "iteration"]:

@@ -7,6 +7,7 @@ points already in the results file are skipped.
 
 from __future__ import annotations
 
+import re
 import statistics
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def point_record(point: Point, results: list[dict]) -> Record:
 
 def failure_record(point: Point, error: BaseException) -> Record:
     text = str(error)
-    oom = ("exited with code -9" in text or "OutOfMemoryError" in text or "out of memory" in text.lower())
+    oom = bool(re.search(r"exit(ed with )?code\s*:?\s*-9|OutOfMemoryError|out of memory", text, re.IGNORECASE))
     status = "oom" if oom else "failed"
     return Record("iteration", point.name, point.to_dict(),
                   [Metric("step_time", None, "s", f"{status}: {text[-500:]}", status="not_measured")],
