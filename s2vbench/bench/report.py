@@ -57,6 +57,13 @@ def _plots(records: list[Record], out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     made = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        made.append(name)
+
     ran = timed(records)
     bases, sp = speedups(records)
     if ran:
@@ -77,10 +84,7 @@ def _plots(records: list[Record], out: Path) -> list[str]:
         ax.set_xticks(worlds)
         ax.legend()
         ax.set_title("Training-step speed-up")
-        fig.tight_layout()
-        fig.savefig(out / "speedup.png", dpi=120)
-        plt.close(fig)
-        made.append("speedup.png")
+        save(fig, "speedup.png")
 
         fig, ax = plt.subplots(figsize=(7, 4))
         labels = [f"{r.config['strategy']}\nw{r.config['world']}{' ac' if r.config.get('ac') else ''}" for r in ran]
@@ -88,10 +92,7 @@ def _plots(records: list[Record], out: Path) -> list[str]:
         ax.bar(labels, share, color="tab:red")
         ax.set_ylabel("exposed communication, % of step")
         ax.set_title("Exposed communication (step - compute-only)")
-        fig.tight_layout()
-        fig.savefig(out / "exposed_comm.png", dpi=120)
-        plt.close(fig)
-        made.append("exposed_comm.png")
+        save(fig, "exposed_comm.png")
 
         fig, ax = plt.subplots(figsize=(7, 4))
         for i, r in enumerate(ran):
@@ -102,10 +103,7 @@ def _plots(records: list[Record], out: Path) -> list[str]:
         ax.set_xticks(range(len(ran)), labels)
         ax.set_ylabel("step time, s (bar: median)")
         ax.set_title("Per-step time (warm-up excluded)")
-        fig.tight_layout()
-        fig.savefig(out / "step_times.png", dpi=120)
-        plt.close(fig)
-        made.append("step_times.png")
+        save(fig, "step_times.png")
 
     its = [r for r in records if r.kind == "iteration" and "failed" not in r.tags and "oom" not in r.tags]
     if its:
@@ -121,10 +119,7 @@ def _plots(records: list[Record], out: Path) -> list[str]:
         ax.set_ylabel("GiB per rank")
         ax.set_title("Memory per rank by strategy")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "memory.png", dpi=120)
-        plt.close(fig)
-        made.append("memory.png")
+        save(fig, "memory.png")
     return made
 
 

@@ -62,8 +62,8 @@ class FP32LayerNorm(nn.LayerNorm):
             return F.layer_norm(y, self.normalized_shape, w, b, self.eps).type_as(x)
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with full-width q/k RMSNorm and 3D RoPE."""
+class _Attention(nn.Module):
+    """q/k/v/o projections with full-width q/k RMSNorm, and the name of the attention backend to call."""
 
     def __init__(self, dim: int, num_heads: int, eps: float, qk_norm: bool = True):
         super().__init__()
@@ -78,6 +78,10 @@ class SelfAttention(nn.Module):
         self.attn_backend = "torch"
         """Name of the attention backend (see :mod:`s2vbench.model.attention`); parallel code swaps it."""
 
+
+class SelfAttention(_Attention):
+    """Multi-head self-attention with 3D RoPE on q and k."""
+
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 kv_lens: torch.Tensor | None = None) -> torch.Tensor:
         b, s = x.shape[:2]
@@ -89,20 +93,8 @@ class SelfAttention(nn.Module):
         return self.o(out.flatten(2))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_Attention):
     """Multi-head cross-attention (text, or a latent frame's audio tokens); no RoPE."""
-
-    def __init__(self, dim: int, num_heads: int, eps: float, qk_norm: bool = True):
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
-        self.attn_backend = "torch"
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, kv_lens: torch.Tensor | None = None) -> torch.Tensor:
         b, nq, nk = x.shape[0], x.shape[1], context.shape[1]  # explicit sizes: b may be 0 (an empty window)
