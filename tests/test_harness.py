@@ -113,3 +113,16 @@ def test_flop_and_memory_formulas_by_hand():
     assert parameter_count(cfg) == 648_073
     big = training_state_bytes(get_preset("14b").model, shards=8)
     assert big["params"] == 16_295_755_609 * 4 / 8 and big["optimizer"] == 2 * big["params"]
+
+
+def test_device_peaks_and_oom_classification():
+    from s2vbench.bench.hardware import bf16_peak_tflops
+    from s2vbench.bench.sweep import failure_record
+
+    assert bf16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.4 and bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert bf16_peak_tflops("NVIDIA H200") == 989.4 and bf16_peak_tflops("cpu") is None
+    p = Point("tiny", 2, "ring")
+    assert failure_record(p, RuntimeError("rank 1 failed: process exited with code -9")).tags == ["oom"]
+    assert failure_record(p, RuntimeError("PointOOM: out of memory on at least one rank")).tags == ["oom"]
+    assert failure_record(p, RuntimeError("exitcode  : -9 (pid: 12)")).tags == ["oom"]
+    assert failure_record(p, RuntimeError("ValueError: boom")).tags == ["failed"]

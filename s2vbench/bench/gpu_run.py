@@ -6,7 +6,8 @@ Runs in priority order and writes every result the moment it exists (atomic, inc
    (Ulysses: 44,544 tokens x 5 heads; ring: 5,568-token blocks x 40 heads), against SDPA cuDNN / flash and
    flash-attn when it imports;
 3. the causal-conv benchmark at the real shape (T = 153);
-4. a training step and peak memory of the small preset on one GPU.
+4. the single-GPU model report: the 14b width with 2 blocks and their 2 injectors, AC on, bf16, at 44,544
+   tokens (48 frames of 1024x768): step time, TFLOP/s, MFU, memory, NVML power.
 Needs nothing beyond the GPU image (torch, triton); run from the repository root with ``PYTHONPATH=.``.
 Without CUDA it runs tiny shapes: torch rows are timed on CPU and Triton rows say plainly they need CUDA.
 """
@@ -35,35 +36,6 @@ class Budget:
 
     def allows(self, need_s: float) -> bool:
         return self.left_s() > need_s
-
-
-def _model_step_record(device: torch.device) -> Record:
-    from ..model import WanS2V, get_preset
-    from ..model.flow import TrainConfig, make_optimizer, synthetic_batch, train_step
-    from .kernels import time_call
-
-    preset = get_preset("small")
-    torch.manual_seed(0)
-    model = WanS2V(preset.model).to(device)
-    cfg = TrainConfig(dtype="bfloat16")
-    opt = make_optimizer(model, cfg)
-    batch = synthetic_batch(preset.model, preset.clip).to(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    step = [0]
-
-    def one():
-        train_step(model, opt, batch, step[0], cfg)
-        step[0] += 1
-
-    timing = time_call(one, device)
-    metrics = [Metric("step_time", timing.median_ms / 1e3, "s", timing.how,
-                      stats={"min": timing.min_ms / 1e3, "max": timing.max_ms / 1e3, "n": timing.n})]
-    if device.type == "cuda":
-        metrics.append(Metric("peak_memory", torch.cuda.max_memory_allocated(device) / 2**30, "GiB",
-                              "torch.cuda.max_memory_allocated over the timed steps"))
-    return Record("model_step", "model-step/small/bf16", {"preset": "small", "train": cfg, "device": str(device)},
-                  metrics)
 
 
 def _summary(records: list[Record]) -> str:
@@ -123,9 +95,22 @@ def gpu_run(out_dir: Path, budget_minutes: float = 18.0, smoke: bool | None = No
     for shape in wan_conv_shapes(scale=8 if smoke else 1):
         if budget.allows(30) and not log.done(f"causal-conv/{shape.name}/{dtype}"):
             log.append(conv_benchmark(shape, dtype, device))
-    # 4. model step and memory
-    if budget.allows(120) and not log.done("model-step/small/bf16"):
-        log.append(_model_step_record(device))
+    # 4. model step and memory: on a GPU, the single-GPU report point (14b width, 2 blocks, AC, 44,544 tokens)
+    if budget.allows(180):
+        from .points import Point
+        from .sweep import failure_record, point_record
+        from .worker import run_point_rank
+
+        point = (Point("14b-2layer", 1, "single", global_batch=1, ac=True, dtype="bfloat16", steps=3, warmup=1)
+                 if device.type == "cuda" else Point("tiny", 1, "single", global_batch=1, steps=1, warmup=1))
+        if not log.done(point.name):
+            from ..parallel.launch import RankFailed, run_ranks
+
+            try:
+                log.append(point_record(point, run_ranks(run_point_rank, 1, point.to_dict(), backend="gloo",
+                                                         timeout_s=max(60.0, budget.left_s() - 30))))
+            except (RankFailed, TimeoutError) as e:
+                log.append(failure_record(point, e))
     print(_summary(log.records))
     print(f"results: {log.path} ({len(log.records)} records, device {log.environment.get('device')})")
     return log.path

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..model import get_preset, sequence_layout
 from ..parallel.launch import RankFailed, run_ranks
 from .analytic import forward_flops, fsdp_comm_volume, training_state_bytes, training_step_comm_volume
+from .hardware import bf16_peak_tflops
 from .points import Point
 from .results import Metric, Record, ResultsLog
 from .worker import run_point_rank
@@ -63,8 +64,28 @@ def point_record(point: Point, results: list[dict]) -> Record:
         metrics.append(Metric("tflops_per_device", train_flops / step / point.world / 1e12, "TFLOP/s",
                               "model FLOPs (3x forward, bench.analytic, no recompute) / step_time / ranks",
                               stats={"recompute_flops_share": recompute / (train_flops + recompute)}))
-    metrics.append(Metric("mfu", None, "1", "needs the device's bf16 peak; none is known for CPUs",
-                          status="not_measured"))
+    peak = bf16_peak_tflops(results[0].get("device_name"))
+    tflops = next((m.value for m in metrics if m.name == "tflops_per_device"), None)
+    if peak is not None and tflops is not None:
+        metrics.append(Metric("mfu", tflops / peak, "1", f"tflops_per_device / {peak} TFLOP/s dense bf16 peak of "
+                                                         f"{results[0]['device_name']} (datasheet, not measured)"))
+    else:
+        metrics.append(Metric("mfu", None, "1", "needs the device's bf16 peak; none is known for this device "
+                                                "(CPUs included)", status="not_measured"))
+    nvml = [r["real"].get("nvml") for r in results if r["real"].get("nvml")]
+    if nvml:
+        metrics.append(Metric("gpu_power", max(n["power_w_mean"] for n in nvml), "W",
+                              "NVML, mean over the timed steps, max over ranks (sampled every 0.1 s)",
+                              stats={"max": max(n["power_w_max"] for n in nvml),
+                                     "sm_util_mean": max(n["sm_util_mean"] for n in nvml),
+                                     "memory_used_gib_max": max(n["memory_used_gib_max"] for n in nvml)}))
+    else:
+        metrics.append(Metric("gpu_power", None, "W", "NVML sampling needs a GPU (absent on CPU)",
+                              status="not_measured"))
+    if any("peak_allocated" in r["real"] for r in results):
+        metrics.append(Metric("cuda_peak_allocated", max(r["real"]["peak_allocated"] for r in results) / GIB, "GiB",
+                              "torch.cuda.max_memory_allocated, max over ranks",
+                              stats={"reserved": max(r["real"]["peak_reserved"] for r in results) / GIB}))
     metrics.append(Metric("peak_rss", max(r["peak_rss"] for r in results) / GIB, "GiB",
                           "max over ranks of the process's peak resident set size (getrusage)"))
     metrics.append(Metric("saved_activations", max(r["real"]["saved_activation_bytes"] for r in results) / GIB,
@@ -94,7 +115,8 @@ def point_record(point: Point, results: list[dict]) -> Record:
 
 def failure_record(point: Point, error: BaseException) -> Record:
     text = str(error)
-    oom = bool(re.search(r"exit(ed with )?code\s*:?\s*-9|OutOfMemoryError|out of memory", text, re.IGNORECASE))
+    oom = bool(re.search(r"exit(ed with )?code\s*:?\s*-9|OutOfMemoryError|out of memory|PointOOM", text,
+                         re.IGNORECASE))
     status = "oom" if oom else "failed"
     return Record("iteration", point.name, point.to_dict(),
                   [Metric("step_time", None, "s", f"{status}: {text[-500:]}", status="not_measured")],

@@ -3,6 +3,7 @@ replaced by a no-op of the same shapes (torch's "fake" process group), for the c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import torch
@@ -24,6 +25,39 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
+class PointOOM(RuntimeError):
+    """A rank ran out of memory; every rank raises this, so the point is recorded as OOM."""
+
+
+def _oom_checked(step_fn, device: torch.device, *args) -> float:
+    """Run one step; on CUDA, an OutOfMemoryError on any rank is all-reduced so every rank stops together."""
+    if device.type != "cuda":
+        return step_fn(*args).loss
+    flag = torch.zeros(1, device=device)
+    loss = float("nan")
+    try:
+        loss = step_fn(*args).loss
+    except torch.cuda.OutOfMemoryError:
+        flag.fill_(1)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item():
+        raise PointOOM(f"out of memory on at least one rank (this rank: {torch.cuda.max_memory_allocated(device)} "
+                       f"bytes peak allocated)")
+    return loss
+
+
+def _nvml_sampler(device: torch.device):
+    if device.type != "cuda":
+        return None
+    try:
+        from .hardware import NVMLSampler
+
+        return NVMLSampler(device.index or 0)
+    except Exception:  # no NVML (driver or library missing): the record says not measured
+        return None
+
+
 def _run_steps(point: Point, device: torch.device, timed: bool, count: bool) -> dict:
     preset = get_preset(point.preset)
     torch.manual_seed(0)
@@ -42,15 +76,17 @@ def _run_steps(point: Point, device: torch.device, timed: bool, count: bool) -> 
     times: list[float] = []
     losses: list[float] = []
     total = point.warmup + point.steps
-    for step in range(total):
-        batch.sample_index = data_parallel_sample_indices(step, dp_rank, dp, point.batch_per_rank)
-        b = batch.to(device)
-        if step >= point.warmup and timed:
-            with timer.time(times):
-                losses.append(step_fn(model, opt, b, step, cfg).loss)
-        else:
-            losses.append(step_fn(model, opt, b, step, cfg).loss)
-    out = {"times": times, "losses": losses}
+    sampler = _nvml_sampler(device) if timed else None
+    with sampler if sampler is not None else contextlib.nullcontext():
+        for step in range(total):
+            batch.sample_index = data_parallel_sample_indices(step, dp_rank, dp, point.batch_per_rank)
+            b = batch.to(device)
+            if step >= point.warmup and timed:
+                with timer.time(times):
+                    losses.append(_oom_checked(step_fn, device, model, opt, b, step, cfg))
+            else:
+                losses.append(_oom_checked(step_fn, device, model, opt, b, step, cfg))
+    out = {"times": times, "losses": losses, "nvml": sampler.summary() if sampler is not None else None}
     if count:  # one more, untimed step: collective bytes per kind and activations saved for backward
         saved = SavedActivations(model)
         with count_comm(fsdp=pm is not None) as counter, saved.count():
@@ -78,7 +114,8 @@ def run_point_rank(rank: int, world: int, point_dict: dict) -> dict:
         dist.destroy_process_group()
         dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world)
         compute = _run_steps(point, device, timed=True, count=False)
-    return {"rank": rank, "real": real, "compute": compute, "peak_rss": peak_rss_bytes()}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {"rank": rank, "real": real, "compute": compute, "peak_rss": peak_rss_bytes(), "device_name": name}
 
 
 __all__ = ["run_point_rank"]

@@ -196,7 +196,13 @@ def _14b() -> Preset:
                   "official Wan-S2V-14B (16.3 B parameters)")
 
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (_tiny(), _small(), _14b())}
+def _14b_2layer() -> Preset:
+    # What one GPU can hold of the 14b for a per-layer report: full width, 2 blocks and their 2 injectors.
+    return Preset("14b-2layer", WanS2VConfig(num_layers=2, audio_inject_layers=(0, 1)), _14b().clip,
+                  "14b width, 2 blocks with 2 audio injections, the paper's 44,544-token clip (single-GPU report)")
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (_tiny(), _small(), _14b(), _14b_2layer())}
 
 
 def get_preset(name: str) -> Preset:
