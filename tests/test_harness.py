@@ -126,3 +126,19 @@ def test_device_peaks_and_oom_classification():
     assert failure_record(p, RuntimeError("PointOOM: out of memory on at least one rank")).tags == ["oom"]
     assert failure_record(p, RuntimeError("exitcode  : -9 (pid: 12)")).tags == ["oom"]
     assert failure_record(p, RuntimeError("ValueError: boom")).tags == ["failed"]
+
+
+def test_clip_geometry_axes_and_a_chrome_trace(tmp_path):
+    p = Point("tiny", 1, "single", frames=8, height=128, width=192, trace=True, steps=1)
+    p.validate()
+    c = p.clip()
+    assert (c.latent_frames, c.latent_height, c.latent_width) == (2, 16, 24) and p.name.endswith("/8f-128x192")
+    with pytest.raises(ValueError, match="multiple of 4"):
+        Point("tiny", 1, "single", frames=6).validate()
+    with pytest.raises(ValueError, match="FramePack"):
+        Point("tiny", 1, "single", height=80).validate()  # 10 latent rows: FramePack needs a multiple of 8
+    log = run_sweep([p], tmp_path / "results.json", progress=False)
+    (rec,) = read_results(log.path)
+    assert rec.config["tokens"] == 2 * 8 * 12 + 8 * 12 + (8 * 12 + 4 * 6 + 4 * 2 * 3)
+    trace = rec.notes.removeprefix("Chrome trace: ")
+    assert trace.endswith(".trace.json") and json.loads(open(trace).read())["traceEvents"]

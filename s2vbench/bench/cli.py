@@ -51,7 +51,8 @@ def _scaling(args: argparse.Namespace, argv: list[str]) -> int:
         points, notes = sweep_points(args.preset, [int(g) for g in args.gpus.split(",")], args.strategies.split(","),
                                      global_batch=args.global_batch, scaling=args.scaling, steps=args.steps,
                                      warmup=args.warmup, ac=args.ac, dtype=args.dtype,
-                                     attention_backend=args.attention_backend)
+                                     attention_backend=args.attention_backend, frames=args.frames,
+                                     height=args.height, width=args.width, trace=args.trace)
     if args.sbatch:
         rest = [a for a in argv if a != "--sbatch"]
         print(render_sbatch(f"s2vbench-{name}", args.nodes, args.gpus_per_node, ["python", "-m", "s2vbench", *rest]))
@@ -97,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     p_sc.add_argument("--ac", action="store_true", help="activation checkpointing")
     p_sc.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
     p_sc.add_argument("--attention-backend", choices=("torch", "triton"), default="torch")
+    p_sc.add_argument("--frames", type=int, default=None, help="video frames per clip (default: the preset's)")
+    p_sc.add_argument("--height", type=int, default=None, help="pixel height (default: the preset's)")
+    p_sc.add_argument("--width", type=int, default=None, help="pixel width (default: the preset's)")
+    p_sc.add_argument("--trace", action="store_true", help="a Chrome trace of one step of rank 0 per point")
     p_sc.add_argument("--steps", type=int, default=3)
     p_sc.add_argument("--warmup", type=int, default=1)
     p_sc.add_argument("--sweep", type=Path, default=None, help="a TOML sweep file (overrides the flags above)")

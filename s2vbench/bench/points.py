@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 
-from ..model import get_preset
+from ..model import ClipShape, get_preset, sequence_layout
 from ..parallel import ParallelConfig
 
 STRATEGIES = ("single", "fsdp", "ulysses", "ring", "usp")
@@ -58,6 +59,22 @@ class Point:
     """Untimed warm-up steps (counted in the record)."""
     oversubscribed: bool = False
     """More ranks than cores: run for correctness and bytes only, never timed or used for speed-ups."""
+    frames: int | None = None
+    """Video frames of the clip (a multiple of 4); None keeps the preset's clip."""
+    height: int | None = None
+    """Pixel height (a multiple of 64 with motion, 16 without); None keeps the preset's."""
+    width: int | None = None
+    """Pixel width; None keeps the preset's."""
+    trace: bool = False
+    """Write a Chrome trace (torch.profiler) of one extra step of rank 0."""
+
+    def clip(self) -> ClipShape:
+        """The preset's clip with this point's frames and resolution."""
+        c = get_preset(self.preset).clip
+        return dataclasses.replace(
+            c, latent_frames=c.latent_frames if self.frames is None else self.frames // 4,
+            latent_height=c.latent_height if self.height is None else self.height // 8,
+            latent_width=c.latent_width if self.width is None else self.width // 8)
 
     @property
     def degrees(self) -> tuple[int, int, int]:
@@ -73,8 +90,10 @@ class Point:
     @property
     def name(self) -> str:
         dp, u, r = self.degrees
+        geometry = "" if (self.frames, self.height, self.width) == (None, None, None) else \
+            f"/{self.clip().infer_frames}f-{8 * self.clip().latent_height}x{8 * self.clip().latent_width}"
         return (f"{self.preset}/{self.strategy}/w{self.world}/dp{dp}-u{u}-r{r}/{self.dtype}/ac{int(self.ac)}"
-                f"/gb{self.global_batch}")
+                f"/gb{self.global_batch}{geometry}")
 
     def parallel_config(self) -> ParallelConfig:
         dp, u, r = self.degrees
@@ -89,7 +108,15 @@ class Point:
         if self.steps < 1 or self.warmup < 0:
             raise ValueError(f"need steps >= 1 and warmup >= 0, got {self.steps} and {self.warmup}")
         _ = self.batch_per_rank
-        self.parallel_config().validate(self.world, get_preset(self.preset).model.num_heads)
+        if self.frames is not None and (self.frames <= 0 or self.frames % 4):
+            raise ValueError(f"frames must be a positive multiple of 4 (16 fps, 4 frames per latent), got {self.frames}")
+        for what, px in (("height", self.height), ("width", self.width)):
+            if px is not None and (px <= 0 or px % 8):
+                raise ValueError(f"{what} must be a positive multiple of 8 pixels (the VAE stride), got {px}")
+        c = self.clip()
+        layout = sequence_layout(get_preset(self.preset).model, c.latent_frames, c.latent_height, c.latent_width,
+                                 c.with_motion)
+        self.parallel_config().validate(self.world, get_preset(self.preset).model.num_heads, layout.total)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -33,7 +33,7 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
-AXES = ("ac", "dtype", "attention_backend")
+AXES = ("ac", "dtype", "attention_backend", "frames", "height", "width", "trace")
 """Point fields a sweep file may give as lists (their cartesian product is swept)."""
 
 
@@ -100,7 +100,7 @@ def run_in_job(points: list[Point], out: Path, timeout_s: float = 900.0) -> None
         os.environ.pop("TORCHELASTIC_USE_AGENT_STORE", None)
         dist.init_process_group(backend, timeout=_dt.timedelta(seconds=timeout_s))
         try:
-            result = run_point_rank(env.rank, env.world_size, point.to_dict())
+            result = run_point_rank(env.rank, env.world_size, {**point.to_dict(), "trace_dir": str(out / "traces")})
             path = _rank_file(out, point, env.rank)
             path.parent.mkdir(parents=True, exist_ok=True)
             buf = io.BytesIO()

@@ -29,7 +29,7 @@ def _median_max_over_ranks(per_rank: list[list[float]]) -> tuple[float, list[flo
 
 def point_record(point: Point, results: list[dict]) -> Record:
     preset = get_preset(point.preset)
-    clip = preset.clip
+    clip = point.clip()
     layout = sequence_layout(preset.model, clip.latent_frames, clip.latent_height, clip.latent_width,
                              clip.with_motion)
     fwd = forward_flops(preset.model, layout).total
@@ -109,8 +109,10 @@ def point_record(point: Point, results: list[dict]) -> Record:
                               "max over ranks of bytes sent in one step (parallel.comm counters)",
                               stats={"analytic": float(want.bytes_sent) if want else 0.0, "seconds": secs}))
     tags = ["oversubscribed"] if point.oversubscribed else []
+    traces = [r["real"]["trace"] for r in results if r["real"].get("trace")]
     config = point.to_dict() | {"tokens": layout.total, "model": preset.model, "clip": clip}
-    return Record("iteration", point.name, config, metrics, tags=tags)
+    return Record("iteration", point.name, config, metrics, tags=tags,
+                  notes=f"Chrome trace: {traces[0]}" if traces else "")
 
 
 def failure_record(point: Point, error: BaseException) -> Record:
@@ -142,8 +144,9 @@ def run_sweep(points: list[Point], results_path: Path, timeout_s: float = 1800.0
             if bar is not None:
                 bar.update(task, description=f"{point.name} ({point.warmup}+{point.steps} steps)")
             try:
-                results = run_ranks(run_point_rank, point.world, point.to_dict(), timeout_s=timeout_s,
-                                    threads_per_rank=1)
+                results = run_ranks(run_point_rank, point.world,
+                                    {**point.to_dict(), "trace_dir": str(results_path.parent / "traces")},
+                                    timeout_s=timeout_s, threads_per_rank=1)
                 log.append(point_record(point, results))
             except (RankFailed, TimeoutError) as e:
                 log.append(failure_record(point, e))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -58,7 +59,7 @@ def _nvml_sampler(device: torch.device):
         return None
 
 
-def _run_steps(point: Point, device: torch.device, timed: bool, count: bool) -> dict:
+def _run_steps(point: Point, device: torch.device, timed: bool, count: bool, trace_dir: str | None = None) -> dict:
     preset = get_preset(point.preset)
     torch.manual_seed(0)
     model = WanS2V(preset.model).to(device)
@@ -70,7 +71,7 @@ def _run_steps(point: Point, device: torch.device, timed: bool, count: bool) -> 
     opt = make_optimizer(model, cfg)
     dp = point.degrees[0]
     dp_rank = pm.dp_rank if pm is not None else 0
-    batch = synthetic_batch(preset.model, preset.clip, point.batch_per_rank, seed=dp_rank)
+    batch = synthetic_batch(preset.model, point.clip(), point.batch_per_rank, seed=dp_rank)
     step_fn = parallel_train_step if pm is not None else train_step
     timer = StepTimer(device)
     times: list[float] = []
@@ -87,6 +88,16 @@ def _run_steps(point: Point, device: torch.device, timed: bool, count: bool) -> 
             else:
                 losses.append(_oom_checked(step_fn, device, model, opt, b, step, cfg))
     out = {"times": times, "losses": losses, "nvml": sampler.summary() if sampler is not None else None}
+    if trace_dir is not None and point.trace and dist.get_rank() == 0:  # one more step, profiled
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            step_fn(model, opt, batch.to(device), total, cfg)
+        path = Path(trace_dir) / (point.name.replace("/", "__") + ".trace.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(path))
+        out["trace"] = str(path)
     if count:  # one more, untimed step: collective bytes per kind and activations saved for backward
         saved = SavedActivations(model)
         with count_comm(fsdp=pm is not None) as counter, saved.count():
@@ -105,7 +116,7 @@ def run_point_rank(rank: int, world: int, point_dict: dict) -> dict:
     point = Point(**{k: v for k, v in point_dict.items() if k in fields})
     device = _device()
     timed = not point.oversubscribed
-    real = _run_steps(point, device, timed=timed, count=True)
+    real = _run_steps(point, device, timed=timed, count=True, trace_dir=point_dict.get("trace_dir"))
     compute = None
     if world > 1 and timed:
         from torch.testing._internal.distributed.fake_pg import FakeStore
