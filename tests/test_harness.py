@@ -17,7 +17,7 @@ from s2vbench.bench.sweep import run_sweep
 
 def test_two_process_gloo_sweep_end_to_end(tmp_path):
     points = [Point("tiny", 1, "single", steps=2), Point("tiny", 2, "ulysses", steps=2),
-              Point("tiny", 2, "ring", steps=2, ac=True)]
+              Point("tiny", 2, "ring", steps=2, ac=True, grad_accum=2)]
     log = run_sweep(points, tmp_path / "results.json", progress=False)
     recs = {r.name: r for r in read_results(log.path)}
     assert list(recs) == [p.name for p in points]

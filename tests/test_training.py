@@ -112,3 +112,24 @@ def test_gradients_match_float64_finite_differences():
 def test_train_config_errors():
     with pytest.raises(ValueError, match="TrainConfig.dtype='fp8'"):
         TrainConfig(dtype="fp8")
+
+
+def test_gradient_accumulation_equals_the_whole_batch():
+    from s2vbench.model.flow import S2VBatch
+
+    batch = synthetic_batch(TINY.model, TINY.clip, batch_size=3)
+    batch = S2VBatch(**{k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+                        for k, v in vars(batch).items()})
+    micro = [S2VBatch(**{k: (v[i:j] if isinstance(v, torch.Tensor) else v) for k, v in vars(batch).items()})
+             for i, j in ((0, 1), (1, 3))]  # unequal micro-batches
+    params, losses = [], []
+    for b in (batch, micro):
+        torch.manual_seed(0)
+        model = WanS2V(TINY.model).double()
+        cfg = TrainConfig(lr=1e-3)
+        opt = make_optimizer(model, cfg)
+        losses.append(train_step(model, opt, b, step=0, cfg=cfg).loss)
+        params.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    assert abs(losses[0] - losses[1]) < 1e-12
+    for n in params[0]:
+        assert torch.allclose(params[0][n], params[1][n], rtol=1e-10, atol=1e-12), n

@@ -120,13 +120,13 @@ def training_step_comm_volume(cfg: WanS2VConfig, layout: SequenceLayout, batch: 
     """Bytes one rank sends in one training step through our collectives (FSDP2's own are separate).
 
     Activation checkpointing adds nothing: the attention op's outputs are kept, so recompute never
-    communicates. The loss normalisation all-reduces two float64 scalars (token count, loss sum)."""
+    communicates. The loss normalisation is one all-reduce of two float64 scalars (token count, loss sum)."""
     cp = ulysses * ring
     local = -(-layout.total // cp)
     per_layer = attention_comm_volume(batch, local, cfg.num_heads, cfg.head_dim, ulysses, ring, elem_bytes,
                                       acc_bytes=max(4, elem_bytes))
     vol = {k: CommVolume(v.calls * cfg.num_layers, v.bytes_sent * cfg.num_layers) for k, v in per_layer.items()}
-    vol["all_reduce"] = CommVolume(2, 2 * 8)
+    vol["all_reduce"] = CommVolume(1, 2 * 8)
     return vol
 
 

@@ -52,7 +52,8 @@ def _scaling(args: argparse.Namespace, argv: list[str]) -> int:
                                      global_batch=args.global_batch, scaling=args.scaling, steps=args.steps,
                                      warmup=args.warmup, ac=args.ac, dtype=args.dtype,
                                      attention_backend=args.attention_backend, frames=args.frames,
-                                     height=args.height, width=args.width, trace=args.trace)
+                                     height=args.height, width=args.width, trace=args.trace,
+                                     grad_accum=args.grad_accum)
     if args.sbatch:
         rest = [a for a in argv if a != "--sbatch"]
         print(render_sbatch(f"s2vbench-{name}", args.nodes, args.gpus_per_node, ["python", "-m", "s2vbench", *rest]))
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         ("single", "fsdp", "ulysses", "ring", "usp")))
     p_sc.add_argument("--global-batch", type=int, default=8, help="clips per step (strong scaling keeps it)")
     p_sc.add_argument("--scaling", choices=("strong", "weak"), default="strong")
+    p_sc.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step on each rank")
     p_sc.add_argument("--ac", action="store_true", help="activation checkpointing")
     p_sc.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
     p_sc.add_argument("--attention-backend", choices=("torch", "triton"), default="torch")

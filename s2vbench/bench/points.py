@@ -45,6 +45,8 @@ class Point:
     """One of STRATEGIES."""
     global_batch: int = 2
     """Clips per optimizer step over all data-parallel ranks (strong scaling keeps it fixed)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step on each rank (gradient accumulation)."""
     scaling: str = "strong"
     """strong: fixed global batch; weak: global batch grows with the data-parallel degree."""
     ac: bool = False
@@ -88,12 +90,19 @@ class Point:
         return self.global_batch // dp
 
     @property
+    def micro_batch(self) -> int:
+        if self.grad_accum < 1 or self.batch_per_rank % self.grad_accum:
+            raise ValueError(f"{self.batch_per_rank} clips per rank do not split into {self.grad_accum} micro-batches")
+        return self.batch_per_rank // self.grad_accum
+
+    @property
     def name(self) -> str:
         dp, u, r = self.degrees
         geometry = "" if (self.frames, self.height, self.width) == (None, None, None) else \
             f"/{self.clip().infer_frames}f-{8 * self.clip().latent_height}x{8 * self.clip().latent_width}"
+        accum = f"-ga{self.grad_accum}" if self.grad_accum > 1 else ""
         return (f"{self.preset}/{self.strategy}/w{self.world}/dp{dp}-u{u}-r{r}/{self.dtype}/ac{int(self.ac)}"
-                f"/gb{self.global_batch}{geometry}")
+                f"/gb{self.global_batch}{accum}{geometry}")
 
     def parallel_config(self) -> ParallelConfig:
         dp, u, r = self.degrees
@@ -107,7 +116,7 @@ class Point:
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
         if self.steps < 1 or self.warmup < 0:
             raise ValueError(f"need steps >= 1 and warmup >= 0, got {self.steps} and {self.warmup}")
-        _ = self.batch_per_rank
+        _ = self.micro_batch
         if self.frames is not None and (self.frames <= 0 or self.frames % 4):
             raise ValueError(f"frames must be a positive multiple of 4 (16 fps, 4 frames per latent), got {self.frames}")
         for what, px in (("height", self.height), ("width", self.width)):

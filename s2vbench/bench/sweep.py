@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..model import get_preset, sequence_layout
 from ..parallel.launch import RankFailed, run_ranks
-from .analytic import forward_flops, fsdp_comm_volume, training_state_bytes, training_step_comm_volume
+from .analytic import CommVolume, forward_flops, fsdp_comm_volume, training_state_bytes, training_step_comm_volume
 from .hardware import bf16_peak_tflops
 from .points import Point
 from .results import Metric, Record, ResultsLog
@@ -96,10 +96,13 @@ def point_record(point: Point, results: list[dict]) -> Record:
         metrics.append(Metric(f"analytic_{part}", value / GIB, "GiB", "float32, sharded over all ranks by FSDP",
                               status="predicted"))
     dp, u, r = point.degrees
-    analytic = training_step_comm_volume(preset.model, layout, point.batch_per_rank, u, r, elem_bytes=4) \
-        if point.strategy != "single" else {}
-    if point.strategy != "single":
-        analytic.update(fsdp_comm_volume(preset.model, point.world, 4, 4, with_motion=clip.with_motion))
+    analytic = {}
+    if point.strategy != "single":  # per micro-batch, times the micro-batches; one loss all-reduce per step
+        ga = point.grad_accum
+        per_micro = training_step_comm_volume(preset.model, layout, point.micro_batch, u, r, elem_bytes=4)
+        per_micro.update(fsdp_comm_volume(preset.model, point.world, 4, 4, with_motion=clip.with_motion))
+        analytic = {k: (v if k == "all_reduce" else CommVolume(v.calls * ga, v.bytes_sent * ga))
+                    for k, v in per_micro.items()}
     kinds = set(analytic) | {k for res in results for k in res["real"]["comm"]}
     for kind in sorted(kinds):
         sent = max(res["real"]["comm"].get(kind, {}).get("bytes_sent", 0) for res in results)

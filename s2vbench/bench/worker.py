@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from ..model import WanS2V, get_preset
-from ..model.flow import TrainConfig, make_optimizer, synthetic_batch, train_step
+from ..model.flow import S2VBatch, TrainConfig, make_optimizer, synthetic_batch, train_step
 from ..parallel import parallelize
 from ..parallel.comm import count_comm
 from ..parallel.train import data_parallel_sample_indices, parallel_train_step
@@ -48,6 +48,13 @@ def _oom_checked(step_fn, device: torch.device, *args) -> float:
     return loss
 
 
+def _micro_batches(batch: S2VBatch, n: int) -> S2VBatch | list[S2VBatch]:
+    if n == 1:
+        return batch
+    parts = {k: (v.chunk(n) if isinstance(v, torch.Tensor) else [v] * n) for k, v in vars(batch).items()}
+    return [S2VBatch(**{k: parts[k][i] for k in parts}) for i in range(n)]
+
+
 def _nvml_sampler(device: torch.device):
     if device.type != "cuda":
         return None
@@ -81,7 +88,7 @@ def _run_steps(point: Point, device: torch.device, timed: bool, count: bool, tra
     with sampler if sampler is not None else contextlib.nullcontext():
         for step in range(total):
             batch.sample_index = data_parallel_sample_indices(step, dp_rank, dp, point.batch_per_rank)
-            b = batch.to(device)
+            b = _micro_batches(batch.to(device), point.grad_accum)
             if step >= point.warmup and timed:
                 with timer.time(times):
                     losses.append(_oom_checked(step_fn, device, model, opt, b, step, cfg))
@@ -93,7 +100,7 @@ def _run_steps(point: Point, device: torch.device, timed: bool, count: bool, tra
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=acts) as prof:
-            step_fn(model, opt, batch.to(device), total, cfg)
+            step_fn(model, opt, _micro_batches(batch.to(device), point.grad_accum), total, cfg)
         path = Path(trace_dir) / (point.name.replace("/", "__") + ".trace.json")
         path.parent.mkdir(parents=True, exist_ok=True)
         prof.export_chrome_trace(str(path))
@@ -101,7 +108,7 @@ def _run_steps(point: Point, device: torch.device, timed: bool, count: bool, tra
     if count:  # one more, untimed step: collective bytes per kind and activations saved for backward
         saved = SavedActivations(model)
         with count_comm(fsdp=pm is not None) as counter, saved.count():
-            step_fn(model, opt, batch.to(device), total, cfg)
+            step_fn(model, opt, _micro_batches(batch.to(device), point.grad_accum), total, cfg)
         out["comm"] = {k: dataclasses.asdict(s) for k, s in counter.stats.items()}
         out["saved_activation_bytes"] = saved.bytes
     if device.type == "cuda":

@@ -168,24 +168,45 @@ class StepStats:
     """Global gradient norm before clipping (None unless clipping is on)."""
 
 
-def train_step(model: WanS2V, optimizer: torch.optim.Optimizer, batch: S2VBatch, step: int,
+def accumulate_gradients(model: WanS2V, batches: list[S2VBatch], step: int, cfg: TrainConfig) -> tuple[float, int, int]:
+    """Backward of every micro-batch's loss *sum*; returns (loss sum, noisy tokens, values per token). Dividing
+    the gradients once by the total afterwards makes accumulation exact for any micro-batch shapes."""
+    device_type = batches[0].latents.device.type
+    total_loss, tokens, per_token = 0.0, 0, 1
+    for batch in batches:
+        with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16"):
+            loss = flow_matching_loss(model, batch, cfg.seed, step, cfg.timestep_shift)
+        loss.loss_sum.backward()
+        total_loss += float(loss.loss_sum.detach())
+        tokens += loss.num_tokens
+        per_token = loss.elements_per_token
+    return total_loss, tokens, per_token
+
+
+def scale_gradients(model: torch.nn.Module, factor: float) -> None:
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.mul_(factor)
+
+
+def train_step(model: WanS2V, optimizer: torch.optim.Optimizer, batch: S2VBatch | list[S2VBatch], step: int,
                cfg: TrainConfig) -> StepStats:
-    """One optimisation step: forward, flow-matching loss, backward, optional clipping, AdamW update."""
+    """One optimisation step: forward and backward of each micro-batch (gradient accumulation when ``batch`` is
+    a list), the mean flow-matching loss over all of them, optional clipping, AdamW update."""
     model.train()
     model.activation_checkpointing = cfg.activation_checkpointing
-    device_type = batch.latents.device.type
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16"):
-        loss = flow_matching_loss(model, batch, cfg.seed, step, cfg.timestep_shift)
-    mean = loss.mean
-    mean.backward()
+    batches = batch if isinstance(batch, list) else [batch]
+    loss_sum, tokens, per_token = accumulate_gradients(model, batches, step, cfg)
+    scale_gradients(model, 1.0 / (tokens * per_token))
     grad_norm = None
     if cfg.grad_clip is not None:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
     optimizer.step()
-    return StepStats(float(mean.detach()), loss.num_tokens, grad_norm)
+    return StepStats(loss_sum / (tokens * per_token), tokens, grad_norm)
 
 
-__all__ = ["FlowLoss", "NUM_TRAIN_TIMESTEPS", "S2VBatch", "StepStats", "TrainConfig", "draw_noise_and_time",
+__all__ = ["FlowLoss", "NUM_TRAIN_TIMESTEPS", "S2VBatch", "StepStats", "TrainConfig", "accumulate_gradients",
+           "draw_noise_and_time", "scale_gradients",
            "flow_matching_loss", "make_optimizer", "sample_generator", "shift_timestep", "synthetic_batch",
            "train_step"]

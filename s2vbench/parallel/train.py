@@ -4,7 +4,8 @@ Every rank of a context-parallel group gets the same samples: their noise and ti
 (seed, step, sample index), and sample indices depend on the data-parallel rank only. Each rank's loss is its
 local squared-error sum divided by the global element count (all-reduced over every rank), so the FSDP
 gradient SUM over dp_shard x ring x ulysses gives the mean over data-parallel samples (context-parallel
-partial gradients add up to the whole-sequence gradient).
+partial gradients add up to the whole-sequence gradient). Implemented as: accumulate the gradients of the loss
+sums, then divide them once, which also makes gradient accumulation over micro-batches exact.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from ..model import WanS2V
-from ..model.flow import S2VBatch, StepStats, TrainConfig, flow_matching_loss
+from ..model.flow import S2VBatch, StepStats, TrainConfig, accumulate_gradients, scale_gradients
 from .comm import _record
 
 
@@ -32,22 +33,22 @@ def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def parallel_train_step(model: WanS2V, optimizer: torch.optim.Optimizer, batch: S2VBatch, step: int,
-                        cfg: TrainConfig) -> StepStats:
-    """Forward, globally normalised loss, backward (FSDP reduce-scatters), AdamW step."""
+def parallel_train_step(model: WanS2V, optimizer: torch.optim.Optimizer, batch: S2VBatch | list[S2VBatch],
+                        step: int, cfg: TrainConfig) -> StepStats:
+    """Forward and backward of each micro-batch (FSDP reduce-scatters the gradient sums), then the gradients are
+    divided by the global element count (all-reduced) and AdamW steps."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device_type=batch.latents.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16"):
-        loss = flow_matching_loss(model, batch, cfg.seed, step, cfg.timestep_shift)
-    counts = _all_reduce_sum(torch.tensor([float(loss.num_tokens)], dtype=torch.float64))
-    total = int(counts.item())
-    (loss.loss_sum / (total * loss.elements_per_token)).backward()
+    batches = batch if isinstance(batch, list) else [batch]
+    loss_sum, tokens, per_token = accumulate_gradients(model, batches, step, cfg)
+    totals = _all_reduce_sum(torch.tensor([float(tokens), loss_sum], dtype=torch.float64))
+    total = int(totals[0].item())
+    scale_gradients(model, 1.0 / (total * per_token))
     grad_norm = None
     if cfg.grad_clip is not None:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
     optimizer.step()
-    summed = _all_reduce_sum(loss.loss_sum.detach().double().reshape(1))
-    return StepStats(float(summed.item()) / (total * loss.elements_per_token), total, grad_norm)
+    return StepStats(float(totals[1].item()) / (total * per_token), total, grad_norm)
 
 
 __all__ = ["data_parallel_sample_indices", "parallel_train_step"]
