@@ -199,3 +199,14 @@ def test_no_module_calls_sdpa_directly():
     root = Path(s2vbench.__file__).parent / "model"
     users = [p.name for p in root.rglob("*.py") if "scaled_dot_product_attention" in p.read_text()]
     assert users == ["attention.py"]
+
+
+def test_flash_attn_backend_is_lazy_and_explains_itself():
+    pytest.importorskip("torch")
+    try:
+        import flash_attn  # noqa: F401
+    except Exception:
+        q = torch.randn(1, 4, 2, 16)
+        with pytest.raises(ImportError, match="install the 'gpu' extra"):
+            attention(q, q, q, backend="flash_attn")
+    assert "flash_attn" in attention_backends()

@@ -88,8 +88,24 @@ def _load_triton() -> AttentionFn:
     return flash_attention
 
 
+def _load_flash_attn() -> AttentionFn:
+    try:
+        from flash_attn import flash_attn_func
+    except Exception as e:  # noqa: BLE001 - any import failure means the package is unusable here
+        raise ImportError(f"the 'flash_attn' attention backend needs flash-attn on a CUDA machine (install the 'gpu' "
+                          f"extra); importing it failed: {type(e).__name__}: {e}") from None
+
+    def flash(q, k, v, kv_lens):
+        if kv_lens is not None:
+            raise ValueError("the 'flash_attn' backend takes no key-length mask here; use 'triton' or 'torch'")
+        return flash_attn_func(q, k, v)  # [B, N, H, D] is flash-attn's own layout
+
+    return flash
+
+
 register_attention_backend("torch", _torch_sdpa)
 register_attention_backend("triton", loader=_load_triton)
+register_attention_backend("flash_attn", loader=_load_flash_attn)
 
 __all__ = ["AttentionFn", "attention", "attention_backends", "check_attention_inputs", "get_attention_backend",
            "key_padding_mask", "register_attention_backend"]
