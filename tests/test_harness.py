@@ -16,7 +16,7 @@ from s2vbench.bench.sweep import run_sweep
 
 
 def test_two_process_gloo_sweep_end_to_end(tmp_path):
-    points = [Point("tiny", 1, "single", steps=2), Point("tiny", 2, "ulysses", steps=2),
+    points = [Point("tiny", 1, "single", steps=2, inference=True), Point("tiny", 2, "ulysses", steps=2, inference=True),
               Point("tiny", 2, "ring", steps=2, ac=True, grad_accum=2)]
     log = run_sweep(points, tmp_path / "results.json", progress=False)
     recs = {r.name: r for r in read_results(log.path)}
@@ -32,6 +32,9 @@ def test_two_process_gloo_sweep_end_to_end(tmp_path):
             if m.name.startswith("comm_"):
                 assert m.value == m.stats["analytic"], (p.name, m.name)
     assert {m.name for m in recs[points[1].name].metrics} >= {"comm_all_to_all", "comm_fsdp_all_gather"}
+    for p in points[:2]:  # inference: CFG denoising steps, timed like training steps
+        inf = recs[p.name].metric("inference_step_time")
+        assert inf.unit == "s" and inf.value > 0 and inf.stats["n"] == 2
     assert recs[points[2].name].metric("tflops_per_device").stats["recompute_flops_share"] == pytest.approx(0.25)
     report = write_report([log.path], tmp_path / "report")
     text = report.read_text()

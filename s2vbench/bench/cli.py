@@ -53,7 +53,7 @@ def _scaling(args: argparse.Namespace, argv: list[str]) -> int:
                                      warmup=args.warmup, ac=args.ac, dtype=args.dtype,
                                      attention_backend=args.attention_backend, frames=args.frames,
                                      height=args.height, width=args.width, trace=args.trace,
-                                     grad_accum=args.grad_accum)
+                                     grad_accum=args.grad_accum, inference=args.inference)
     if args.sbatch:
         rest = [a for a in argv if a != "--sbatch"]
         print(render_sbatch(f"s2vbench-{name}", args.nodes, args.gpus_per_node, ["python", "-m", "s2vbench", *rest]))
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p_sc.add_argument("--height", type=int, default=None, help="pixel height (default: the preset's)")
     p_sc.add_argument("--width", type=int, default=None, help="pixel width (default: the preset's)")
     p_sc.add_argument("--trace", action="store_true", help="a Chrome trace of one step of rank 0 per point")
+    p_sc.add_argument("--inference", action="store_true", help="also time CFG denoising steps (2 forwards)")
     p_sc.add_argument("--steps", type=int, default=3)
     p_sc.add_argument("--warmup", type=int, default=1)
     p_sc.add_argument("--sweep", type=Path, default=None, help="a TOML sweep file (overrides the flags above)")

@@ -69,6 +69,8 @@ class Point:
     """Pixel width; None keeps the preset's."""
     trace: bool = False
     """Write a Chrome trace (torch.profiler) of one extra step of rank 0."""
+    inference: bool = False
+    """Also time inference: denoising steps of two no-grad forwards (CFG: prompt + audio, then silent audio)."""
 
     def clip(self) -> ClipShape:
         """The preset's clip with this point's frames and resolution."""

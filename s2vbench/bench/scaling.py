@@ -33,7 +33,7 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
-AXES = ("ac", "dtype", "attention_backend", "frames", "height", "width", "trace", "grad_accum")
+AXES = ("ac", "dtype", "attention_backend", "frames", "height", "width", "trace", "grad_accum", "inference")
 """Point fields a sweep file may give as lists (their cartesian product is swept)."""
 
 

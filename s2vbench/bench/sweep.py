@@ -57,6 +57,12 @@ def point_record(point: Point, results: list[dict]) -> Record:
         else:
             metrics.append(Metric("compute_time", step, "s", "one rank: no collectives"))
             metrics.append(Metric("exposed_comm", 0.0, "s", "one rank: no collectives", stats={"share": 0.0}))
+        if results[0]["real"].get("inference_times"):
+            inf, inf_steps = _median_max_over_ranks([r["real"]["inference_times"] for r in results])
+            metrics.append(Metric("inference_step_time", inf, "s",
+                                  "one CFG denoising step (2 no-grad forwards of the rank's batch), slowest rank, "
+                                  "median, warm-up excluded",
+                                  stats={"min": min(inf_steps), "max": max(inf_steps), "n": len(inf_steps)}))
         metrics.append(Metric("samples_per_s_per_device", point.global_batch / step / point.world, "samples/s",
                               "global batch / step_time / ranks"))
         metrics.append(Metric("tokens_per_s_per_device", point.global_batch * layout.total / step / point.world,

@@ -48,6 +48,23 @@ def _oom_checked(step_fn, device: torch.device, *args) -> float:
     return loss
 
 
+def _time_inference(model: WanS2V, batch: S2VBatch, point: Point, timer: StepTimer) -> list[float]:
+    """Seconds per denoising step: the conditional and the unconditional (silent audio) forward of CFG."""
+    model.eval()
+    t = torch.full((batch.latents.shape[0],), 500.0, device=batch.latents.device)
+    args = (batch.latents, t, batch.context, batch.ref_latents)
+    times: list[float] = []
+    autocast = torch.autocast(batch.latents.device.type, dtype=torch.bfloat16, enabled=point.dtype == "bfloat16")
+    with torch.no_grad(), autocast:
+        for i in range(point.warmup + point.steps):
+            sink: list[float] = times if i >= point.warmup else []
+            with timer.time(sink):
+                for audio in (batch.audio_input, batch.audio_input * 0):
+                    model.forward_tokens(*args, audio, batch.motion_latents, batch.cond_states)
+    model.train()
+    return times
+
+
 def _micro_batches(batch: S2VBatch, n: int) -> S2VBatch | list[S2VBatch]:
     if n == 1:
         return batch
@@ -111,6 +128,8 @@ def _run_steps(point: Point, device: torch.device, timed: bool, count: bool, tra
             step_fn(model, opt, _micro_batches(batch.to(device), point.grad_accum), total, cfg)
         out["comm"] = {k: dataclasses.asdict(s) for k, s in counter.stats.items()}
         out["saved_activation_bytes"] = saved.bytes
+    if point.inference and timed:  # last: no-grad forwards change FSDP's sharding state for the next step
+        out["inference_times"] = _time_inference(model, batch.to(device), point, timer)
     if device.type == "cuda":
         out["peak_allocated"] = torch.cuda.max_memory_allocated(device)
         out["peak_reserved"] = torch.cuda.max_memory_reserved(device)
