@@ -1,7 +1,6 @@
 """The Triton attention kernels against float64 torch (flash-attention's rule: at most ~2x torch's own error
 in the same dtype). Without a GPU they run in the Triton interpreter in float32; on a GPU, bf16 and fp16 too."""
 
-import math
 
 import pytest
 import torch

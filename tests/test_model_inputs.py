@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from s2vbench.model import (ConfigError, InputError, WanS2V, WanS2VConfig, attention, attention_backends, get_preset,
+from s2vbench.model import (ConfigError, InputError, WanS2V, attention, attention_backends, get_preset,
                             register_attention_backend, sequence_layout)
 from s2vbench.model.flow import synthetic_batch
 from s2vbench.model.rope import apply_rope, rope_cos_sin

@@ -10,11 +10,12 @@ checkpointing.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 from ..model.config import WanS2VConfig
-from ..model.sequence import FRAMEPACK_KERNELS, SequenceLayout
+from ..model.sequence import FRAMEPACK_KERNELS, SequenceLayout, audio_conv_lengths
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def forward_flops(cfg: WanS2VConfig, layout: SequenceLayout, infer_frames: int |
     head = 2 * n * d * cfg.out_dim * cfg.patch_numel
     # Audio encoder over 73 + I frames (I = 4F video frames): conv1 at full rate, conv2 at 1/2, conv3 at 1/4.
     t_audio = (infer_frames if infer_frames is not None else 4 * frames) + cfg.motion_frames
-    t2, t4 = -(-t_audio // 2), -(-(-(-t_audio // 2)) // 2)
+    t2, t4 = audio_conv_lengths(t_audio)
     groups = cfg.num_audio_token + (1 if cfg.enable_adain else 0)
     audio = (2 * t_audio * cfg.audio_dim * 3 * (d // 4) * groups
              + 2 * t2 * (d // 4) * 3 * (d // 2) * groups
@@ -89,6 +90,17 @@ __all__ = ["ForwardFlops", "forward_flops"]
 # 53,248 B. Backward: 4 more all-to-alls (53,248 B); the ring prefetches k, v once (53,248 B) and passes the
 # float32 dK/dV accumulators twice (r = 2 hops: 2 * 53,248 = 106,496 B). Four blocks -> forward
 # all_to_all 212,992 B and ring_p2p 212,992 B; backward all_to_all 212,992 B and ring_p2p_bwd 638,976 B.
+
+
+@functools.lru_cache(maxsize=8)
+def meta_model(cfg: WanS2VConfig):
+    """The model on the meta device (shapes only), built once per config: the 14b takes seconds to build."""
+    import torch
+
+    from ..model import WanS2V
+
+    with torch.device("meta"):
+        return WanS2V(cfg)
 
 
 @dataclass(frozen=True)
@@ -141,13 +153,9 @@ def fsdp_comm_volume(cfg: WanS2VConfig, world: int, param_bytes: int, reduce_byt
     to a multiple of the world size. Non-root units are all-gathered in the forward and again in the backward
     (resharded after forward); the root once. Every unit's gradients are reduce-scattered once, leaving out
     parameters that got none (FramePack's projectors on a clip without motion)."""
-    import torch
-
-    from ..model import WanS2V
     from ..parallel.parallelize import fsdp_units
 
-    with torch.device("meta"):
-        model = WanS2V(cfg)
+    model = meta_model(cfg)
 
     def shard(params) -> int:
         return sum(-(-p.shape[0] // world) * (p.numel() // p.shape[0]) for p in params)
@@ -170,12 +178,7 @@ __all__ += ["fsdp_comm_volume"]
 
 def parameter_count(cfg: WanS2VConfig) -> int:
     """Parameters of the model (counted on the meta device: exact, allocation-free)."""
-    import torch
-
-    from ..model import WanS2V
-
-    with torch.device("meta"):
-        return sum(p.numel() for p in WanS2V(cfg).parameters())
+    return sum(p.numel() for p in meta_model(cfg).parameters())
 
 
 def training_state_bytes(cfg: WanS2VConfig, shards: int = 1, param_bytes: int = 4) -> dict[str, float]:
@@ -187,4 +190,4 @@ def training_state_bytes(cfg: WanS2VConfig, shards: int = 1, param_bytes: int = 
     return {"params": per, "grads": per, "optimizer": 2 * n * 4 / shards}
 
 
-__all__ += ["parameter_count", "training_state_bytes"]
+__all__ += ["meta_model", "parameter_count", "training_state_bytes"]

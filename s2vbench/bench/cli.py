@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import os
 import sys
@@ -16,7 +17,7 @@ def _default_out() -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .points import Point, default_cpu_points
+    from .points import default_cpu_points
     from .report import write_report
     from .sweep import run_sweep
 
@@ -24,7 +25,7 @@ def _run(args: argparse.Namespace) -> int:
     cores = os.cpu_count() or 1
     points = default_cpu_points(cores, args.preset)
     if args.steps is not None:
-        points = [Point(**{**p.__dict__, "steps": args.steps}) if not p.oversubscribed else p for p in points]
+        points = [dataclasses.replace(p, steps=args.steps) if not p.oversubscribed else p for p in points]
     log = run_sweep(points, out / "results.json", progress=not args.quiet)
     report = write_report([log.path], out, title=f"s2vbench run: {args.preset} preset on "
                                                  f"{log.environment.get('device', 'cpu')}")
@@ -43,8 +44,7 @@ def _scaling(args: argparse.Namespace, argv: list[str]) -> int:
     out = args.out or _default_out()
     name = "scaling"
     if args.points_json is not None:
-        points, notes = [Point(**{k: v for k, v in d.items() if k != "degrees"})
-                         for d in json.loads(args.points_json.read_text())], []
+        points, notes = [Point.from_dict(d) for d in json.loads(args.points_json.read_text())], []
     elif args.sweep is not None:
         points, notes, name = load_sweep(args.sweep)
     else:

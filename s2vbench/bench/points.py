@@ -129,6 +129,12 @@ class Point:
                                  c.with_motion)
         self.parallel_config().validate(self.world, get_preset(self.preset).model.num_heads, layout.total)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Point":
+        """Inverse of ``to_dict``; ignores derived and extra keys (degrees, trace_dir)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in fields})
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["degrees"] = dict(zip(("dp_shard", "ulysses", "ring"), self.degrees))

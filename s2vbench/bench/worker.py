@@ -138,8 +138,7 @@ def _run_steps(point: Point, device: torch.device, timed: bool, count: bool, tra
 
 def run_point_rank(rank: int, world: int, point_dict: dict) -> dict:
     """One rank of a point (called by ``parallel.launch.run_ranks`` or under torchrun)."""
-    fields = {f.name for f in dataclasses.fields(Point)}
-    point = Point(**{k: v for k, v in point_dict.items() if k in fields})
+    point = Point.from_dict(point_dict)
     device = _device()
     timed = not point.oversubscribed
     real = _run_steps(point, device, timed=timed, count=True, trace_dir=point_dict.get("trace_dir"))

@@ -114,13 +114,16 @@ def rope_positions(cfg: WanS2VConfig, layout: SequenceLayout) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+def audio_conv_lengths(frames: int) -> tuple[int, int]:
+    """Outputs of the audio encoder's two stride-2 causal convs for ``frames`` inputs: ceil(T/2), then half that."""
+    half = -(-frames // 2)
+    return half, -(-half // 2)
+
+
 def audio_latent_frames(infer_frames: int, motion_frames: int) -> int:
     """Latent frames the audio encoder yields for ``infer_frames`` video frames (after the motion prefix)."""
-    length = infer_frames + motion_frames
-    for _ in range(2):  # two stride-2 causal convs, each giving ceil(T / 2) outputs
-        length = -(-length // 2)
-    return length - (motion_frames + 3) // 4
+    return audio_conv_lengths(infer_frames + motion_frames)[1] - (motion_frames + 3) // 4
 
 
 __all__ = ["FRAMEPACK_COMPRESSION", "FRAMEPACK_KERNELS", "InputError", "MOTION", "NOISY", "REF", "SequenceLayout",
-           "audio_latent_frames", "rope_positions", "sequence_layout"]
+           "audio_conv_lengths", "audio_latent_frames", "rope_positions", "sequence_layout"]

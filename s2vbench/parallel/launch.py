@@ -81,10 +81,10 @@ def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any, backend: str 
             except _queue.Empty:
                 for r, p in enumerate(procs):
                     if r not in out and p.exitcode not in (None, 0):
-                        raise RankFailed(r, f"process exited with code {p.exitcode} without reporting")
+                        raise RankFailed(r, f"process exited with code {p.exitcode} without reporting") from None
                 if time.monotonic() > deadline:
                     missing = [r for r in range(world_size) if r not in out]
-                    raise TimeoutError(f"ranks {missing} did not finish within {timeout_s:.0f} s")
+                    raise TimeoutError(f"ranks {missing} did not finish within {timeout_s:.0f} s") from None
                 continue
             if not ok:
                 raise RankFailed(rank, payload)

@@ -55,7 +55,7 @@ def ring_backward(dout, q, k, v, out, lse, group: dist.ProcessGroup | None, vali
     dk_acc = torch.zeros_like(k, dtype=acc)
     dv_acc = torch.zeros_like(v, dtype=acc)
     k_cur, v_cur = k, v
-    acc_handle = None
+    acc_in = acc_handle = None  # the incoming dK/dV accumulators and their pending exchange
     for step in range(r):
         src = (me - step) % r
         kv_handle = None
