@@ -191,3 +191,15 @@ def training_state_bytes(cfg: WanS2VConfig, shards: int = 1, param_bytes: int = 
 
 
 __all__ += ["meta_model", "parameter_count", "training_state_bytes"]
+
+
+def clip_step_cost(cfg: WanS2VConfig, tokens: int) -> float:
+    """Training FLOPs of one clip of ``tokens`` tokens in the bucketing approximation: 6 P n for every
+    weight (forward 2 P n, backward 4 P n) plus 12 L d n^2 for self-attention (3 x 4 n^2 d per layer).
+    Unlike the token count it grows as n^2, which is what makes equal-token batches unequal in time."""
+    if tokens <= 0:
+        raise ValueError(f"tokens must be positive, got {tokens}")
+    return 6.0 * parameter_count(cfg) * tokens + 12.0 * cfg.num_layers * cfg.dim * float(tokens) ** 2
+
+
+__all__ += ["clip_step_cost"]
