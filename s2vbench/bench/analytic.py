@@ -203,3 +203,75 @@ def clip_step_cost(cfg: WanS2VConfig, tokens: int) -> float:
 
 
 __all__ += ["clip_step_cost"]
+
+
+# ---- activation memory --------------------------------------------------------------------------------
+# Bytes autograd saves for backward, per token, counted tensor by tensor from one block and one injection
+# (dedup by storage; parameters, and autocast's low-precision weight copies, left out). "float32" runs
+# everything in float32; "bfloat16" is autocast: linears and attention in bf16, norms, RoPE, modulation and
+# the residual stream in float32 (the fp32 islands of model/layers.py).
+#   block, float32: 22 [S, d] tensors, 2 [S, ffn], 9 per-token float32 statistics (norm means/rstds), the
+#     self- and cross-attention LSEs (h floats each per token) and 4 [text_len, d] text keys/values;
+#   block, bfloat16: 14 bf16 + 10 float32 [S, d] tensors, 2 bf16 [S, ffn], the same statistics and LSEs,
+#     and 5 bf16 + 1 float32 [text_len, d] tensors;
+#   injection: 7 float32 (5 float32 + 1/2 bf16 under autocast) [n, d] tensors on the noisy tokens plus
+#     24 (19 under autocast) float32 d-vectors per latent frame (its audio tokens through q/k/v and AdaLN);
+#   outside the blocks: the padded text features, the latent inputs, 4 [n, d] tensors of the head, and
+#     9/4 of the audio features' bytes in the (float32) causal audio encoder.
+# With activation checkpointing a layer keeps only its float32 input; backward recomputes one layer at a time.
+_BLOCK_BYTES_PER_TOKEN = {"float32": (88, 8, 36, 8), "bfloat16": (68, 4, 36, 8)}  # x d, x ffn, + const, x heads
+_BLOCK_TEXT_BYTES = {"float32": 16, "bfloat16": 14}  # x text_len x d
+_INJECTION_BYTES = {"float32": (28, 96), "bfloat16": (20, 76)}  # x n x d, x frames x d
+
+
+@dataclass(frozen=True)
+class ActivationBytes:
+    """Activation bytes of one training step on one rank."""
+
+    layers: float
+    """Saved by the blocks and their audio injections (only their inputs with activation checkpointing)."""
+    outside: float
+    """Saved outside the blocks: embeddings, text MLP, audio encoder, head."""
+    recompute_peak: float
+    """One layer's activations rebuilt during backward under activation checkpointing (0 without)."""
+
+    @property
+    def saved(self) -> float:
+        """What saved-tensor hooks count in the forward."""
+        return self.layers + self.outside
+
+    @property
+    def peak(self) -> float:
+        return self.saved + self.recompute_peak
+
+
+def activation_bytes(cfg: WanS2VConfig, layout: SequenceLayout, batch: int = 1, dtype: str = "float32",
+                     ac: bool = False, cp: int = 1) -> ActivationBytes:
+    """Bytes of activations saved for backward on one rank, for ``batch`` clips of ``layout``, with the
+    sequence split over ``cp`` context-parallel ranks (the most loaded rank: all its tokens noisy)."""
+    if dtype not in _BLOCK_BYTES_PER_TOKEN:
+        raise ValueError(f"dtype {dtype!r}: choose one of {sorted(_BLOCK_BYTES_PER_TOKEN)}")
+    d, f = cfg.dim, cfg.ffn_dim
+    s_loc = -(-layout.total // cp)
+    n_loc = min(s_loc, layout.noisy)
+    frames = layout.grid[0]
+    a_d, a_f, a_c, a_h = _BLOCK_BYTES_PER_TOKEN[dtype]
+    block = s_loc * (a_d * d + a_f * f + a_c + a_h * cfg.num_heads) + _BLOCK_TEXT_BYTES[dtype] * cfg.text_len * d
+    i_n, i_f = _INJECTION_BYTES[dtype]
+    injection = i_n * n_loc * d + i_f * frames * d
+    n_inj = len(cfg.audio_inject_layers)
+    full = cfg.num_layers * block + n_inj * injection
+    if ac:
+        layers, recompute = cfg.num_layers * s_loc * d * 4.0, block + (injection if n_inj else 0)
+    else:
+        layers, recompute = full, 0.0
+    latent_inputs = cfg.in_dim * (layout.noisy + layout.ref + layout.motion) * cfg.patch_numel
+    if cfg.cond_dim:
+        latent_inputs += cfg.cond_dim * layout.noisy * cfg.patch_numel
+    audio_frames = 4 * frames * cfg.patch_size[0] + cfg.motion_frames
+    outside = (4 * cfg.text_len * cfg.text_dim + 4 * latent_inputs + 16 * n_loc * d
+               + 9 * cfg.audio_layers * cfg.audio_dim * audio_frames)
+    return ActivationBytes(batch * float(layers), batch * float(outside), batch * float(recompute))
+
+
+__all__ += ["ActivationBytes", "activation_bytes"]

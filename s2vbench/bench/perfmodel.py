@@ -1,0 +1,381 @@
+"""The performance model: predicted time and memory of a Wan-S2V training iteration or sampled clip.
+
+Compute comes from the real shapes, op by op (``unit_ops``), each at the efficiency its size gets in the
+hardware profile. Communication is alpha-beta on the link each group crosses (``collective_time``): the
+bandwidth term scales as (p - 1)/p of the buffer, the latency term as p - 1 steps. Overlap rules:
+
+* FSDP: a layer's all-gather is prefetched behind the previous layer's compute (forward), its re-gather and
+  the next layer's reduce-scatter behind the neighbouring layer's backward; the first gather and the last
+  reduce-scatter stay exposed.
+* Ring: each step's K/V (and in backward dK/dV) exchange hides behind that step's block attention when the
+  block is large enough; what is left is exposed.
+* Ulysses: the all-to-alls sit between projections and attention, with nothing to hide behind: exposed.
+* Links are not shared in the model: FSDP and context-parallel traffic overlapping on one link is not
+  charged twice (a known optimism, largest where both are exposed).
+
+"Other" time is elementwise memory traffic (norms, RoPE, modulation, residuals: ``ELEMENTWISE_PASSES``
+float32 passes over each layer's [tokens, dim] activations, forward; backward twice that), activation
+offload when asked for, and the profile's fitted fixed overhead per step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..model.config import WanS2VConfig
+from ..model.sequence import SequenceLayout
+from .analytic import activation_bytes, forward_flops, meta_model
+from .profiles import HardwareProfile, Link
+
+ELEMENTWISE_PASSES = 40
+"""Float32 [tokens, dim] reads plus writes per layer forward outside matmuls and attention (assumed: 3 norms,
+4 q/k RMSNorms, RoPE on q and k, 2 modulations, 2 gates, 3 residual adds and the casts between them)."""
+
+
+class PlanError(ValueError):
+    """A configuration the model cannot predict, with the fix."""
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How the job is split, in the order ``parallel.parallelize`` applies it."""
+
+    dp_shard: int = 1
+    """Data-parallel degree (FSDP shards over all dp_shard x ring x ulysses ranks)."""
+    ulysses: int = 1
+    """Ulysses degree (inner, consecutive ranks)."""
+    ring: int = 1
+    """Ring degree (outer)."""
+    ac: bool = True
+    """Activation checkpointing of every layer."""
+    dtype: str = "bfloat16"
+    """Compute dtype: "bfloat16" (bf16 FSDP parameters, float32 reduction and master state) or "float32"."""
+    grad_accum: int = 1
+    """Micro-batches per step on each data-parallel replica."""
+    offload_activations: bool = False
+    """Move saved activations to host memory during forward and back during backward (a baseline's cost)."""
+
+    @property
+    def cp(self) -> int:
+        return self.ulysses * self.ring
+
+    @property
+    def world(self) -> int:
+        return self.dp_shard * self.cp
+
+    @property
+    def label(self) -> str:
+        parts = [f"dp{self.dp_shard}"] + ([f"u{self.ulysses}"] if self.ulysses > 1 else []) + \
+                ([f"r{self.ring}"] if self.ring > 1 else [])
+        extra = (["ac"] if self.ac else []) + (["offload"] if self.offload_activations else []) + \
+                ([f"ga{self.grad_accum}"] if self.grad_accum > 1 else [])
+        return "-".join(parts + extra)
+
+
+@dataclass(frozen=True)
+class Op:
+    """One kind of kernel call in one layer's forward."""
+
+    name: str
+    """What it computes."""
+    kind: str
+    """"matmul" or "attention" (picks the efficiency curve)."""
+    flops: float
+    """FLOPs of one call."""
+    calls: int = 1
+    """Calls per layer forward."""
+
+
+@dataclass
+class Prediction:
+    """Predicted time and memory of one workload under one strategy on one profile (seconds, bytes)."""
+
+    strategy: Strategy
+    tokens: int
+    """Sequence tokens of one clip."""
+    global_batch: int
+    """Clips per iteration."""
+    compute: float = 0.0
+    """Matmul and attention time on the slowest rank, recompute included."""
+    exposed_comm: float = 0.0
+    """Communication left after overlap."""
+    other: float = 0.0
+    """Elementwise traffic, offload and fixed overhead."""
+    comm_total: dict[str, float] = field(default_factory=dict)
+    """Time of each collective kind before overlap."""
+    comm_exposed: dict[str, float] = field(default_factory=dict)
+    """What of it stays exposed."""
+    memory: dict[str, float] = field(default_factory=dict)
+    """Bytes per rank: params, grads, optimizer, gathered, activations."""
+    model_flops: float = 0.0
+    """FLOPs of the iteration across all ranks, without recompute."""
+    capacity: float = 0.0
+    """Device memory of the profile."""
+    peak_flops: float = 0.0
+    """Profile peak."""
+    notes: list[str] = field(default_factory=list)
+    """Caveats."""
+
+    @property
+    def time(self) -> float:
+        return self.compute + self.exposed_comm + self.other
+
+    @property
+    def memory_total(self) -> float:
+        return sum(self.memory.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.memory_total <= self.capacity
+
+    @property
+    def mfu(self) -> float:
+        return self.model_flops / (self.time * self.strategy.world * self.peak_flops)
+
+    @property
+    def samples_per_s_per_gpu(self) -> float:
+        return self.global_batch / self.time / self.strategy.world
+
+
+# ---- communication ------------------------------------------------------------------------------------
+
+
+def collective_time(kind: str, nbytes: float, p: int, link: Link) -> float:
+    """Seconds for one collective over p ranks of an ``nbytes`` buffer (the whole gathered/scattered buffer for
+    all_gather/reduce_scatter, one rank's input for all_to_all, the message for p2p)."""
+    if p <= 1 or nbytes <= 0:
+        return 0.0
+    if kind in ("all_gather", "reduce_scatter", "all_to_all"):
+        return (p - 1) * link.latency + (p - 1) / p * nbytes / link.bandwidth
+    if kind == "all_reduce":  # ring all-reduce: a reduce-scatter then an all-gather
+        return 2 * ((p - 1) * link.latency + (p - 1) / p * nbytes / link.bandwidth)
+    if kind == "p2p":
+        return link.latency + nbytes / link.bandwidth
+    raise PlanError(f"unknown collective kind {kind!r}")
+
+
+def group_link(hw: HardwareProfile, span: int) -> Link:
+    """The link a group of consecutive-span ranks crosses: NVLink if it fits in one node, else the network."""
+    return hw.intra_node if span <= hw.gpus_per_node else hw.inter_node
+
+
+# ---- compute ------------------------------------------------------------------------------------------
+
+
+def block_ops(cfg: WanS2VConfig, layout: SequenceLayout, batch: int, ulysses: int, ring: int) -> list[Op]:
+    """One block's forward on the most loaded rank."""
+    d, f, t = cfg.dim, cfg.ffn_dim, cfg.text_len
+    cp = ulysses * ring
+    s_pad = -(-layout.total // cp) * cp
+    s_loc = s_pad // cp
+    chunk = s_pad // ring  # tokens per ring step after the Ulysses all-to-all, on heads / ulysses heads
+    return [Op("self q/k/v/o", "matmul", 2 * batch * s_loc * d * d, 4),
+            Op("self attention", "attention", 4 * batch * chunk * chunk * d / ulysses, ring),
+            Op("cross q/o", "matmul", 2 * batch * s_loc * d * d, 2),
+            Op("cross k/v (text)", "matmul", 2 * batch * t * d * d, 2),
+            Op("cross attention", "attention", 4 * batch * s_loc * t * d),
+            Op("ffn", "matmul", 2 * batch * s_loc * d * f, 2)]
+
+
+def injection_ops(cfg: WanS2VConfig, layout: SequenceLayout, batch: int, cp: int) -> list[Op]:
+    """One audio injection's forward on the most loaded rank (its noisy tokens and their latent frames)."""
+    d = cfg.dim
+    n_loc = min(-(-layout.total // cp), layout.noisy)
+    frames = max(1, math.ceil(layout.grid[0] * n_loc / layout.noisy))
+    tok = cfg.num_audio_token + 1
+    ops = [Op("audio q/o", "matmul", 2 * batch * n_loc * d * d, 2),
+           Op("audio k/v", "matmul", 2 * batch * frames * tok * d * d, 2),
+           Op("audio attention", "attention", 4 * batch * n_loc * tok * d)]
+    if cfg.enable_adain:
+        ops.append(Op("audio AdaLN", "matmul", 2 * batch * frames * d * 2 * d))
+    return ops
+
+
+def unit_ops(cfg: WanS2VConfig, layout: SequenceLayout, batch: int, ulysses: int, ring: int) -> list[list[Op]]:
+    """The ops of each FSDP unit in execution order: every block, each followed by its injection if any
+    (the order of ``parallel.parallelize.fsdp_units``)."""
+    out = []
+    for i in range(cfg.num_layers):
+        out.append(block_ops(cfg, layout, batch, ulysses, ring))
+        if i in cfg.audio_inject_layers:
+            out.append(injection_ops(cfg, layout, batch, ulysses * ring))
+    return out
+
+
+def op_time(op: Op, hw: HardwareProfile) -> float:
+    curve = hw.matmul if op.kind == "matmul" else hw.attention
+    return op.calls * op.flops / (hw.peak_flops * curve(op.flops))
+
+
+def _layers_flops(cfg: WanS2VConfig, layout: SequenceLayout) -> float:
+    return sum(o.flops * o.calls for ops in unit_ops(cfg, layout, 1, 1, 1) for o in ops)
+
+
+# ---- FSDP units ---------------------------------------------------------------------------------------
+
+
+def fsdp_unit_params(cfg: WanS2VConfig) -> tuple[list[int], int]:
+    """Parameters of each FSDP unit in forward order (blocks with their injector pairs) and of the root."""
+    from ..parallel.parallelize import fsdp_units
+
+    model = meta_model(cfg)
+    units = fsdp_units(model)
+    sizes = [sum(p.numel() for m in unit for p in m.parameters()) for unit in units]
+    in_units = {id(p) for unit in units for m in unit for p in m.parameters()}
+    root = sum(p.numel() for p in model.parameters() if id(p) not in in_units)
+    return sizes, root
+
+
+# ---- the prediction -----------------------------------------------------------------------------------
+
+
+def _check(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, global_batch: int) -> int:
+    for name in ("dp_shard", "ulysses", "ring", "grad_accum"):
+        if getattr(st, name) < 1:
+            raise PlanError(f"Strategy.{name}={getattr(st, name)} must be >= 1")
+    if cfg.num_heads % st.ulysses:
+        raise PlanError(f"Ulysses degree {st.ulysses} must divide the {cfg.num_heads} heads")
+    if st.dtype not in ("bfloat16", "float32"):
+        raise PlanError(f"dtype {st.dtype!r}: choose bfloat16 or float32")
+    per_replica = global_batch / st.dp_shard
+    micro = per_replica / st.grad_accum
+    if micro != int(micro) or micro < 1:
+        raise PlanError(f"global batch {global_batch} does not split into {st.dp_shard} data-parallel replicas x "
+                        f"{st.grad_accum} micro-batches of whole clips; use a global batch that is a multiple of "
+                        f"{st.dp_shard * st.grad_accum}")
+    if st.cp > layout.total:
+        raise PlanError(f"{st.cp} context-parallel ranks for {layout.total} tokens")
+    return int(micro)
+
+
+def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw: HardwareProfile,
+                     global_batch: int) -> Prediction:
+    """One training iteration (``grad_accum`` micro-batches, then the optimizer step)."""
+    micro = _check(cfg, layout, st, global_batch)
+    pred = Prediction(st, layout.total, global_batch, capacity=hw.memory_capacity, peak_flops=hw.peak_flops)
+    elem = 2 if st.dtype == "bfloat16" else 4
+    s_loc = -(-layout.total // st.cp)
+
+    # compute per layer (forward), and what lies outside the layers (replicated on every rank)
+    fwd_layers = [sum(op_time(o, hw) for o in ops) for ops in unit_ops(cfg, layout, micro, st.ulysses, st.ring)]
+    ff = forward_flops(cfg, layout)
+    outside_flops = micro * max(0.0, ff.matmul + ff.cross_attention - _layers_flops(cfg, layout))
+    fwd_outside = outside_flops / (hw.peak_flops * hw.matmul(outside_flops / 16))
+    fwd = sum(fwd_layers) + fwd_outside
+    recompute = sum(fwd_layers) if st.ac else 0.0
+    pred.compute = st.grad_accum * (3 * fwd + recompute)
+    pred.model_flops = global_batch * 3 * ff.total
+
+    # elementwise traffic and offload
+    elementwise = ELEMENTWISE_PASSES * 4 * micro * s_loc * cfg.dim * cfg.num_layers / hw.memory_bandwidth
+    pred.other = st.grad_accum * elementwise * (3 + (1 if st.ac else 0)) + hw.fixed_overhead
+    act = activation_bytes(cfg, layout, micro, st.dtype, st.ac, st.cp)
+    if st.offload_activations:
+        move = act.layers / hw.host_link
+        pred.other += st.grad_accum * (max(0.0, move - fwd) + max(0.0, move - 2 * fwd))
+        pred.notes.append(f"activation offload moves {act.layers / 1e9:.1f} GB per micro-batch each way over the "
+                          f"host link ({hw.host_link / 1e9:.0f} GB/s), overlapped with compute where it can be")
+
+    # context-parallel communication, per layer
+    cp_total: dict[str, float] = {}
+    cp_exposed: dict[str, float] = {}
+
+    def add(kind: str, total: float, exposed: float) -> None:
+        cp_total[kind] = cp_total.get(kind, 0.0) + total
+        cp_exposed[kind] = cp_exposed.get(kind, 0.0) + exposed
+
+    x = micro * s_loc * cfg.dim * elem  # one q/k/v/out tensor on this rank
+    if st.ulysses > 1:
+        a2a = collective_time("all_to_all", x, st.ulysses, group_link(hw, st.ulysses))
+        add("all_to_all", 8 * a2a * cfg.num_layers * st.grad_accum, 8 * a2a * cfg.num_layers * st.grad_accum)
+    if st.ring > 1:
+        link = group_link(hw, st.ulysses * st.ring)
+        chunk = -(-layout.total // st.cp) * st.cp // st.ring
+        step_attn = op_time(Op("", "attention", 4 * micro * chunk * chunk * cfg.dim / st.ulysses), hw)
+        kv = 2 * x
+        acc = 2 * micro * s_loc * cfg.dim * 4
+        fwd_p2p = collective_time("p2p", kv, 2, link)
+        bwd_p2p = collective_time("p2p", kv + acc, 2, link)
+        tot = (st.ring - 1) * fwd_p2p + (st.ring - 1) * bwd_p2p + collective_time("p2p", acc, 2, link)
+        exp = (st.ring - 1) * (max(0.0, fwd_p2p - step_attn) + max(0.0, bwd_p2p - 2 * step_attn)) \
+            + collective_time("p2p", acc, 2, link)
+        add("ring_p2p", tot * cfg.num_layers * st.grad_accum, exp * cfg.num_layers * st.grad_accum)
+        if exp > 0.5 * tot:
+            pred.notes.append(f"ring: a K/V step ({fwd_p2p * 1e3:.2f} ms) no longer hides behind its block "
+                              f"attention ({step_attn * 1e3:.2f} ms)")
+
+    # FSDP: gathers per micro-batch (forward and backward), one reduce-scatter per step
+    units, root = fsdp_unit_params(cfg)
+    p = st.world
+    if p > 1:
+        link = group_link(hw, p)
+        ag = [collective_time("all_gather", u * elem, p, link) for u in units]
+        rs = [collective_time("reduce_scatter", u * 4, p, link) for u in units]
+        ag_root = collective_time("all_gather", root * elem, p, link)
+        rs_root = collective_time("reduce_scatter", root * 4, p, link)
+        exp_f = ag_root + ag[0] + sum(max(0.0, ag[i] - fwd_layers[i - 1]) for i in range(1, len(units)))
+        layer_bwd = [2 * t + (t if st.ac else 0) for t in fwd_layers]
+        exp_b = ag[-1] + sum(max(0.0, ag[i] - layer_bwd[i + 1]) for i in range(len(units) - 1))
+        # reduce-scatters run once per step, on the last micro-batch's backward
+        exp_rs = rs[0] + rs_root + sum(max(0.0, rs[i] - layer_bwd[i - 1]) for i in range(1, len(units)))
+        cp_total["fsdp_all_gather"] = st.grad_accum * (2 * sum(ag) + ag_root)
+        cp_exposed["fsdp_all_gather"] = st.grad_accum * (exp_f + exp_b)
+        cp_total["fsdp_reduce_scatter"] = sum(rs) + rs_root
+        cp_exposed["fsdp_reduce_scatter"] = exp_rs
+    pred.comm_total, pred.comm_exposed = cp_total, cp_exposed
+    pred.exposed_comm = sum(cp_exposed.values())
+
+    # memory per rank
+    n_params = sum(units) + root
+    pred.memory = {"params": 4 * n_params / p, "grads": 4 * n_params / p, "optimizer": 8 * n_params / p}
+    if p > 1:
+        pred.memory["gathered"] = (2 * max(units) + root) * elem + max(units) * 4
+    elif st.dtype == "bfloat16":
+        pred.memory["gathered"] = 0.0
+    resident = act.peak if not st.offload_activations else (act.outside + 2 * act.layers / cfg.num_layers)
+    pred.memory["activations"] = resident
+    if not pred.fits:
+        pred.notes.append(f"does not fit: {pred.memory_total / 1e9:.1f} GB per rank > "
+                          f"{hw.memory_capacity / 1e9:.0f} GB")
+    return pred
+
+
+def predict_inference(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw: HardwareProfile,
+                      steps: int = 40, cfg_scale: bool = True) -> Prediction:
+    """One sampled clip: ``steps`` denoising steps of 2 forwards (CFG) on all ranks together (dp_shard 1)."""
+    if st.dp_shard != 1:
+        raise PlanError("inference splits one clip over context-parallel ranks; use dp_shard=1")
+    forwards = steps * (2 if cfg_scale else 1)
+    train = predict_training(cfg, layout, Strategy(1, st.ulysses, st.ring, False, st.dtype), hw, 1)
+    pred = Prediction(st, layout.total, 1, capacity=hw.memory_capacity, peak_flops=hw.peak_flops)
+    pred.compute = forwards * train.compute / 3
+    pred.other = forwards * (train.other - hw.fixed_overhead) / 3
+    pred.comm_total = {k: forwards * v / 2 for k, v in train.comm_total.items()}
+    pred.comm_exposed = {k: forwards * v / 2 for k, v in train.comm_exposed.items()}
+    pred.exposed_comm = sum(pred.comm_exposed.values())
+    pred.model_flops = forwards * forward_flops(cfg, layout).total
+    elem = 2 if st.dtype == "bfloat16" else 4
+    n_params = sum(fsdp_unit_params(cfg)[0]) + fsdp_unit_params(cfg)[1]
+    pred.memory = {"params": n_params * elem,
+                   "activations": 4 * 4 * cfg.dim * -(-layout.total // st.cp)}
+    pred.notes.append("VAE encode/decode and the wav2vec2 audio encoding are not modelled")
+    return pred
+
+
+__all__ = [
+    "ELEMENTWISE_PASSES",
+    "Op",
+    "PlanError",
+    "Prediction",
+    "Strategy",
+    "block_ops",
+    "collective_time",
+    "fsdp_unit_params",
+    "group_link",
+    "injection_ops",
+    "op_time",
+    "predict_inference",
+    "predict_training",
+    "unit_ops",
+]

@@ -1,0 +1,140 @@
+"""Hardware profiles for the performance model: peaks, bandwidths, latencies and size-dependent efficiencies.
+
+A profile is a JSON file. Every figure carries its source in ``sources``: ``datasheet`` (the vendor's
+published number, with where), ``measured`` (by ``s2vbench calibrate`` on that machine, with the date), or
+``assumed`` (neither: a stated guess that a calibration run should replace). The shipped GPU profiles were
+not measured here; the CPU profile is written by each calibration run.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+
+
+class ProfileError(ValueError):
+    """A hardware profile that is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class EfficiencyCurve:
+    """Achieved fraction of peak as a function of one call's FLOPs, log-linear between points, flat outside."""
+
+    flops: tuple[float, ...]
+    """FLOPs of one call, ascending."""
+    efficiency: tuple[float, ...]
+    """Fraction of the profile's peak achieved at that size."""
+
+    def __post_init__(self) -> None:
+        if len(self.flops) != len(self.efficiency) or not self.flops:
+            raise ProfileError("an efficiency curve needs as many efficiencies as sizes, at least one")
+        if any(b <= a for a, b in zip(self.flops, self.flops[1:])):
+            raise ProfileError(f"efficiency curve sizes must ascend strictly: {self.flops}")
+        if any(not 0 < e <= 1.5 for e in self.efficiency):
+            raise ProfileError(f"efficiencies must lie in (0, 1.5]: {self.efficiency}")
+
+    def __call__(self, flops: float) -> float:
+        if flops <= self.flops[0]:
+            return self.efficiency[0]
+        if flops >= self.flops[-1]:
+            return self.efficiency[-1]
+        i = bisect.bisect_right(self.flops, flops)
+        x0, x1 = math.log(self.flops[i - 1]), math.log(self.flops[i])
+        w = (math.log(flops) - x0) / (x1 - x0)
+        return self.efficiency[i - 1] * (1 - w) + self.efficiency[i] * w
+
+
+@dataclass(frozen=True)
+class Link:
+    """Alpha-beta cost of one hop class: t = latency per step + bytes / bandwidth."""
+
+    bandwidth: float
+    """Achievable bytes/s per GPU in one direction."""
+    latency: float
+    """Seconds per algorithm step (alpha)."""
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """One accelerator and its interconnect."""
+
+    name: str
+    """Registry key, e.g. "h100-sxm"."""
+    peak_flops: float
+    """Dense peak FLOP/s in the compute dtype (bf16 tensor cores on GPU; float32 on CPU)."""
+    memory_bandwidth: float
+    """Device memory bandwidth, bytes/s (HBM on GPU, DRAM on CPU)."""
+    memory_capacity: float
+    """Device memory, bytes."""
+    intra_node: Link
+    """NVLink (or shared memory for gloo on one host)."""
+    inter_node: Link
+    """The network between nodes, per GPU."""
+    host_link: float
+    """Host-device bytes/s in one direction (PCIe), for offload."""
+    gpus_per_node: int
+    """Devices per node."""
+    matmul: EfficiencyCurve
+    """Achieved fraction of peak for a matmul of a given size."""
+    attention: EfficiencyCurve
+    """Achieved fraction of peak for one fused attention call."""
+    fixed_overhead: float = 0.0
+    """Seconds per training step not explained by the model (launches, Python, optimizer), fitted on end-to-end
+    steps by calibration; 0 when never fitted."""
+    sources: dict[str, str] = field(default_factory=dict)
+    """Per field: datasheet, measured or assumed, and where from."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> HardwareProfile:
+        try:
+            return cls(name=d["name"], peak_flops=float(d["peak_flops"]),
+                       memory_bandwidth=float(d["memory_bandwidth"]), memory_capacity=float(d["memory_capacity"]),
+                       intra_node=Link(**d["intra_node"]), inter_node=Link(**d["inter_node"]),
+                       host_link=float(d["host_link"]), gpus_per_node=int(d["gpus_per_node"]),
+                       matmul=EfficiencyCurve(tuple(d["matmul"]["flops"]), tuple(d["matmul"]["efficiency"])),
+                       attention=EfficiencyCurve(tuple(d["attention"]["flops"]),
+                                                 tuple(d["attention"]["efficiency"])),
+                       fixed_overhead=float(d.get("fixed_overhead", 0.0)), sources=dict(d.get("sources", {})))
+        except (KeyError, TypeError) as exc:
+            raise ProfileError(f"hardware profile {d.get('name', '?')!r} is malformed ({exc!r}); see "
+                               f"s2vbench/bench/profiles/h100-sxm.json for the format") from None
+
+    def save(self, path: str | Path) -> Path:
+        from .results import atomic_write_json
+
+        atomic_write_json(path, self.to_dict())
+        return Path(path)
+
+
+def shipped_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.json"))
+
+
+def load_profile(name_or_path: str | Path) -> HardwareProfile:
+    """A shipped profile by name (``h100-sxm``, ``h200``, ``a100-80gb``) or a JSON file of one."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROFILE_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        raise ProfileError(f"no hardware profile {str(name_or_path)!r}; shipped: {', '.join(shipped_profiles())}, "
+                           f"or pass a JSON file written by `s2vbench calibrate`")
+    return HardwareProfile.from_dict(json.loads(path.read_text()))
+
+
+__all__ = [
+    "PROFILE_DIR",
+    "EfficiencyCurve",
+    "HardwareProfile",
+    "Link",
+    "ProfileError",
+    "load_profile",
+    "shipped_profiles",
+]
