@@ -1,0 +1,356 @@
+"""``s2vbench plan`` (validate one configuration and show its mesh, shards and prediction) and
+``s2vbench predict`` (the table the paper's 100 s -> 12 s claim implies, and scaling curves). Nothing launches."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..model.config import ConfigError, WanS2VConfig, get_preset
+from ..model.sequence import InputError, SequenceLayout, sequence_layout
+from .perfmodel import (
+    PlanError,
+    Prediction,
+    Strategy,
+    predict_inference,
+    predict_training,
+)
+from .profiles import HardwareProfile, load_profile
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one iteration trains on."""
+
+    preset: str
+    """Model preset."""
+    frames: int
+    """Video frames per clip (a multiple of 4)."""
+    width: int
+    """Pixel width."""
+    height: int
+    """Pixel height."""
+    global_batch: int
+    """Clips per iteration."""
+    with_motion: bool = True
+    """Whether clips carry FramePack motion tokens."""
+
+    def model(self) -> tuple[WanS2VConfig, SequenceLayout]:
+        cfg = get_preset(self.preset).model
+        if self.frames <= 0 or self.frames % 4:
+            raise PlanError(f"frames={self.frames}: Wan-S2V clips have 4F video frames (F latent frames); "
+                            f"use a positive multiple of 4 such as 48 or 80")
+        for what, px in (("width", self.width), ("height", self.height)):
+            if px <= 0 or px % 8:
+                raise PlanError(f"{what}={px} must be a positive multiple of 8 (the VAE's spatial stride); the "
+                                f"official pipeline uses multiples of 64")
+        try:
+            return cfg, sequence_layout(cfg, self.frames // 4, self.height // 8, self.width // 8, self.with_motion)
+        except InputError as exc:
+            raise PlanError(str(exc)) from None
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """"1024x768" -> (width 1024, height 768)."""
+    try:
+        w, h = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise PlanError(f"size {size!r}: write WIDTHxHEIGHT in pixels, e.g. 1024x768") from None
+    return w, h
+
+
+def _fmt_gb(b: float) -> str:
+    return f"{b / GB:.1f}"
+
+
+def prediction_row(name: str, p: Prediction) -> list:
+    return [name, p.strategy.world, p.global_batch, f"{p.time:.2f}", f"{p.compute:.2f}", f"{p.exposed_comm:.2f}",
+            f"{p.other:.2f}", f"{p.samples_per_s_per_gpu:.4f}", f"{p.mfu:.2f}", _fmt_gb(p.memory_total),
+            "yes" if p.fits else "NO"]
+
+
+PREDICTION_HEADERS = ["configuration", "GPUs", "clips/iter", "s/iter", "compute s", "exposed comm s", "other s",
+                      "samples/s/GPU", "MFU", "GB/rank", "fits"]
+
+
+# ---- plan ---------------------------------------------------------------------------------------------
+
+
+def load_plan(path: Path) -> tuple[Workload, Strategy, str]:
+    """A plan TOML: top-level workload keys, a [parallel] table and ``hardware``."""
+    if not path.is_file():
+        raise PlanError(f"no plan file {path}; see s2vbench/bench/sweeps/plan_14b_usp.toml for the format")
+    doc = tomllib.loads(path.read_text())
+    known = {"preset", "frames", "size", "width", "height", "global_batch", "with_motion", "hardware", "parallel"}
+    unknown = set(doc) - known
+    if unknown:
+        raise PlanError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    if "size" in doc:
+        width, height = parse_size(doc["size"])
+    else:
+        width, height = doc.get("width", 1024), doc.get("height", 768)
+    work = Workload(doc.get("preset", "14b"), int(doc.get("frames", 48)), width, height,
+                    int(doc.get("global_batch", 1)), bool(doc.get("with_motion", True)))
+    par = dict(doc.get("parallel", {}))
+    fields = set(Strategy.__dataclass_fields__)
+    if set(par) - fields:
+        raise PlanError(f"{path}: unknown [parallel] keys {sorted(set(par) - fields)}; known: {sorted(fields)}")
+    return work, Strategy(**par), doc.get("hardware", "h100-sxm")
+
+
+def describe_plan(work: Workload, st: Strategy, hw: HardwareProfile) -> str:
+    from tabulate import tabulate
+
+    cfg, lay = work.model()
+    pred = predict_training(cfg, lay, st, hw, work.global_batch)
+    cp = st.cp
+    local = -(-lay.total // cp)
+    lines = [(f"workload: {work.preset}, {work.frames} frames of {work.width}x{work.height}, "
+             f"{lay.total:,} tokens per clip (noisy {lay.noisy:,} + ref {lay.ref:,} + motion {lay.motion:,}), "
+             f"{work.global_batch} clip(s) per iteration"),
+             (f"mesh: dp_shard {st.dp_shard} x ring {st.ring} x ulysses {st.ulysses} = {st.world} ranks on "
+             f"{-(-st.world // hw.gpus_per_node)} node(s) of {hw.gpus_per_node} ({hw.name}); FSDP shards over all "
+             f"{st.world}; AC {'on' if st.ac else 'off'}; {st.dtype}"),
+             (f"sequence: padded to {local * cp:,} tokens ({local * cp - lay.total} padding), {local:,} per "
+             f"context-parallel rank"), ""]
+    rows = []
+    n_params = pred.memory["params"] * st.world / 4
+    for rank in range(st.world):
+        dp, rest = divmod(rank, cp)
+        ring, uly = divmod(rest, st.ulysses)
+        chunk = ring * st.ulysses + uly
+        start, end = chunk * local, (chunk + 1) * local
+        pad = max(0, end - max(start, lay.total))
+        rows.append([rank, rank // hw.gpus_per_node, dp, ring, uly, f"[{start:,}, {min(end, lay.total):,})", pad,
+                     f"{n_params / st.world / 1e6:,.1f}"])
+    lines.append(tabulate(rows, ["rank", "node", "dp", "ring", "ulysses", "tokens", "padding", "param shard (M)"],
+                          tablefmt="github"))
+    lines += ["", "predicted memory per rank (GB): " + ", ".join(f"{k} {_fmt_gb(v)}" for k, v in pred.memory.items())
+              + f"; total {_fmt_gb(pred.memory_total)} of {_fmt_gb(hw.memory_capacity)}"
+              + ("" if pred.fits else "  ** DOES NOT FIT **"),
+              (f"predicted time per iteration: {pred.time:.2f} s = compute {pred.compute:.2f} + exposed communication "
+              f"{pred.exposed_comm:.2f} + other {pred.other:.2f}; MFU {pred.mfu:.2f}; "
+              f"{pred.samples_per_s_per_gpu:.4f} samples/s/GPU"),
+              "communication per kind (s, total / exposed): " + ", ".join(
+                  f"{k} {pred.comm_total[k]:.3f}/{pred.comm_exposed[k]:.3f}" for k in pred.comm_total)]
+    lines += [f"note: {n}" for n in pred.notes]
+    lines.append("(predicted, not measured: " + _profile_caveat(hw) + ")")
+    return "\n".join(lines)
+
+
+def _profile_caveat(hw: HardwareProfile) -> str:
+    assumed = sorted(k for k, v in hw.sources.items() if v.startswith("assumed") or "(assumed)" in v)
+    return f"profile {hw.name}; assumed figures: {', '.join(assumed) or 'none'}"
+
+
+# ---- predict: the claim table -------------------------------------------------------------------------
+
+
+def claim_configurations(gpus: int) -> list[tuple[str, Strategy, int]]:
+    """The two readings of the paper's baseline and the context-parallel configurations, on ``gpus`` GPUs."""
+    uu = max(1, min(gpus, 8) // 2)  # USP: half the node's Ulysses degree, the rest as ring
+    return [
+        ("A: FSDP, 1 clip/GPU, AC", Strategy(gpus, ac=True), gpus),
+        ("A: FSDP, 1 clip/GPU, no AC", Strategy(gpus, ac=False), gpus),
+        ("B: FSDP, 1 clip/GPU, activation offload", Strategy(gpus, ac=False, offload_activations=True), gpus),
+        ("CP: FSDP + Ulysses, 1 clip, AC", Strategy(1, gpus, 1, ac=True), 1),
+        ("CP: FSDP + Ulysses, 1 clip, no AC", Strategy(1, gpus, 1, ac=False), 1),
+        ("CP: FSDP + ring, 1 clip, AC", Strategy(1, 1, gpus, ac=True), 1),
+        (f"CP: FSDP + USP u{uu}xr{gpus // uu}, 1 clip, AC", Strategy(1, uu, gpus // uu, ac=True), 1),
+        (f"CP: FSDP + Ulysses, {gpus} clips by accumulation, AC", Strategy(1, gpus, 1, ac=True, grad_accum=gpus),
+         gpus),
+    ]
+
+
+def claim_table(work: Workload, gpus: int, hw: HardwareProfile) -> tuple[list[list], list[tuple[str, Prediction]]]:
+    cfg, lay = work.model()
+    preds = []
+    for name, st, gb in claim_configurations(gpus):
+        try:
+            preds.append((name, predict_training(cfg, lay, st, hw, gb)))
+        except PlanError as exc:
+            print(f"skipped {name}: {exc}", file=sys.stderr)
+    return [prediction_row(n, p) for n, p in preds], preds
+
+
+def scaling_curves(work: Workload, hw: HardwareProfile, gpus: list[int]) -> dict[str, list[tuple[int, Prediction]]]:
+    """Predicted curves with USP (Ulysses inside a node, ring across nodes):
+    strong: 64 clips per iteration, 8-way context parallel per clip, data parallel across groups;
+    weak: one clip per 8 GPUs; sequence: one clip over all GPUs."""
+    cfg, lay = work.model()
+    out: dict[str, list[tuple[int, Prediction]]] = {"strong (64 clips)": [], "weak (1 clip / 8 GPUs)": [],
+                                                    "sequence (1 clip)": []}
+    for n in gpus:
+        u = min(n, hw.gpus_per_node, 8)
+        if cfg.num_heads % u:
+            continue
+        if n >= 8:
+            cp_groups = n // 8
+            if 64 % cp_groups == 0:
+                out["strong (64 clips)"].append(
+                    (n, predict_training(cfg, lay, Strategy(cp_groups, 8, 1, ac=True, grad_accum=64 // cp_groups),
+                                         hw, 64)))
+            out["weak (1 clip / 8 GPUs)"].append(
+                (n, predict_training(cfg, lay, Strategy(cp_groups, 8, 1, ac=True), hw, cp_groups)))
+        if n // u <= lay.total:
+            out["sequence (1 clip)"].append((n, predict_training(cfg, lay, Strategy(1, u, n // u, ac=True), hw, 1)))
+    return out
+
+
+def plot_curves(curves: dict[str, list[tuple[int, Prediction]]], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, pts in curves.items():
+        if not pts:
+            continue
+        n = [g for g, _ in pts]
+        thr = [p.global_batch / p.time for _, p in pts]
+        ax1.plot(n, thr, marker="o", label=name)
+        ax1.plot(n, [thr[0] * g / n[0] for g in n], ls=":", color=ax1.lines[-1].get_color(), alpha=0.6)
+        ax2.plot(n, [p.exposed_comm / p.time for _, p in pts], marker="o", label=name)
+    ax1.set(xscale="log", yscale="log", xlabel="GPUs", ylabel="clips/s (dotted: ideal)", title="throughput")
+    ax2.axhline(0.1, color="grey", ls="--", lw=0.8)
+    ax2.set(xscale="log", xlabel="GPUs", ylabel="exposed communication / step time",
+            title="communication stops hiding above the dashed line")
+    for ax in (ax1, ax2):
+        ax.set_xticks([g for g, _ in next(iter(v for v in curves.values() if v))])
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.legend(fontsize=8)
+    fig.suptitle(title + " (predicted)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _records(preds: list[tuple[str, Prediction]], hw: HardwareProfile, work: Workload):
+    from .results import Metric, Record
+
+    recs = []
+    for name, p in preds:
+        how = f"perfmodel on profile {hw.name}"
+        metrics = [Metric("step_time", p.time, "s", how, "predicted",
+                          {"compute": p.compute, "exposed_comm": p.exposed_comm, "other": p.other}),
+                   Metric("samples_per_s_per_device", p.samples_per_s_per_gpu, "samples/s", how, "predicted"),
+                   Metric("mfu", p.mfu, "1", how, "predicted"),
+                   Metric("memory_per_rank", p.memory_total / 2 ** 30, "GiB", how, "predicted",
+                          {k: v / 2 ** 30 for k, v in p.memory.items()})]
+        recs.append(Record("prediction", f"{hw.name}/{name}", {"workload": work.__dict__, "strategy":
+                                                               p.strategy.__dict__, "global_batch": p.global_batch},
+                           metrics, tags=["predicted"], notes="; ".join(p.notes)))
+    return recs
+
+
+def write_claim(out: Path, work: Workload, gpus: int, hardware: list[str]) -> Path:
+    """predictions.md (the claim table per profile and scaling curves), PNGs and predictions.json."""
+    from tabulate import tabulate
+
+    from .results import ResultsLog
+
+    out.mkdir(parents=True, exist_ok=True)
+    log = ResultsLog(out / "predictions.json", environment={"kind": "prediction"}, resume=False)
+    lines = [f"# Predicted: {work.preset}, {work.frames} frames of {work.width}x{work.height}, {gpus} GPUs", "",
+             ("Every figure here is **predicted** by `s2vbench/bench/perfmodel.py`, not measured. Regenerate with "
+             f"`s2vbench predict --preset {work.preset} --frames {work.frames} --size {work.width}x{work.height} "
+             f"--gpus {gpus} --report {out}`."), ""]
+    gpu_counts = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+    for name in hardware:
+        hw = load_profile(name)
+        rows, preds = claim_table(work, gpus, hw)
+        log.extend(_records(preds, hw, work))
+        lines += [f"## {hw.name}", "", tabulate(rows, PREDICTION_HEADERS, tablefmt="github"), "",
+                  f"({_profile_caveat(hw)})", ""]
+        for n, p in preds:
+            lines += [f"- {n}: {note}" for note in p.notes]
+        curves = scaling_curves(work, hw, gpu_counts)
+        png = plot_curves(curves, out / f"scaling-{hw.name}.png", f"{work.preset} on {hw.name}")
+        rows = []
+        for cname, pts in curves.items():
+            for g, p in pts:
+                rows.append([cname, g, p.global_batch, p.strategy.label, f"{p.time:.2f}",
+                             f"{p.global_batch / p.time:.3f}", f"{p.exposed_comm / p.time:.0%}",
+                             _fmt_gb(p.memory_total), "yes" if p.fits else "NO"])
+        lines += ["", f"### Scaling to 512 GPUs on {hw.name} (USP: Ulysses inside a node, ring across nodes)", "",
+                  f"![scaling]({png.name})", "",
+                  tabulate(rows, ["curve", "GPUs", "clips/iter", "strategy", "s/iter", "clips/s",
+                                  "exposed comm share", "GB/rank", "fits"], tablefmt="github"), ""]
+        inf = predict_inference(*work.model(), Strategy(1, min(gpus, 8), max(1, gpus // 8), ac=False), hw)
+        lines += [f"Inference, one clip (40 steps x 2 CFG forwards) on {gpus} GPUs: {inf.time:.1f} s predicted "
+                  f"(compute {inf.compute:.1f}, exposed communication {inf.exposed_comm:.1f}, other {inf.other:.1f}); "
+                  + "; ".join(inf.notes) + ".", ""]
+    path = out / "predictions.md"
+    from .results import atomic_write_text
+
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+# ---- command line -------------------------------------------------------------------------------------
+
+
+def add_plan_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", type=Path, help="a plan TOML (see s2vbench/bench/sweeps/plan_14b_usp.toml)")
+    p.add_argument("--hw", default=None, help="hardware profile name or JSON (default: the file's, else h100-sxm)")
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    try:
+        work, st, hw_name = load_plan(args.config)
+        print(describe_plan(work, st, load_profile(args.hw or hw_name)))
+    except (PlanError, ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def add_predict_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="14b")
+    p.add_argument("--frames", type=int, default=48, help="video frames per clip (default 48)")
+    p.add_argument("--size", default="1024x768", help="WIDTHxHEIGHT in pixels (default 1024x768)")
+    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--hw", default="h100-sxm", help="hardware profile(s), comma-separated")
+    p.add_argument("--report", type=Path, default=None, help="also write predictions.md, plots and JSON here")
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    try:
+        width, height = parse_size(args.size)
+        work = Workload(args.preset, args.frames, width, height, args.gpus)
+        names = [h.strip() for h in args.hw.split(",") if h.strip()]
+        for name in names:
+            hw = load_profile(name)
+            rows, preds = claim_table(work, args.gpus, hw)
+            _cfg, lay = work.model()
+            print(f"{work.preset}: {work.frames} frames of {width}x{height} = {lay.total:,} tokens per clip, "
+                  f"{args.gpus} GPUs, profile {hw.name} (predicted)")
+            print(tabulate(rows, PREDICTION_HEADERS, tablefmt="github"))
+            for n, p in preds:
+                for note in p.notes:
+                    print(f"  {n}: {note}")
+            print(f"({_profile_caveat(hw)})\n")
+        if args.report is not None:
+            print(write_claim(args.report, work, args.gpus, names))
+    except (PlanError, ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = ["Workload", "add_plan_arguments", "add_predict_arguments", "claim_configurations", "claim_table",
+           "describe_plan", "load_plan", "parse_size", "run_plan", "run_predict", "scaling_curves", "write_claim"]
