@@ -1,0 +1,336 @@
+"""Calibrate the performance model on microbenchmarks, then validate it on end-to-end steps.
+
+Calibration sees only microbenchmarks: matmuls and attention calls across sizes (-> efficiency curves), a
+streaming add (-> memory bandwidth) and collectives across sizes on 2 ranks (-> alpha and beta by least
+squares). End-to-end steps are used only to validate, plus one fitted constant (the fixed per-step overhead:
+launches, Python, the optimizer), whose error is reported leave-one-out in the style of Calculon: each point
+is predicted with the overhead fitted on the others. Only points whose step-time IQR/median is under 5%
+count; the others are listed as noisy.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .perfmodel import PlanError, Prediction, Strategy, predict_training
+from .profiles import EfficiencyCurve, HardwareProfile, Link
+from .results import Record
+
+NOISE_LIMIT = 0.05
+"""Points whose step-time IQR/median exceeds this are not used for validation."""
+
+
+def _median_time(fn, repeats: int = 5, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_sweep(dtype: torch.dtype = torch.float32) -> list[tuple[float, float]]:
+    """(FLOPs of one call, achieved FLOP/s) for the model's kind of matmul, [tokens, d] @ [d, d'], from 1e6
+    to 4e9 FLOPs."""
+    out = []
+    for tokens, d, d_out in ((256, 64, 64), (512, 128, 128), (1024, 256, 256), (2048, 256, 256),
+                             (2048, 256, 704), (4096, 512, 512), (4096, 512, 1024)):
+        a, b = torch.randn(tokens, d, dtype=dtype), torch.randn(d, d_out, dtype=dtype)
+        flops = 2.0 * tokens * d * d_out
+        t = _median_time(lambda a=a, b=b: a @ b, repeats=7 if flops < 1e9 else 5)
+        out.append((flops, flops / t))
+    return out
+
+
+def attention_sweep(dtype: torch.dtype = torch.float32) -> list[tuple[float, float]]:
+    """(FLOPs of one call, achieved FLOP/s) for torch SDPA, 4 heads of 64, from 256 to 4096 tokens."""
+    out = []
+    for s in (256, 1024, 2048, 4096):
+        q, k, v = (torch.randn(1, 4, s, 64, dtype=dtype) for _ in range(3))
+        flops = 4.0 * s * s * 256
+        t = _median_time(lambda q=q, k=k, v=v: torch.nn.functional.scaled_dot_product_attention(q, k, v), repeats=5)
+        out.append((flops, flops / t))
+    return out
+
+
+def memory_bandwidth() -> float:
+    """Bytes/s of c = a + b over 64 MiB float32 tensors (two reads and a write)."""
+    a, b = torch.randn(16 * 2 ** 20), torch.randn(16 * 2 ** 20)
+    c = torch.empty_like(a)
+    t = _median_time(lambda: torch.add(a, b, out=c), repeats=5)
+    return 3 * a.numel() * 4 / t
+
+
+COLLECTIVE_SIZES = (2 ** 14, 2 ** 18, 2 ** 21, 2 ** 23)
+"""Bytes per collective buffer in the sweep (16 KiB to 8 MiB)."""
+
+
+def collective_rank(rank: int, world: int) -> list[tuple[str, int, float]]:
+    """(kind, bytes, median seconds) of all_gather, reduce_scatter, all_to_all and p2p on this process group."""
+    import torch.distributed as dist
+
+    out = []
+    peer = (rank + 1) % world
+    for nbytes in COLLECTIVE_SIZES:
+        n = nbytes // 4
+        full, shard = torch.randn(n), torch.randn(n // world)
+
+        def ag():
+            dist.all_gather_into_tensor(full, shard)
+
+        def rs():
+            dist.reduce_scatter_tensor(shard, full)
+
+        def a2a():
+            dist.all_to_all_single(full.clone(), full)
+
+        def p2p():
+            if rank == 0:
+                dist.send(full, peer)
+                dist.recv(full, peer)
+            else:
+                dist.recv(full, (rank - 1) % world)
+                dist.send(full, (rank - 1) % world)
+
+        for kind, fn in (("all_gather", ag), ("reduce_scatter", rs), ("all_to_all", a2a), ("p2p", p2p)):
+            dist.barrier()
+            t = _median_time(fn, repeats=5)
+            out.append((kind, nbytes, t / 2 if kind == "p2p" else t))  # p2p: a round trip is two messages
+    return out
+
+
+def fit_link(samples: list[tuple[str, int, float]], world: int) -> tuple[Link, float]:
+    """Least-squares alpha and 1/beta over every sample (t = steps x alpha + moved bytes / beta), and the
+    relative RMS residual."""
+    rows, ts = [], []
+    for kind, nbytes, t in samples:
+        steps, moved = (1, nbytes) if kind == "p2p" else (world - 1, (world - 1) / world * nbytes)
+        rows.append((steps, moved))
+        ts.append(t)
+    a = torch.tensor(rows, dtype=torch.float64)
+    y = torch.tensor(ts, dtype=torch.float64)
+    w = 1 / y  # relative error: small messages matter as much as large ones
+    sol = torch.linalg.lstsq(a * w[:, None], (y * w)[:, None]).solution.flatten()
+    alpha, inv_beta = max(float(sol[0]), 1e-7), max(float(sol[1]), 1e-13)
+    pred = a @ torch.tensor([alpha, inv_beta], dtype=torch.float64)
+    rms = float(torch.sqrt(torch.mean(((pred - y) / y) ** 2)))
+    return Link(bandwidth=1 / inv_beta, latency=alpha), rms
+
+
+def _curve(samples: list[tuple[float, float]], peak: float) -> EfficiencyCurve:
+    return EfficiencyCurve(tuple(f for f, _ in samples), tuple(min(1.5, r / peak) for _, r in samples))
+
+
+def calibrate_cpu(world: int = 2, timeout_s: float = 300.0) -> tuple[HardwareProfile, dict]:
+    """A profile of this CPU as the harness uses it (one thread per rank, gloo between ranks)."""
+    from ..parallel.launch import run_ranks
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        mm, at, bw = matmul_sweep(), attention_sweep(), memory_bandwidth()
+    finally:
+        torch.set_num_threads(threads)
+    coll = run_ranks(collective_rank, world, timeout_s=timeout_s)[0]
+    link, rms = fit_link(coll, world)
+    peak = max(r for _, r in mm + at)
+    today = _dt.date.today().isoformat()
+    where = f"measured by s2vbench calibrate on this machine, {today}"
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    prof = HardwareProfile(
+        name="cpu-gloo", peak_flops=peak, memory_bandwidth=bw, memory_capacity=float(ram), intra_node=link,
+        inter_node=link, host_link=bw, gpus_per_node=os.cpu_count() or 1, matmul=_curve(mm, peak),
+        attention=_curve(at, peak),
+        sources={"peak_flops": f"{where}: the fastest float32 matmul of the sweep, one thread",
+                 "memory_bandwidth": f"{where}: c = a + b over 64 MiB", "memory_capacity": "os.sysconf",
+                 "intra_node": f"{where}: gloo, {world} ranks, least squares over {len(coll)} collectives "
+                               f"(relative RMS residual {rms:.0%})",
+                 "inter_node": "the same as intra_node (one host)", "host_link": "memory bandwidth (no device)",
+                 "gpus_per_node": "os.cpu_count()", "matmul": where, "attention": f"{where}: torch SDPA"})
+    raw = {"matmul": mm, "attention": at, "memory_bandwidth": bw, "collectives": coll, "link_rms": rms}
+    return prof, raw
+
+
+# ---- validation ---------------------------------------------------------------------------------------
+
+
+def predict_record(record: Record, hw: HardwareProfile) -> Prediction:
+    """The model's step time for a measured iteration record."""
+    from ..model.config import ClipShape, get_preset
+    from ..model.sequence import sequence_layout
+
+    c = record.config
+    cfg = get_preset(c["preset"]).model
+    clip = ClipShape(**c["clip"])
+    lay = sequence_layout(cfg, clip.latent_frames, clip.latent_height, clip.latent_width, clip.with_motion)
+    deg = c["degrees"]
+    st = Strategy(deg["dp_shard"], deg["ulysses"], deg["ring"], bool(c["ac"]), c["dtype"], int(c.get("grad_accum", 1)))
+    return predict_training(cfg, lay, st, hw, int(c["global_batch"]))
+
+
+def step_noise(record: Record) -> float | None:
+    """IQR / median of the record's timed steps (None with fewer than 3)."""
+    stats = record.metric("step_time").stats
+    steps = [v for k, v in stats.items() if k.startswith("step") and k[4:].isdigit()]
+    if len(steps) < 3:
+        return None
+    q = statistics.quantiles(steps, n=4, method="inclusive")
+    return (q[2] - q[0]) / statistics.median(steps)
+
+
+@dataclass
+class ValidationRow:
+    """One end-to-end point, predicted and measured."""
+
+    name: str
+    measured: float
+    """Median step time, s."""
+    model: float
+    """The model's time without the fixed overhead, s."""
+    loo: float | None = None
+    """Prediction with the overhead fitted on the other counted points, s."""
+    noise: float | None = None
+    """IQR / median of the measured steps."""
+    counted: bool = False
+    """Whether the point is quiet enough to count."""
+    act_measured: float | None = None
+    """Saved activations, GiB (the memory check)."""
+    act_predicted: float | None = None
+    """The formula's saved activations, GiB."""
+
+    @property
+    def error(self) -> float | None:
+        return None if self.loo is None else self.loo / self.measured - 1
+
+
+def validate(records: list[Record], hw: HardwareProfile) -> tuple[list[ValidationRow], dict]:
+    """Leave-one-out validation of step time, and of saved activations, on measured iteration records."""
+    from ..model.config import ClipShape, get_preset
+    from ..model.sequence import sequence_layout
+    from .analytic import activation_bytes
+
+    rows = []
+    base = HardwareProfile(**{**hw.__dict__, "fixed_overhead": 0.0})
+    for r in records:
+        if r.kind != "iteration" or "oversubscribed" in r.tags or "oom" in r.tags or "failed" in r.tags:
+            continue
+        try:
+            m = r.metric("step_time")
+        except KeyError:
+            continue
+        if m.value is None:
+            continue
+        try:
+            pred = predict_record(r, base)
+        except (PlanError, KeyError, ValueError):
+            continue
+        noise = step_noise(r)
+        row = ValidationRow(r.name, m.value, pred.time, noise=noise,
+                            counted=noise is not None and noise < NOISE_LIMIT)
+        try:
+            row.act_measured = r.metric("saved_activations").value
+            c = r.config
+            cfg = get_preset(c["preset"]).model
+            clip = ClipShape(**c["clip"])
+            lay = sequence_layout(cfg, clip.latent_frames, clip.latent_height, clip.latent_width, clip.with_motion)
+            micro = c["global_batch"] // c["degrees"]["dp_shard"] // c.get("grad_accum", 1)
+            cp = c["degrees"]["ulysses"] * c["degrees"]["ring"]
+            row.act_predicted = activation_bytes(cfg, lay, micro, c["dtype"], c["ac"], cp).saved / 2 ** 30
+        except (KeyError, TypeError):
+            pass
+        rows.append(row)
+    counted = [row for row in rows if row.counted]
+    for row in rows:
+        others = [o for o in counted if o is not row]
+        if others:
+            overhead = max(0.0, statistics.median(o.measured - o.model for o in others))
+            row.loo = row.model + overhead
+    errs = [abs(row.error) for row in counted if row.error is not None]
+    mem = [abs(row.act_predicted / row.act_measured - 1) for row in rows
+           if row.act_measured and row.act_predicted is not None]
+    overhead_all = max(0.0, statistics.median(o.measured - o.model for o in counted)) if counted else 0.0
+    summary = {"points": len(rows), "counted": len(counted),
+               "time_mean_abs_error": statistics.mean(errs) if errs else None,
+               "time_max_abs_error": max(errs) if errs else None,
+               "memory_mean_abs_error": statistics.mean(mem) if mem else None,
+               "memory_max_abs_error": max(mem) if mem else None, "fixed_overhead": overhead_all}
+    return rows, summary
+
+
+def calibration_markdown(hw: HardwareProfile, raw: dict, rows: list[ValidationRow], summary: dict) -> str:
+    from tabulate import tabulate
+
+    link = hw.intra_node
+    lines = ["## Performance model: calibration and validation", "",
+             ("Calibrated on microbenchmarks only (one thread per rank, as the harness runs), then checked against "
+             "the end-to-end steps above and in `validation.json`. Times are medians; warm-up excluded."), "",
+             tabulate([[f"{f:.2e}", f"{r / 1e9:.1f}", f"{r / hw.peak_flops:.2f}"] for f, r in raw["matmul"]],
+                      ["matmul FLOPs/call", "GFLOP/s", "of peak"], tablefmt="github"), "",
+             tabulate([[f"{f:.2e}", f"{r / 1e9:.1f}", f"{r / hw.peak_flops:.2f}"] for f, r in raw["attention"]],
+                      ["SDPA FLOPs/call", "GFLOP/s", "of peak"], tablefmt="github"), "",
+             (f"Memory bandwidth {hw.memory_bandwidth / 1e9:.1f} GB/s (c = a + b). gloo on 2 ranks: alpha "
+             f"{link.latency * 1e6:.0f} us, beta {link.bandwidth / 1e9:.2f} GB/s (least squares over "
+             f"{len(raw['collectives'])} collectives, relative RMS residual {raw['link_rms']:.0%})."), "",
+             ("Validation (leave-one-out: each point's fixed overhead is fitted on the other counted points; "
+             f"a point counts when its step-time IQR/median < {NOISE_LIMIT:.0%}):"), ""]
+    table = [[r.name, f"{r.measured:.3f}", f"{r.model:.3f}", "" if r.loo is None else f"{r.loo:.3f}",
+              "" if r.error is None else f"{r.error:+.1%}", "n/a" if r.noise is None else f"{r.noise:.1%}",
+              "yes" if r.counted else "no (noisy)",
+              "" if r.act_measured is None else f"{r.act_measured:.3f}",
+              "" if r.act_predicted is None else f"{r.act_predicted:.3f}"] for r in rows]
+    lines.append(tabulate(table, ["point", "measured s", "model s", "LOO predicted s", "error", "IQR/median",
+                                  "counted", "saved act GiB", "predicted GiB"], tablefmt="github"))
+
+    def pct(v):
+        return "n/a" if v is None else f"{v:.1%}"
+
+    ok = summary["time_max_abs_error"] is not None and summary["time_max_abs_error"] <= 0.15
+    lines += ["", (f"Time: mean |error| {pct(summary['time_mean_abs_error'])}, max |error| "
+                  f"{pct(summary['time_max_abs_error'])} over {summary['counted']} counted of {summary['points']} "
+                  f"points (target: max <= 15%: {'met' if ok else 'NOT met'}). Saved activations: mean |error| "
+                  f"{pct(summary['memory_mean_abs_error'])}, max {pct(summary['memory_max_abs_error'])}. Fixed "
+                  f"overhead fitted on all counted points: {summary['fixed_overhead']:.3f} s per step.")]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["NOISE_LIMIT", "ValidationRow", "calibrate_cpu", "calibration_markdown", "collective_rank", "fit_link",
+           "predict_record", "step_noise", "validate"]
+
+
+def validation_points() -> list:
+    """End-to-end points at widths, lengths and world sizes the main job does not run (tiny is 1/4 the width
+    of small; the small clip at half its length), timed like the main job's points."""
+    from .points import Point
+
+    return [Point("tiny", 1, "single", steps=5), Point("tiny", 2, "ulysses", steps=5),
+            Point("small", 1, "single", global_batch=1, frames=16, steps=5)]
+
+
+def calibrate_and_validate(out, results_paths: list, progress: bool = True) -> str:
+    """Run the validation points and the CPU calibration; write ``validation.json`` and ``calibration.json``
+    into ``out``; return the report section."""
+    from pathlib import Path
+
+    from .results import atomic_write_json, read_results
+    from .sweep import run_sweep
+
+    out = Path(out)
+    val = run_sweep(validation_points(), out / "validation.json", progress=progress)
+    prof, raw = calibrate_cpu()
+    records = [r for p in [*results_paths, val.path] for r in read_results(p)]
+    rows, summary = validate(records, prof)
+    prof = HardwareProfile(**{**prof.__dict__, "fixed_overhead": summary["fixed_overhead"]})
+    atomic_write_json(out / "calibration.json", {"profile": prof.to_dict(), "raw": raw, "summary": summary,
+                                                 "rows": [r.__dict__ for r in rows]})
+    return calibration_markdown(prof, raw, rows, summary)
+
+
+__all__ += ["calibrate_and_validate", "validation_points"]

@@ -1,0 +1,66 @@
+"""Calibration fits and leave-one-out validation, on synthetic data with known answers, and one real run."""
+
+from __future__ import annotations
+
+import pytest
+
+from s2vbench.bench.calibrate import calibrate_cpu, fit_link, predict_record, step_noise, validate
+from s2vbench.bench.points import Point
+from s2vbench.bench.profiles import load_profile
+from s2vbench.bench.results import Metric, Record
+
+
+def test_fit_link_recovers_alpha_and_beta():
+    alpha, beta, world = 50e-6, 2e9, 2
+    samples = []
+    for nbytes in (2 ** 12, 2 ** 16, 2 ** 20, 2 ** 24):
+        samples.append(("all_gather", nbytes, (world - 1) * alpha + (world - 1) / world * nbytes / beta))
+        samples.append(("p2p", nbytes, alpha + nbytes / beta))
+    link, rms = fit_link(samples, world)
+    assert link.latency == pytest.approx(alpha, rel=1e-6)
+    assert link.bandwidth == pytest.approx(beta, rel=1e-6)
+    assert rms < 1e-9
+
+
+def _record(point: Point, steps: list[float]) -> Record:
+    from s2vbench.model import get_preset
+
+    cfg = point.to_dict()
+    cfg["clip"] = point.clip().__dict__
+    cfg["model"] = get_preset(point.preset).model.__dict__
+    stats = {f"step{i}": t for i, t in enumerate(steps)}
+    sorted_steps = sorted(steps)
+    return Record("iteration", point.name, cfg, [Metric("step_time", sorted_steps[len(steps) // 2], "s", "test",
+                                                        stats=stats)])
+
+
+def test_leave_one_out_recovers_a_constant_overhead_and_skips_noisy_points():
+    hw = load_profile("h100-sxm")
+    points = [Point("tiny", 1, "single", global_batch=1), Point("small", 1, "single", global_batch=1),
+              Point("small", 2, "ulysses"), Point("small", 2, "fsdp")]
+    records = []
+    for p in points:
+        model = predict_record(_record(p, [1.0, 1.0, 1.0]), hw).time
+        records.append(_record(p, [model + 0.5] * 3))   # measured = model + a constant overhead, noiseless
+    noisy_point = Point("small", 2, "ring")
+    model = predict_record(_record(noisy_point, [1.0] * 3), hw).time
+    records.append(_record(noisy_point, [model, model * 1.5, model * 3]))
+    rows, summary = validate(records, hw)
+    assert summary["counted"] == 4 and summary["points"] == 5
+    assert summary["time_max_abs_error"] == pytest.approx(0.0, abs=1e-12)
+    assert summary["fixed_overhead"] == pytest.approx(0.5)
+    noisy = next(r for r in rows if r.name == noisy_point.name)
+    assert not noisy.counted and step_noise(records[-1]) > 0.05
+    # a model error shows: double one measurement and its leave-one-out error is about -50%
+    records[0] = _record(points[0], [2 * (records[0].metric("step_time").value)] * 3)
+    rows, summary = validate(records, hw)
+    assert summary["time_max_abs_error"] > 0.3
+
+
+def test_cpu_calibration_measures_every_figure():
+    prof, raw = calibrate_cpu()
+    assert prof.peak_flops > 1e8 and prof.memory_bandwidth > 1e8
+    assert prof.intra_node.bandwidth > 1e6 and prof.intra_node.latency > 0
+    assert all(0 < e <= 1.5 for e in prof.matmul.efficiency)
+    assert {k for k, _, _ in raw["collectives"]} == {"all_gather", "reduce_scatter", "all_to_all", "p2p"}
+    assert all(v.startswith(("measured", "the same", "memory", "os.")) for v in prof.sources.values())
