@@ -1,0 +1,487 @@
+"""``s2vbench buckets``: what token-budget resolution bucketing buys, against two baselines, on one model step.
+
+For each manifest: the bucket plan (``s2vbench.data``), one epoch of the DP x CP sampler, and two baselines on
+the same clips: one fixed resolution for every clip, and naive per-clip shapes (each clip its own best shape,
+batch size 1, clips dealt to data-parallel ranks in shuffled order). Reported per method: token utilisation
+(real tokens / (slots x M)), crop loss, aspect error, the predicted cost imbalance across data-parallel ranks
+(the gate) and, from real ``train_step``s of the small preset on CPU at every shape that ran, the measured one,
+next to the noise floor of timing one shape repeatedly. A predicted-only section repeats the planning at the
+14b preset's M. Results go through :class:`~s2vbench.bench.results.ResultsLog` (atomic), then ``report.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..data.bucketing import BucketGeometry, BucketPlan, fit_fixed, plan_buckets
+from ..data.manifest import ManifestError, ReadResult, read_manifest, shipped_manifests
+from ..data.sampler import BucketSampler, dp_cost_imbalance
+from ..model.config import get_preset
+from .analytic import clip_step_cost
+from .results import Metric, Record, ResultsLog, atomic_write_text
+
+TARGET_UTILISATION = 0.98
+TARGET_IMBALANCE = 0.02
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", type=Path, action="append", default=None,
+                   help="a .jsonl or .parquet manifest (repeatable; default: the shipped synthetic manifests)")
+    p.add_argument("--preset", default="small", help="model preset that is timed (default small)")
+    p.add_argument("--max-tokens", type=int, default=3072, help="M: most tokens of one clip (default 3072)")
+    p.add_argument("--frames", default="4,16", help="latent frame window MIN,MAX (4F pixel frames; default 4,16)")
+    p.add_argument("--max-buckets", type=int, default=16, help="most bucket shapes (default 16)")
+    p.add_argument("--base-batch", type=int, default=1, help="batch size of the costliest bucket (default 1)")
+    p.add_argument("--dp", type=int, default=4, help="data-parallel degree of the simulated job (default 4)")
+    p.add_argument("--cp", type=int, default=2, help="context-parallel degree of the simulated job (default 2)")
+    p.add_argument("--fixed", default=None, help="fixed-resolution baseline shape F,H,W (latent frames, pixels); "
+                                                 "default: the largest bucket's shape")
+    p.add_argument("--on-error", choices=("raise", "skip"), default="skip",
+                   help="bad manifest rows: stop with an error, or skip and count them (default skip)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=3, help="timed train steps per shape (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps per shape (default 1)")
+    p.add_argument("--repeats", type=int, default=3, help="repeated timings of one shape for the noise floor")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--no-measure", action="store_true", help="predicted figures only, no train steps")
+    p.add_argument("--scale-preset", default="14b", help="preset of the predicted-only scale check ('none' skips)")
+    p.add_argument("--scale-max-tokens", type=int, default=44544, help="its M (default 44,544: the paper's clip)")
+    p.add_argument("--scale-frames", default="12,20", help="its latent frame window (default 12,20: 48-80 frames)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/buckets-<timestamp>)")
+
+
+def _pair(text: str, what: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in text.split(","))
+    except ValueError:
+        raise SystemExit(f"{what}={text!r}: give two integers MIN,MAX, e.g. 4,16") from None
+    return lo, hi
+
+
+@dataclass
+class MethodResult:
+    """One method (bucketed, fixed or naive) on one manifest."""
+
+    name: str
+    """"bucketed", "fixed" or "naive"."""
+    clips: int
+    """Clips that got a target."""
+    dropped: int
+    """Clips left out (too short for a fixed shape, or batches left over by dp)."""
+    utilisation: float
+    """Real tokens / (slots x M) over the epoch."""
+    crop_loss: float
+    """Mean crop loss over clips."""
+    aspect_error: float
+    """Mean aspect error over clips."""
+    upscaled: float
+    """Fraction of clips upscaled."""
+    shapes: int
+    """Distinct clip shapes the method trains on."""
+    step_costs: list[tuple[float, ...]]
+    """Per step, each data-parallel rank's predicted batch cost."""
+    step_shapes: list[tuple[tuple[tuple[int, int, int], int], ...]]
+    """Per step, each rank's (shape, batch size), to look measured times up."""
+    full_batch: dict[tuple[int, int, int], int] = field(default_factory=dict)
+    """Full batch size per shape (a partial batch is timed as that batch scaled by its share)."""
+    notes: list[str] = field(default_factory=list)
+    """Caveats."""
+
+
+def _bucketed(plan: BucketPlan, dp: int, cp: int, seed: int) -> tuple[MethodResult, dict[int, float]]:
+    sampler = BucketSampler.from_plan(plan, dp, cp, seed=seed)
+    ep = sampler.epoch_plan(0)
+    m = plan.geometry.max_tokens
+    real: dict[int, int] = {}
+    slots: dict[int, int] = {}
+    step_shapes = []
+    for step in ep.steps:
+        row = []
+        for batch in step:
+            b = plan.buckets[plan.bucket_of[batch[0]]]
+            real[b.index] = real.get(b.index, 0) + len(batch) * b.tokens
+            slots[b.index] = slots.get(b.index, 0) + b.batch_size
+            row.append((b.shape, len(batch)))
+        step_shapes.append(tuple(row))
+    per = {k: real[k] / (slots[k] * m) for k in real}
+    seen = [i for step in ep.steps for batch in step for i in batch]
+    res = MethodResult("bucketed", len(seen), len(plan.rows) - len(seen),
+                       sum(real.values()) / (sum(slots.values()) * m),
+                       float(np.mean([plan.targets[i].crop_loss for i in seen])),
+                       float(np.mean([plan.targets[i].aspect_error for i in seen])),
+                       float(np.mean([plan.targets[i].upscaled for i in seen])), len(plan.buckets), ep.costs, step_shapes,
+                       {b.shape: b.batch_size for b in plan.buckets})
+    if ep.dropped:
+        res.notes.append(f"{len(ep.dropped)} batch(es) left over by dp={dp} wait for the next epoch")
+    return res, per
+
+
+def _naive(plan: BucketPlan, cost, dp: int, seed: int) -> MethodResult:
+    # What training without buckets does: each clip at its own best shape, batch 1, dealt out in shuffled order.
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0, 0x4E41]))
+    order = rng.permutation(len(plan.rows))
+    usable = len(order) - len(order) % dp
+    steps = [order[i:i + dp] for i in range(0, usable, dp)]
+    t = plan.naive
+    costs = [tuple(cost(t[i].tokens) for i in s) for s in steps]
+    shapes = [tuple((t[i].shape, 1) for i in s) for s in steps]
+    seen = order[:usable]
+    m = plan.geometry.max_tokens
+    return MethodResult("naive", usable, len(order) - usable, sum(t[i].tokens for i in seen) / (usable * m),
+                        float(np.mean([t[i].crop_loss for i in seen])), float(np.mean([t[i].aspect_error for i in seen])),
+                        float(np.mean([t[i].upscaled for i in seen])), len({t[i].shape for i in seen}), costs, shapes)
+
+
+def _fixed(plan: BucketPlan, shape: tuple[int, int, int], cost, dp: int, seed: int) -> MethodResult:
+    geom = plan.geometry
+    fits = [fit_fixed(r, geom, shape) for r in plan.rows]
+    kept = [t for t in fits if t is not None]
+    too_short = len(fits) - len(kept)
+    usable = len(kept) - len(kept) % dp
+    c = cost(geom.tokens(*shape))
+    steps = usable // dp
+    res = MethodResult("fixed", usable, len(fits) - usable, geom.tokens(*shape) / geom.max_tokens,
+                       float(np.mean([t.crop_loss for t in kept[:usable]])),
+                       float(np.mean([t.aspect_error for t in kept[:usable]])),
+                       float(np.mean([t.upscaled for t in kept[:usable]])), 1, [(c,) * dp] * steps,
+                       [((shape, 1),) * dp] * steps)
+    if too_short:
+        res.notes.append(f"{too_short} clip(s) too short for {4 * shape[0]} frames are dropped")
+    return res
+
+
+class StepTimes:
+    """Median train-step times per (shape, batch size), measured once each on the preset's model."""
+
+    def __init__(self, preset: str, text_tokens: int, with_motion: bool, steps: int, warmup: int, seed: int):
+        import torch
+
+        from ..model import WanS2V
+        from ..model.flow import TrainConfig, make_optimizer
+
+        self.cfg = get_preset(preset).model
+        torch.manual_seed(seed)
+        self.model = WanS2V(self.cfg)
+        self.train_cfg = TrainConfig(seed=seed)
+        self.optimizer = make_optimizer(self.model, self.train_cfg)
+        self.text_tokens, self.with_motion, self.steps, self.warmup = text_tokens, with_motion, steps, warmup
+        self.times: dict[tuple, list[float]] = {}
+        self._step = 0
+
+    def run(self, shape: tuple[int, int, int], batch: int) -> list[float]:
+        """Timed steps (warm-up excluded) of one fresh measurement."""
+        from ..model.config import ClipShape
+        from ..model.flow import synthetic_batch, train_step
+
+        f, h, w = shape
+        clip = ClipShape(f, h // 8, w // 8, text_tokens=self.text_tokens, with_motion=self.with_motion)
+        data = synthetic_batch(self.cfg, clip, batch_size=batch, seed=self._step)
+        out = []
+        for i in range(self.warmup + self.steps):
+            t0 = time.perf_counter()
+            train_step(self.model, self.optimizer, data, self._step, self.train_cfg)
+            dt = time.perf_counter() - t0
+            self._step += 1
+            if i >= self.warmup:
+                out.append(dt)
+        return out
+
+    def median(self, shape: tuple[int, int, int], batch: int) -> float:
+        key = (shape, batch)
+        if key not in self.times:
+            self.times[key] = self.run(shape, batch)
+        return statistics.median(self.times[key])
+
+
+def _spread(values: list[float]) -> float:
+    return (max(values) - min(values)) / statistics.median(values) if values else 0.0
+
+
+def _metrics(res: MethodResult, times: StepTimes | None) -> list[Metric]:
+    imb, worst = dp_cost_imbalance(res.step_costs)
+    ms = [Metric("token_utilisation", res.utilisation, "1", "sum of real tokens / sum(slots x M) over one epoch",
+                 "predicted"),
+          Metric("crop_loss", res.crop_loss, "1", "mean over clips of the resized frame's area cropped away",
+                 "predicted"),
+          Metric("aspect_error", res.aspect_error, "1", "mean |target aspect / source aspect - 1|", "predicted"),
+          Metric("upscaled", res.upscaled, "1", "fraction of clips resized up", "predicted"),
+          Metric("clips", float(res.clips), "clips", "clips trained in the epoch", "predicted"),
+          Metric("dropped", float(res.dropped), "clips", "clips left out of the epoch", "predicted"),
+          Metric("shapes", float(res.shapes), "shapes", "distinct clip shapes trained on", "predicted"),
+          Metric("predicted_dp_imbalance", imb, "1", "sum over steps of max rank cost / sum of mean rank cost - 1, "
+                 "cost = clip_step_cost (6 P n + 12 L d n^2) x batch", "predicted", {"worst_step": worst})]
+    if times is None:
+        ms.append(Metric("measured_dp_imbalance", None, "1", "not measured (--no-measure)", "not_measured"))
+        return ms
+    # Partial batches are timed as the full batch scaled by their share: an approximation, said here.
+    full = res.full_batch
+    step_times = [tuple(times.median(shape, full.get(shape, b)) * b / full.get(shape, b) for shape, b in step)
+                  for step in res.step_shapes]
+    mimb, mworst = dp_cost_imbalance(step_times)
+    ms.append(Metric("measured_dp_imbalance", mimb, "1", "the epoch's steps with each batch's measured median "
+                     "train-step time (same formula as predicted); partial batches scaled from the full batch",
+                     "measured", {"worst_step": mworst}))
+    return ms
+
+
+def _plot_assignment(plan: BucketPlan, name: str, out: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8))
+    aspect = np.array([r.width / r.height for r in plan.rows])
+    secs = np.array([r.seconds for r in plan.rows])
+    jitter = np.random.default_rng(0).normal(0, 0.015, len(aspect))
+    cmap = plt.get_cmap("tab20")
+    for b in plan.buckets:
+        sel = np.array([k == b.index for k in plan.bucket_of])
+        ax.scatter(aspect[sel] * np.exp(jitter[sel]), secs[sel], s=6, alpha=0.6, color=cmap(b.index % 20),
+                   label=f"{b.label} ({b.clips})")
+    ax.set_xscale("log")
+    ax.set_xlabel("source aspect W/H (log; jittered)")
+    ax.set_ylabel("source duration, s")
+    ax.set_title(f"{name}: bucket of each clip")
+    ax.legend(fontsize=6, markerscale=2, ncol=2)
+    util = plan.utilisation()[1]
+    xs = range(len(plan.buckets))
+    bx.bar(xs, [b.clips for b in plan.buckets], color=[cmap(b.index % 20) for b in plan.buckets])
+    for b in plan.buckets:
+        bx.text(b.index, b.clips, f"{util[b.index]:.1%}\nb={b.batch_size}", ha="center", va="bottom", fontsize=6)
+    bx.set_xticks(list(xs), [b.label for b in plan.buckets], rotation=60, ha="right", fontsize=7)
+    bx.set_ylabel("clips (label: token utilisation, batch size)")
+    bx.set_title(f"{name}: buckets (M = {plan.geometry.max_tokens:,} tokens)")
+    fig.tight_layout()
+    png = f"buckets_{name}.png"
+    fig.savefig(out / png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def _plot_times(points: list[tuple[str, float, list[float]]], floor: float, out: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for label, c, ts in points:
+        ax.scatter([c / 1e12] * len(ts), ts, s=10, alpha=0.5, color="tab:gray")
+        ax.scatter([c / 1e12], [statistics.median(ts)], marker="_", s=200, color="k")
+        ax.annotate(label, (c / 1e12, statistics.median(ts)), fontsize=6, xytext=(4, 2), textcoords="offset points")
+    ax.set_xlabel("predicted batch cost, TFLOP (clip_step_cost x batch)")
+    ax.set_ylabel("train-step time, s (bar: median; warm-up excluded)")
+    ax.set_title(f"Measured vs predicted (noise floor {floor:.1%})")
+    fig.tight_layout()
+    fig.savefig(out / "step_time_vs_cost.png", dpi=110)
+    plt.close(fig)
+    return "step_time_vs_cost.png"
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    out = args.out or Path("runs") / ("buckets-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    out.mkdir(parents=True, exist_ok=True)
+    manifests = args.manifest or shipped_manifests()
+    preset = get_preset(args.preset)
+    cfg = preset.model
+    fmin, fmax = _pair(args.frames, "--frames")
+    geom = BucketGeometry(cfg, args.max_tokens, fmin, fmax, cp_degrees=(args.cp,))
+
+    def cost(n: int) -> float:
+        return clip_step_cost(cfg, n)
+
+    if not args.no_measure:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    log = ResultsLog(out / "results.json", resume=False)
+    times = None if args.no_measure else StepTimes(args.preset, preset.clip.text_tokens, geom.with_motion,
+                                                   args.steps, args.warmup, args.seed)
+    common = {"preset": args.preset, "max_tokens": args.max_tokens, "latent_frames": [fmin, fmax], "dp": args.dp,
+              "cp": args.cp, "seed": args.seed, "max_buckets": args.max_buckets, "base_batch": args.base_batch,
+              "threads": args.threads, "steps": args.steps, "warmup": args.warmup}
+    lines_tables: list[str] = []
+    plots: list[str] = []
+    summary_rows = []
+    timing_points: list[tuple[str, float, list[float]]] = []
+    verdicts = []
+    plans: dict[str, BucketPlan] = {}
+    reads: dict[str, ReadResult] = {}
+    for path in manifests:
+        name = Path(path).stem
+        try:
+            read = read_manifest(path, on_error=args.on_error, check=geom.row_problem)
+        except ManifestError as e:
+            print(f"error: {e}")
+            return 2
+        reads[name] = read
+        plan = plan_buckets(read.rows, geom, cost, max_buckets=args.max_buckets, base_batch=args.base_batch)
+        plans[name] = plan
+        shape = tuple(int(x) for x in args.fixed.split(",")) if args.fixed else max(plan.buckets, key=lambda b: b.clips).shape
+        bucketed, per_bucket = _bucketed(plan, args.dp, args.cp, args.seed)
+        methods = [bucketed, _fixed(plan, shape, cost, args.dp, args.seed), _naive(plan, cost, args.dp, args.seed)]
+        for res in methods:
+            cfg_rec = {**common, "manifest": str(path), "method": res.name, "fixed_shape": list(shape),
+                       "skipped_rows": len(read.skipped), "skipped_by_reason": read.skipped_by_reason()}
+            metrics = _metrics(res, times)
+            log.append(Record("buckets", f"{name}/{res.name}", cfg_rec, metrics, notes="; ".join(res.notes)))
+            rec = log.records[-1]
+            imb = rec.metric("predicted_dp_imbalance")
+            meas = rec.metric("measured_dp_imbalance")
+            summary_rows.append((name, res.name, res.shapes, res.clips, res.dropped, f"{res.utilisation:.2%}",
+                                 f"{res.crop_loss:.2%}", f"{res.aspect_error:.2%}", f"{res.upscaled:.1%}",
+                                 f"{imb.value:.3%}", f"{imb.stats['worst_step']:.2%}",
+                                 _fmt(meas.value, ".2%") if meas.value is not None else "not measured"))
+            if res.name == "bucketed":
+                verdicts.append((name, res.utilisation, imb.value))
+        # Per-bucket table and records.
+        rows = []
+        for b in plan.buckets:
+            members = [i for i, k in enumerate(plan.bucket_of) if k == b.index]
+            crop = float(np.mean([plan.targets[i].crop_loss for i in members]))
+            ms = [Metric("token_utilisation", per_bucket.get(b.index, 0.0), "1",
+                         "real tokens / (slots x M) of this bucket's batches in one epoch", "predicted"),
+                  Metric("crop_loss", crop, "1", "mean over the bucket's clips", "predicted"),
+                  Metric("batch_cost", b.batch_cost, "FLOP", "clip_step_cost(tokens) x batch size", "predicted")]
+            t_med = None
+            if times is not None:
+                t_med = times.median(b.shape, b.batch_size)
+                ts = times.times[(b.shape, b.batch_size)]
+                ms.append(Metric("step_time", t_med, "s", f"median of {len(ts)} train_steps after {args.warmup} "
+                                 f"warm-up (excluded); the first manifest to use a shape times it", "measured",
+                                 {f"step{i}": t for i, t in enumerate(ts)}))
+                timing_points.append((b.label + f" b{b.batch_size}", b.batch_cost, ts))
+            log.append(Record("bucket", f"{name}/bucket{b.index}", {**common, "manifest": str(path),
+                              "shape": list(b.shape), "tokens": b.tokens, "batch_size": b.batch_size,
+                              "clips": b.clips, "cp_padding": b.cp_padding}, ms))
+            rows.append((b.index, b.label, f"{b.tokens:,}", b.batch_size, b.clips, f"{per_bucket.get(b.index, 0):.2%}",
+                         f"{crop:.2%}", f"{b.batch_cost / plan.cost_target:.3f}", _fmt(t_med, ".3f")))
+        pred_spread = plan.batch_cost_spread()
+        meas_spread = None
+        if times is not None:
+            meas_spread = _spread([times.median(b.shape, b.batch_size) for b in plan.buckets])
+        lines_tables += [f"### {name} ({len(read.rows)} clips used, {len(read.skipped)} rows skipped"
+                         + (f": {read.skipped_by_reason()}" if read.skipped else "") + ")", "",
+                         tabulate(rows, headers=["bucket", "shape (frames HxW)", "tokens", "batch", "clips",
+                                                 "token util.", "crop loss", "batch cost / target", "step s (median)"],
+                                  tablefmt="pipe", disable_numparse=True), "",
+                         (f"Batch cost spread across buckets ((max - min) / median): predicted {pred_spread:.2%}, "
+                         f"measured {_fmt(meas_spread, '.2%')}."), ""]
+        plots.append(_plot_assignment(plan, name, out))
+        print(f"{name}: {len(plan.buckets)} buckets, utilisation {bucketed.utilisation:.2%}")
+    floor = None
+    if times is not None:
+        # Noise floor: the most used bucket shape timed again in separate runs; their medians' spread.
+        name0 = next(iter(plans))
+        b0 = max(plans[name0].buckets, key=lambda b: b.clips)
+        meds = [times.median(b0.shape, b0.batch_size)]
+        for _ in range(args.repeats - 1):
+            meds.append(statistics.median(times.run(b0.shape, b0.batch_size)))
+        floor = _spread(meds)
+        log.append(Record("noise_floor", "noise_floor", {**common, "shape": list(b0.shape), "batch": b0.batch_size},
+                          [Metric("noise_floor", floor, "1", f"(max - min) / median of {len(meds)} separate runs' "
+                                  f"median step times of one shape", "measured",
+                                  {f"run{i}": m for i, m in enumerate(meds)})]))
+        plots.append(_plot_times(timing_points, floor, out))
+    # Predicted-only: the same planning at the big preset's M.
+    scale_rows = []
+    if args.scale_preset != "none":
+        big = get_preset(args.scale_preset).model
+        smin, smax = _pair(args.scale_frames, "--scale-frames")
+        bgeom = BucketGeometry(big, args.scale_max_tokens, smin, smax, cp_degrees=(args.cp,))
+        for path in manifests:
+            name = Path(path).stem
+            read = read_manifest(path, on_error="skip", check=bgeom.row_problem)
+            bplan = plan_buckets(read.rows, bgeom, lambda n: clip_step_cost(big, n), max_buckets=args.max_buckets,
+                                 base_batch=args.base_batch)
+            res, _ = _bucketed(bplan, args.dp, args.cp, args.seed)
+            nres = _naive(bplan, lambda n: clip_step_cost(big, n), args.dp, args.seed)
+            for r in (res, nres):
+                metrics = _metrics(r, None)
+                log.append(Record("buckets_scale", f"{name}/{args.scale_preset}/{r.name}",
+                                  {**common, "preset": args.scale_preset, "max_tokens": args.scale_max_tokens,
+                                   "latent_frames": [smin, smax], "manifest": str(path), "method": r.name,
+                                   "skipped_rows": len(read.skipped)}, metrics, tags=["predicted"]))
+                imb = log.records[-1].metric("predicted_dp_imbalance")
+                scale_rows.append((name, r.name, r.shapes, r.clips, len(read.skipped), f"{r.utilisation:.2%}",
+                                   f"{r.crop_loss:.2%}", f"{imb.value:.3%}",
+                                   f"{bplan.batch_cost_spread():.1%}" if r.name == "bucketed" else "",
+                                   f"{min(b.batch_size for b in bplan.buckets)}-{max(b.batch_size for b in bplan.buckets)}"
+                                   if r.name == "bucketed" else "1"))
+    env = log.environment
+    met = all(u >= TARGET_UTILISATION and i <= TARGET_IMBALANCE for _, u, i in verdicts)
+    lines = [f"# s2vbench buckets: token-budget resolution bucketing ({args.preset} preset, M = {args.max_tokens:,})",
+             "", (f"Made {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} on {env.get('cpu')} x "
+             f"{env.get('cpu_count')} (torch {env.get('torch')}, {args.threads} threads; git "
+             f"{(env.get('git_commit') or '?')[:12]}{' dirty' if env.get('git_dirty') else ''})."), "",
+             (f"Geometry: M = {args.max_tokens:,} tokens per clip (noisy + ref + motion), latent frames {fmin}-{fmax} "
+             f"({4 * fmin}-{4 * fmax} frames at 16 fps), 64-pixel multiples, no upscaling, crop preferred <= "
+             f"{geom.max_crop:.0%}, at most {args.max_buckets} buckets. Simulated job: dp = {args.dp} x cp = "
+             f"{args.cp}; one epoch of the sampler (seed {args.seed}). Cost = clip_step_cost = 6 P n + 12 L d n^2 "
+             f"per clip, times the batch size."), "",
+             "## Targets (bucketed method)", "",
+             tabulate([(n, f"{u:.2%}", "yes" if u >= TARGET_UTILISATION else "NO", f"{i:.3%}",
+                        "yes" if i <= TARGET_IMBALANCE else "NO") for n, u, i in verdicts],
+                      headers=["manifest", "token utilisation", ">= 98%", "predicted DP imbalance", "<= 2%"],
+                      tablefmt="pipe", disable_numparse=True), "",
+             f"Both targets {'are met' if met else 'are NOT all met'} on the shipped manifests at this M.", "",
+             "## Methods", "",
+             ("bucketed: the plan's shapes and batch sizes, the DP x CP sampler (cost-matched steps). fixed: every "
+             "clip resized (up if need be) and cropped to one shape. naive: each clip at its own best shape, batch "
+             "1, dealt to DP ranks in shuffled order. Imbalance = sum over steps of the slowest rank's cost / sum of "
+             "the mean rank's cost - 1 (the fraction of compute spent waiting)."), "",
+             tabulate(summary_rows, headers=["manifest", "method", "shapes", "clips", "dropped", "token util.",
+                                             "crop loss", "aspect err.", "upscaled", "pred. DP imbalance",
+                                             "worst step", "measured DP imbalance"],
+                      tablefmt="pipe", disable_numparse=True), ""]
+    if floor is not None:
+        lines += [(f"Measured: real `train_step`s of the `{args.preset}` preset (fp32, CPU, {args.threads} threads) on "
+                  f"synthetic tensors of each shape and batch size; median of {args.steps} steps after {args.warmup} "
+                  f"warm-up step(s), which are excluded. Each shape is timed once per run and reused by every "
+                  f"manifest and method that trains on it. Noise floor: one shape timed in {args.repeats} separate "
+                  f"runs, (max - min) / median of their medians = **{floor:.2%}**; measured differences below it are "
+                  f"not resolved. Other processes shared this machine's cores, so this floor is what the numbers "
+                  f"can support."), ""]
+    else:
+        lines += ["Step times were not measured (--no-measure).", ""]
+    lines += ["## Buckets", ""] + lines_tables
+    lines += [f"![bucket assignment]({p})" for p in plots if p.startswith("buckets_")] + [""]
+    if floor is not None:
+        lines += ["## Measured step time against predicted cost", "", "![step time vs cost](step_time_vs_cost.png)", ""]
+    if scale_rows:
+        lines += [f"## Scale check: {args.scale_preset} at M = {args.scale_max_tokens:,} (predicted only)", "",
+                  (f"The same planning at the {args.scale_preset} preset's token budget, latent frames "
+                  f"{args.scale_frames.replace(',', '-')}; clips too short for it are skipped (counted). Clips whose "
+                  f"source is too small or too short to reach M without upscaling keep fewer tokens, which is what "
+                  f"utilisation measures; their buckets get larger batches so batch costs stay comparable."), "",
+                  tabulate(scale_rows, headers=["manifest", "method", "shapes", "clips", "skipped", "token util.",
+                                                "crop loss", "pred. DP imbalance", "batch cost spread",
+                                                "batch sizes"], tablefmt="pipe", disable_numparse=True), ""]
+    lines += ["Results: `results.json` (records of kind buckets, bucket, noise_floor, buckets_scale).", ""]
+    atomic_write_text(out / "report.md", "\n".join(lines))
+    print(f"results: {out / 'results.json'}\nreport:  {out / 'report.md'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="s2vbench buckets", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
