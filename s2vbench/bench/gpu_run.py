@@ -7,7 +7,9 @@ Runs in priority order and writes every result the moment it exists (atomic, inc
    flash-attn when it imports;
 3. the causal-conv benchmark at the real shape (T = 153);
 4. the single-GPU model report: the 14b width with 2 blocks and their 2 injectors, AC on, bf16, at 44,544
-   tokens (48 frames of 1024x768): step time, TFLOP/s, MFU, memory, NVML power.
+   tokens (48 frames of 1024x768): step time, TFLOP/s, MFU, memory, NVML power;
+5. the claim grounded on one GPU (``bench/ground.py``): rank 0's share of the 8-rank Ulysses and ring jobs
+   under a fake process group, at the paper's per-rank shapes, next to the performance model.
 Needs nothing beyond the GPU image (torch, triton); run from the repository root with ``PYTHONPATH=.``.
 Without CUDA it runs tiny shapes: torch rows are timed on CPU and Triton rows say plainly they need CUDA.
 """
@@ -111,6 +113,12 @@ def gpu_run(out_dir: Path, budget_minutes: float = 18.0, smoke: bool | None = No
                                                          timeout_s=max(60.0, budget.left_s() - 30))))
             except (RankFailed, TimeoutError) as e:
                 log.append(failure_record(point, e))
+    # 5. rank 0's share of the 8-GPU job: compute measured, communication modelled
+    from .ground import ground_points, run_ground
+
+    points = ground_points(world=8 if device.type == "cuda" else 2, on_gpu=device.type == "cuda")
+    if budget.allows(240):
+        run_ground(points, log, timeout_s=max(60.0, budget.left_s() - 30))
     print(_summary(log.records))
     print(f"results: {log.path} ({len(log.records)} records, device {log.environment.get('device')})")
     return log.path

@@ -1,0 +1,106 @@
+"""Ground the 8-GPU claim on one GPU: run rank 0's share of an 8-rank job for real.
+
+One process joins torch's "fake" process group as rank 0 of ``world`` ranks: every collective returns at
+once with buffers of the right shapes, so the process does exactly the compute (and holds exactly the
+memory) of one rank of the real job. At the paper's per-rank shapes (Ulysses 8: the 44,544-token sequence
+with 5 of the 40 heads in attention, 5,568 tokens elsewhere; ring 8: blocks of 5,568 tokens) and the 14b
+width at reduced depth, that measures compute; only communication is left to the model. The 40-layer
+figure scales the measured time by the model's ratio of 40-layer to reduced-depth compute and adds the
+model's exposed communication; it is marked ``predicted`` (grounded), never ``measured``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .points import Point
+from .results import Metric, Record
+
+
+def ground_points(world: int = 8, on_gpu: bool = True) -> list[Point]:
+    """The per-rank shapes of the paper's 8-GPU run (on GPU), or tiny stand-ins (on CPU)."""
+    if on_gpu:
+        return [Point("14b-2layer", world, s, global_batch=1, ac=True, dtype="bfloat16", steps=3, warmup=1)
+                for s in ("ulysses", "ring")]
+    return [Point("tiny", world, s, global_batch=1, steps=2, warmup=1) for s in ("ulysses", "ring")]
+
+
+def ground_rank(rank: int, _world: int, point_dict: dict) -> dict:
+    """Called by ``run_ranks(ground_rank, 1, ...)``: leave the 1-rank gloo group, join a fake group of the
+    point's world size as rank 0, and run the point's steps."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from .worker import _device, _run_steps
+
+    point = Point.from_dict(point_dict)
+    dist.destroy_process_group()
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=point.world)
+    device = _device()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    out = _run_steps(point, device, timed=True, count=False)
+    out["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return out
+
+
+def ground_record(point: Point, result: dict, hw_name: str = "h100-sxm") -> Record:
+    """Measured rank-0 compute next to the model's, and the grounded full-depth estimate."""
+    import statistics
+
+    from ..model.config import get_preset
+    from ..model.sequence import sequence_layout
+    from .perfmodel import Strategy, predict_training
+    from .profiles import load_profile
+
+    hw = load_profile(hw_name)
+    clip = point.clip()
+    dp, u, r = point.degrees
+    st = Strategy(dp, u, r, point.ac, point.dtype)
+    small_cfg = get_preset(point.preset).model
+    lay = sequence_layout(small_cfg, clip.latent_frames, clip.latent_height, clip.latent_width, clip.with_motion)
+    measured = statistics.median(result["times"])
+    reduced = predict_training(small_cfg, lay, st, hw, point.global_batch)
+    full_cfg = get_preset("14b").model
+    full = predict_training(full_cfg, lay, st, hw, point.global_batch)
+    scale = (full.compute + full.other) / (reduced.compute + reduced.other)
+    grounded = measured * scale + full.exposed_comm
+    how = f"rank 0 of {point.world} under torch's fake process group (collectives are no-ops), median of " \
+          f"{len(result['times'])} timed steps, warm-up excluded"
+    metrics = [Metric("rank0_compute_time", measured, "s", how,
+                      stats={f"step{i}": t for i, t in enumerate(result["times"])}),
+               Metric("model_compute_time", reduced.compute + reduced.other, "s",
+                      f"perfmodel on {hw.name}, the same reduced-depth shapes, communication left out",
+                      "predicted"),
+               Metric("grounded_14b_step_time", grounded, "s",
+                      f"measured x {scale:.1f} (model's 40-layer / reduced compute) + modelled exposed "
+                      f"communication {full.exposed_comm:.3f} s ({hw.name})", "predicted"),
+               Metric("model_14b_step_time", full.time, "s", f"perfmodel alone on {hw.name}", "predicted")]
+    if result.get("peak_allocated") is not None:
+        metrics.append(Metric("peak_allocated", result["peak_allocated"] / 2 ** 30, "GiB",
+                              "torch.cuda.max_memory_allocated, rank 0's share"))
+    else:
+        metrics.append(Metric("peak_allocated", None, "GiB", "no CUDA device", status="not_measured"))
+    return Record("ground", f"ground/{point.name}", {**point.to_dict(), "hardware_profile": hw.name}, metrics,
+                  tags=["fake_pg"], notes=f"device {result.get('device_name')}")
+
+
+def run_ground(points: list[Point], log, timeout_s: float = 600.0) -> None:
+    """Each point in its own process (its own fake group), recorded as it finishes."""
+    from ..parallel.launch import RankFailed, run_ranks
+    from .sweep import failure_record
+
+    for point in points:
+        name = f"ground/{point.name}"
+        if log.done(name):
+            continue
+        try:
+            result = run_ranks(ground_rank, 1, point.to_dict(), timeout_s=timeout_s)[0]
+            log.append(ground_record(point, result))
+        except (RankFailed, TimeoutError) as e:
+            rec = failure_record(point, e)
+            rec.name = name
+            log.append(rec)
+
+
+__all__ = ["ground_points", "ground_rank", "ground_record", "run_ground"]
