@@ -178,3 +178,15 @@ def test_claim_table_context_parallel_only_adds_cost_per_clip():
             assert p.samples_per_s_per_gpu <= fsdp.samples_per_s_per_gpu * 1.0001, name
             assert fsdp.time / p.time * p.global_batch / fsdp.global_batch <= 8.0
     assert not fsdp.fits and by["CP: FSDP + Ulysses, 1 clip, AC"].fits
+
+
+def test_cli_predict_and_plan(tmp_path, capsys):
+    from s2vbench.bench.cli import main
+
+    assert main(["predict", "--gpus", "8", "--hw", "a100-80gb", "--report", str(tmp_path / "claim")]) == 0
+    out = capsys.readouterr().out
+    assert "44,544 tokens per clip" in out and "(predicted)" in out
+    assert (tmp_path / "claim" / "predictions.md").is_file() and (tmp_path / "claim" / "scaling-a100-80gb.png").is_file()
+    assert main(["predict", "--size", "1024by768"]) == 2
+    assert "WIDTHxHEIGHT" in capsys.readouterr().err
+    assert main(["plan", str(tmp_path / "missing.toml")]) == 2

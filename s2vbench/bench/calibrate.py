@@ -26,46 +26,64 @@ NOISE_LIMIT = 0.05
 """Points whose step-time IQR/median exceeds this are not used for validation."""
 
 
-def _median_time(fn, repeats: int = 5, warmup: int = 1) -> float:
+def _median_time(fn, repeats: int = 5, warmup: int = 1, cuda: bool = False) -> float:
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         fn()
+        if cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def matmul_sweep(dtype: torch.dtype = torch.float32) -> list[tuple[float, float]]:
-    """(FLOPs of one call, achieved FLOP/s) for the model's kind of matmul, [tokens, d] @ [d, d'], from 1e6
-    to 4e9 FLOPs."""
+def matmul_sweep(device: str = "cpu") -> list[tuple[float, float]]:
+    """(FLOPs of one call, achieved FLOP/s) for the model's kind of matmul, [tokens, d] @ [d, d']: float32 on
+    CPU (1e6 to 4e9 FLOPs), bf16 on GPU (up to 1.5e12 FLOPs, the 14b's shapes)."""
+    cuda = device != "cpu"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    shapes = ((256, 64, 64), (512, 128, 128), (1024, 256, 256), (2048, 256, 256), (2048, 256, 704),
+              (4096, 512, 512), (4096, 512, 1024))
+    if cuda:
+        shapes = ((1024, 1024, 1024), (4096, 5120, 5120), (5568, 5120, 5120), (5568, 5120, 13824),
+                  (44544, 5120, 5120), (44544, 5120, 13824))
     out = []
-    for tokens, d, d_out in ((256, 64, 64), (512, 128, 128), (1024, 256, 256), (2048, 256, 256),
-                             (2048, 256, 704), (4096, 512, 512), (4096, 512, 1024)):
-        a, b = torch.randn(tokens, d, dtype=dtype), torch.randn(d, d_out, dtype=dtype)
+    for tokens, d, d_out in shapes:
+        a, b = torch.randn(tokens, d, dtype=dtype, device=device), torch.randn(d, d_out, dtype=dtype, device=device)
         flops = 2.0 * tokens * d * d_out
-        t = _median_time(lambda a=a, b=b: a @ b, repeats=7 if flops < 1e9 else 5)
+        t = _median_time(lambda a=a, b=b: a @ b, repeats=7 if flops < 1e9 else 5, cuda=cuda)
         out.append((flops, flops / t))
     return out
 
 
-def attention_sweep(dtype: torch.dtype = torch.float32) -> list[tuple[float, float]]:
-    """(FLOPs of one call, achieved FLOP/s) for torch SDPA, 4 heads of 64, from 256 to 4096 tokens."""
+def attention_sweep(device: str = "cpu") -> list[tuple[float, float]]:
+    """(FLOPs of one call, achieved FLOP/s) for torch SDPA: 4 heads of 64 from 256 to 4096 tokens in float32
+    on CPU; 5 to 40 heads of 128 from 5,568 to 44,544 tokens in bf16 on GPU (the paper's per-rank shapes)."""
+    cuda = device != "cpu"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    shapes = [(4, s, 64) for s in (256, 1024, 2048, 4096)]
+    if cuda:
+        shapes = [(40, 5568, 128), (5, 22272, 128), (5, 44544, 128), (40, 44544, 128)]
     out = []
-    for s in (256, 1024, 2048, 4096):
-        q, k, v = (torch.randn(1, 4, s, 64, dtype=dtype) for _ in range(3))
-        flops = 4.0 * s * s * 256
-        t = _median_time(lambda q=q, k=k, v=v: torch.nn.functional.scaled_dot_product_attention(q, k, v), repeats=5)
+    for heads, s, d in shapes:
+        q, k, v = (torch.randn(1, heads, s, d, dtype=dtype, device=device) for _ in range(3))
+        flops = 4.0 * s * s * heads * d
+        t = _median_time(lambda q=q, k=k, v=v: torch.nn.functional.scaled_dot_product_attention(q, k, v),
+                         repeats=5, cuda=cuda)
         out.append((flops, flops / t))
     return out
 
 
-def memory_bandwidth() -> float:
-    """Bytes/s of c = a + b over 64 MiB float32 tensors (two reads and a write)."""
-    a, b = torch.randn(16 * 2 ** 20), torch.randn(16 * 2 ** 20)
+def memory_bandwidth(device: str = "cpu") -> float:
+    """Bytes/s of c = a + b over 64 MiB (CPU) or 1 GiB (GPU) float32 tensors: two reads and a write."""
+    n = (256 if device != "cpu" else 16) * 2 ** 20
+    a, b = torch.randn(n, device=device), torch.randn(n, device=device)
     c = torch.empty_like(a)
-    t = _median_time(lambda: torch.add(a, b, out=c), repeats=5)
+    t = _median_time(lambda: torch.add(a, b, out=c), repeats=5, cuda=device != "cpu")
     return 3 * a.numel() * 4 / t
 
 
@@ -333,4 +351,44 @@ def calibrate_and_validate(out, results_paths: list, progress: bool = True) -> s
     return calibration_markdown(prof, raw, rows, summary)
 
 
-__all__ += ["calibrate_and_validate", "validation_points"]
+def calibrate_gpu(base: str = "h100-sxm") -> tuple[HardwareProfile, dict]:
+    """Measure this GPU's matmul and attention curves and memory bandwidth into a copy of the datasheet
+    profile ``base``; the peak stays the datasheet's (efficiency is relative to it). Links need more than one
+    GPU and stay as the base profile has them, marked so."""
+    from .profiles import load_profile
+
+    device = "cuda"
+    hw = load_profile(base)
+    mm, at, bw = matmul_sweep(device), attention_sweep(device), memory_bandwidth(device)
+    today = _dt.date.today().isoformat()
+    where = f"measured by s2vbench calibrate on {torch.cuda.get_device_name()}, {today}"
+    sources = {**hw.sources, "matmul": f"{where}: bf16 torch matmul", "attention": f"{where}: bf16 torch SDPA",
+               "memory_bandwidth": f"{where}: c = a + b over 1 GiB"}
+    prof = HardwareProfile(**{**hw.__dict__, "name": f"{base}-calibrated", "memory_bandwidth": bw,
+                              "matmul": _curve(mm, hw.peak_flops), "attention": _curve(at, hw.peak_flops),
+                              "sources": sources})
+    return prof, {"matmul": mm, "attention": at, "memory_bandwidth": bw}
+
+
+def add_arguments(p) -> None:
+    from pathlib import Path
+
+    p.add_argument("--out", type=Path, required=True, help="profile JSON to write")
+    p.add_argument("--base", default="h100-sxm", help="on GPU: the datasheet profile to calibrate (default h100-sxm)")
+
+
+def run(args) -> int:
+    from .results import atomic_write_json
+
+    if torch.cuda.is_available():
+        prof, raw = calibrate_gpu(args.base)
+    else:
+        prof, raw = calibrate_cpu()
+    prof.save(args.out)
+    atomic_write_json(args.out.with_suffix(".raw.json"), raw)
+    print(f"{prof.name}: peak {prof.peak_flops / 1e12:.3f} TFLOP/s, memory {prof.memory_bandwidth / 1e9:.1f} GB/s, "
+          f"link {prof.intra_node.bandwidth / 1e9:.2f} GB/s + {prof.intra_node.latency * 1e6:.0f} us -> {args.out}")
+    return 0
+
+
+__all__ += ["add_arguments", "calibrate_and_validate", "calibrate_gpu", "run", "validation_points"]

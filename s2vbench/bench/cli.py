@@ -29,6 +29,12 @@ def _run(args: argparse.Namespace) -> int:
     log = run_sweep(points, out / "results.json", progress=not args.quiet)
     report = write_report([log.path], out, title=f"s2vbench run: {args.preset} preset on "
                                                  f"{log.environment.get('device', 'cpu')}")
+    if not args.no_calibration:
+        from .calibrate import calibrate_and_validate
+        from .results import atomic_write_text
+
+        section = calibrate_and_validate(out, [log.path], progress=not args.quiet)
+        atomic_write_text(report, Path(report).read_text() + "\n" + section)
     print(f"results: {log.path}\nreport:  {report}")
     return 0
 
@@ -84,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--out", type=Path, default=None, help="output folder (default runs/<timestamp>); an "
                                                               "existing one is resumed")
     p_run.add_argument("--quiet", action="store_true", help="no progress bar")
+    p_run.add_argument("--no-calibration", action="store_true",
+                       help="skip the performance model's calibration and validation (about 1.5 min)")
     p_rep = sub.add_parser("report", help="markdown report with tables and plots from results files")
     p_rep.add_argument("results", nargs="+", type=Path)
     p_rep.add_argument("--out", type=Path, required=True, help="folder for report.md and its plots")
@@ -123,7 +131,21 @@ def main(argv: list[str] | None = None) -> int:
     p_gpu.add_argument("--out", type=Path, default=None, help="output folder (default runs/<timestamp>)")
     p_gpu.add_argument("--budget-min", type=float, default=18.0, help="wall-clock budget in minutes")
     p_gpu.add_argument("--smoke", action="store_true", help="tiny shapes even on a GPU")
+    from . import buckets, calibrate, plan
+
+    p_plan = sub.add_parser("plan", help="validate a configuration; print mesh, shards, predicted memory and time")
+    plan.add_plan_arguments(p_plan)
+    p_pred = sub.add_parser("predict", help="predicted s/iteration and samples/s/GPU of the paper's claim")
+    plan.add_predict_arguments(p_pred)
+    p_cal = sub.add_parser("calibrate", help="measure a hardware profile for the performance model")
+    calibrate.add_arguments(p_cal)
+    p_buck = sub.add_parser("buckets", help="token-budget resolution bucketing benchmark")
+    buckets.add_arguments(p_buck)
     args = parser.parse_args(argv)
+    handlers = {"plan": plan.run_plan, "predict": plan.run_predict, "calibrate": calibrate.run,
+                "buckets": buckets.run}
+    if args.command in handlers:
+        return handlers[args.command](args)
     if args.command == "model":
         return model_cli.run(args)
     if args.command == "run":
