@@ -347,10 +347,20 @@ def test_bench_predicted_only(tmp_path):
     f = write_manifest(synthetic_manifest(120, seed=9), tmp_path / "tiny.jsonl")
     parser = argparse.ArgumentParser()
     buckets.add_arguments(parser)
-    args = parser.parse_args(["--manifest", str(f), "--no-measure", "--scale-preset", "none", "--out",
-                              str(tmp_path / "out"), "--dp", "2"])
+    args = parser.parse_args(["--manifest", str(f), "--no-measure", "--scale-preset", "small", "--scale-max-tokens",
+                              "8192", "--scale-frames", "4,24", "--out", str(tmp_path / "out"), "--dp", "2"])
     assert buckets.run(args) == 0
     recs = {r.name: r for r in read_results(tmp_path / "out" / "results.json")}
-    assert {"tiny/bucketed", "tiny/fixed", "tiny/naive"} <= set(recs)
+    assert {"tiny/bucketed", "tiny/fixed", "tiny/naive", "tiny/small/bucketed"} <= set(recs)
     assert recs["tiny/bucketed"].metric("measured_dp_imbalance").status == "not_measured"
     assert (tmp_path / "out" / "report.md").exists() and (tmp_path / "out" / "buckets_tiny.png").exists()
+
+
+def test_data_never_imports_bench_or_parallel():
+    import subprocess
+    import sys
+
+    code = ("import sys, s2vbench.data; bad = [m for m in sys.modules if m.startswith(('s2vbench.bench', "
+            "'s2vbench.parallel'))]; print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr

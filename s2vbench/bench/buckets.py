@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.bucketing import BucketGeometry, BucketPlan, fit_fixed, plan_buckets
-from ..data.manifest import ManifestError, ReadResult, read_manifest, shipped_manifests
+from ..data.manifest import ManifestError, read_manifest, shipped_manifests
 from ..data.sampler import BucketSampler, dp_cost_imbalance
 from ..model.config import get_preset
 from .analytic import clip_step_cost
@@ -29,6 +30,8 @@ from .results import Metric, Record, ResultsLog, atomic_write_text
 
 TARGET_UTILISATION = 0.98
 TARGET_IMBALANCE = 0.02
+MAX_TIMED_NAIVE_SHAPES = 32
+"""Naive per-clip shapes are timed only when there are at most this many distinct ones."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=3, help="timed train steps per shape (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps per shape (default 1)")
-    p.add_argument("--repeats", type=int, default=3, help="repeated timings of one shape for the noise floor")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds over all shapes (default 3; the noise floor "
+                                                                    "is the spread of round medians)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--no-measure", action="store_true", help="predicted figures only, no train steps")
     p.add_argument("--scale-preset", default="14b", help="preset of the predicted-only scale check ('none' skips)")
@@ -158,7 +162,8 @@ def _fixed(plan: BucketPlan, shape: tuple[int, int, int], cost, dp: int, seed: i
 
 
 class StepTimes:
-    """Median train-step times per (shape, batch size), measured once each on the preset's model."""
+    """Train-step times per (shape, batch size) on the preset's model, measured in interleaved rounds (every
+    shape once per round) so that load from other processes falls on all shapes alike."""
 
     def __init__(self, preset: str, text_tokens: int, with_motion: bool, steps: int, warmup: int, seed: int):
         import torch
@@ -173,7 +178,22 @@ class StepTimes:
         self.optimizer = make_optimizer(self.model, self.train_cfg)
         self.text_tokens, self.with_motion, self.steps, self.warmup = text_tokens, with_motion, steps, warmup
         self.times: dict[tuple, list[float]] = {}
+        """(shape, batch) -> every timed step of every round."""
+        self.rounds: dict[tuple, list[float]] = {}
+        """(shape, batch) -> the median of each round."""
         self._step = 0
+
+    def measure(self, keys: list[tuple], rounds: int) -> None:
+        for _ in range(rounds):
+            for shape, batch in keys:
+                ts = self.run(shape, batch)
+                self.times.setdefault((shape, batch), []).extend(ts)
+                self.rounds.setdefault((shape, batch), []).append(statistics.median(ts))
+
+    def noise_floor(self) -> tuple[float, float]:
+        """(median, max) over timed shapes of (max - min) / median of the shape's round medians."""
+        spreads = [_spread(r) for r in self.rounds.values() if len(r) > 1]
+        return (statistics.median(spreads), max(spreads)) if spreads else (0.0, 0.0)
 
     def run(self, shape: tuple[int, int, int], batch: int) -> list[float]:
         """Timed steps (warm-up excluded) of one fresh measurement."""
@@ -194,10 +214,7 @@ class StepTimes:
         return out
 
     def median(self, shape: tuple[int, int, int], batch: int) -> float:
-        key = (shape, batch)
-        if key not in self.times:
-            self.times[key] = self.run(shape, batch)
-        return statistics.median(self.times[key])
+        return statistics.median(self.times[(shape, batch)])
 
 
 def _spread(values: list[float]) -> float:
@@ -222,6 +239,11 @@ def _metrics(res: MethodResult, times: StepTimes | None) -> list[Metric]:
         return ms
     # Partial batches are timed as the full batch scaled by their share: an approximation, said here.
     full = res.full_batch
+    needed = {(shape, full.get(shape, b)) for step in res.step_shapes for shape, b in step}
+    if any(k not in times.times for k in needed):
+        ms.append(Metric("measured_dp_imbalance", None, "1", f"not measured: {len(needed)} shapes are more than "
+                         f"this run times", "not_measured"))
+        return ms
     step_times = [tuple(times.median(shape, full.get(shape, b)) * b / full.get(shape, b) for shape, b in step)
                   for step in res.step_shapes]
     mimb, mworst = dp_cost_imbalance(step_times)
@@ -309,6 +331,7 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     log = ResultsLog(out / "results.json", resume=False)
+    load_before = os.getloadavg()[0]
     times = None if args.no_measure else StepTimes(args.preset, preset.clip.text_tokens, geom.with_motion,
                                                    args.steps, args.warmup, args.seed)
     common = {"preset": args.preset, "max_tokens": args.max_tokens, "latent_frames": [fmin, fmax], "dp": args.dp,
@@ -319,8 +342,7 @@ def run(args: argparse.Namespace) -> int:
     summary_rows = []
     timing_points: list[tuple[str, float, list[float]]] = []
     verdicts = []
-    plans: dict[str, BucketPlan] = {}
-    reads: dict[str, ReadResult] = {}
+    prepared = []
     for path in manifests:
         name = Path(path).stem
         try:
@@ -328,12 +350,23 @@ def run(args: argparse.Namespace) -> int:
         except ManifestError as e:
             print(f"error: {e}")
             return 2
-        reads[name] = read
         plan = plan_buckets(read.rows, geom, cost, max_buckets=args.max_buckets, base_batch=args.base_batch)
-        plans[name] = plan
-        shape = tuple(int(x) for x in args.fixed.split(",")) if args.fixed else max(plan.buckets, key=lambda b: b.clips).shape
+        shape = (tuple(int(x) for x in args.fixed.split(",")) if args.fixed
+                 else max(plan.buckets, key=lambda b: b.clips).shape)
         bucketed, per_bucket = _bucketed(plan, args.dp, args.cp, args.seed)
         methods = [bucketed, _fixed(plan, shape, cost, args.dp, args.seed), _naive(plan, cost, args.dp, args.seed)]
+        prepared.append((path, name, read, plan, shape, bucketed, per_bucket, methods))
+    if times is not None:
+        keys: list[tuple] = []
+        for *_, methods in prepared:
+            for res in methods:
+                wanted = {(sh, res.full_batch.get(sh, b)) for step in res.step_shapes for sh, b in step}
+                if res.name != "naive" or len(wanted) <= MAX_TIMED_NAIVE_SHAPES:
+                    keys += [k for k in sorted(wanted) if k not in keys]
+        print(f"timing {len(keys)} shapes x {args.repeats} interleaved rounds x ({args.warmup} warm-up + "
+              f"{args.steps} timed) steps")
+        times.measure(keys, args.repeats)
+    for path, name, read, plan, shape, bucketed, per_bucket, methods in prepared:
         for res in methods:
             cfg_rec = {**common, "manifest": str(path), "method": res.name, "fixed_shape": list(shape),
                        "skipped_rows": len(read.skipped), "skipped_by_reason": read.skipped_by_reason()}
@@ -361,8 +394,9 @@ def run(args: argparse.Namespace) -> int:
             if times is not None:
                 t_med = times.median(b.shape, b.batch_size)
                 ts = times.times[(b.shape, b.batch_size)]
-                ms.append(Metric("step_time", t_med, "s", f"median of {len(ts)} train_steps after {args.warmup} "
-                                 f"warm-up (excluded); the first manifest to use a shape times it", "measured",
+                ms.append(Metric("step_time", t_med, "s", f"median of {len(ts)} train_steps ({args.repeats} "
+                                 f"interleaved rounds of {args.steps}, each after {args.warmup} excluded warm-up "
+                                 f"step(s)); shared by every manifest and method using the shape", "measured",
                                  {f"step{i}": t for i, t in enumerate(ts)}))
                 timing_points.append((b.label + f" b{b.batch_size}", b.batch_cost, ts))
             log.append(Record("bucket", f"{name}/bucket{b.index}", {**common, "manifest": str(path),
@@ -383,19 +417,14 @@ def run(args: argparse.Namespace) -> int:
                          f"measured {_fmt(meas_spread, '.2%')}."), ""]
         plots.append(_plot_assignment(plan, name, out))
         print(f"{name}: {len(plan.buckets)} buckets, utilisation {bucketed.utilisation:.2%}")
-    floor = None
+    floor = floor_max = None
     if times is not None:
-        # Noise floor: the most used bucket shape timed again in separate runs; their medians' spread.
-        name0 = next(iter(plans))
-        b0 = max(plans[name0].buckets, key=lambda b: b.clips)
-        meds = [times.median(b0.shape, b0.batch_size)]
-        for _ in range(args.repeats - 1):
-            meds.append(statistics.median(times.run(b0.shape, b0.batch_size)))
-        floor = _spread(meds)
-        log.append(Record("noise_floor", "noise_floor", {**common, "shape": list(b0.shape), "batch": b0.batch_size},
-                          [Metric("noise_floor", floor, "1", f"(max - min) / median of {len(meds)} separate runs' "
-                                  f"median step times of one shape", "measured",
-                                  {f"run{i}": m for i, m in enumerate(meds)})]))
+        floor, floor_max = times.noise_floor()
+        log.append(Record("noise_floor", "noise_floor", common,
+                          [Metric("noise_floor", floor, "1", f"median over the {len(times.rounds)} timed shapes of "
+                                  f"(max - min) / median of the shape's {args.repeats} round medians", "measured",
+                                  {"max": floor_max, **{f"{k[0]}x{k[1]}": _spread(r)
+                                                        for k, r in times.rounds.items()}})]))
         plots.append(_plot_times(timing_points, floor, out))
     # Predicted-only: the same planning at the big preset's M.
     scale_rows = []
@@ -438,7 +467,7 @@ def run(args: argparse.Namespace) -> int:
                         "yes" if i <= TARGET_IMBALANCE else "NO") for n, u, i in verdicts],
                       headers=["manifest", "token utilisation", ">= 98%", "predicted DP imbalance", "<= 2%"],
                       tablefmt="pipe", disable_numparse=True), "",
-             f"Both targets {'are met' if met else 'are NOT all met'} on the shipped manifests at this M.", "",
+             f"Both targets {'are met' if met else 'are NOT all met'} on these manifests at this M.", "",
              "## Methods", "",
              ("bucketed: the plan's shapes and batch sizes, the DP x CP sampler (cost-matched steps). fixed: every "
              "clip resized (up if need be) and cropped to one shape. naive: each clip at its own best shape, batch "
@@ -450,12 +479,15 @@ def run(args: argparse.Namespace) -> int:
                       tablefmt="pipe", disable_numparse=True), ""]
     if floor is not None:
         lines += [(f"Measured: real `train_step`s of the `{args.preset}` preset (fp32, CPU, {args.threads} threads) on "
-                  f"synthetic tensors of each shape and batch size; median of {args.steps} steps after {args.warmup} "
-                  f"warm-up step(s), which are excluded. Each shape is timed once per run and reused by every "
-                  f"manifest and method that trains on it. Noise floor: one shape timed in {args.repeats} separate "
-                  f"runs, (max - min) / median of their medians = **{floor:.2%}**; measured differences below it are "
-                  f"not resolved. Other processes shared this machine's cores, so this floor is what the numbers "
-                  f"can support."), ""]
+                  f"synthetic tensors of each shape and batch size, in {args.repeats} interleaved rounds (every shape "
+                  f"once per round, so load from other processes falls on all shapes alike), each of {args.warmup} "
+                  f"warm-up step(s), excluded, and {args.steps} timed steps; a shape's time is the median of its "
+                  f"{args.repeats * args.steps} timed steps, shared by every manifest and method that uses it. Noise "
+                  f"floor: per shape, (max - min) / median of its round medians; median over shapes "
+                  f"**{floor:.2%}** (worst shape {floor_max:.2%}). Measured differences below the floor are not "
+                  f"resolved. The 1-minute load average was {load_before:.1f} before and {os.getloadavg()[0]:.1f} "
+                  f"after the run on {os.cpu_count()} cores; above {args.threads}, other processes shared the "
+                  f"cores."), ""]
     else:
         lines += ["Step times were not measured (--no-measure).", ""]
     lines += ["## Buckets", ""] + lines_tables
