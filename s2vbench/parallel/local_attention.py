@@ -1,20 +1,81 @@
 """Attention on one rank's blocks with the statistics ring attention needs: (out, lse) forward, and a backward
 from given (global) out and lse. Layout [B, N, H, D]; lse [B, H, N] float32.
 
-Backends: "triton" (our kernels); "torch": aten's CPU flash attention on CPU (it returns the lse and its
-backward takes out and lse), the plain-torch reference elsewhere.
+Backends (the names of the model's attention seam): "triton" (our kernels); "torch": aten's CPU flash
+attention on CPU (it returns the lse and its backward takes out and lse), the plain-torch reference elsewhere;
+"flash_attn": Dao-AILab flash-attn 2 (the ``gpu`` extra, imported on first use): the forward is
+``flash_attn_func(q, k, v, return_attn_probs=True)``, whose ``softmax_lse`` is already [B, H, N] float32 (its
+q/k/v/out layout is ours, [B, N, H, D]); the backward from the merged (out, lse) uses flash-attn's
+``_flash_attn_backward`` kernel when the installed version has the 2.6+ signature, else the plain-torch
+reference backward (a private API, so checked, never assumed).
 """
 
 from __future__ import annotations
 
+import inspect
+import math
+from types import ModuleType
+
 import torch
 
-BACKENDS = ("torch", "triton")
+BACKENDS = ("torch", "triton", "flash_attn")
 
 
 def _check(backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"unknown local attention backend {backend!r}; choose one of {BACKENDS}")
+
+
+def flash_attn_module() -> ModuleType:
+    """``flash_attn.flash_attn_interface``, or an ImportError that names the ``gpu`` extra."""
+    try:
+        from flash_attn import flash_attn_interface
+    except Exception as e:  # noqa: BLE001 - any import failure means the package is unusable here
+        raise ImportError(f"the 'flash_attn' local attention backend needs flash-attn on a CUDA machine (install "
+                          f"the 'gpu' extra: pip install 's2vbench[gpu]'), or choose 'torch' or 'triton'; importing "
+                          f"it failed: {type(e).__name__}: {e}") from None
+    return flash_attn_interface
+
+
+def _flash_dtype_check(q: torch.Tensor) -> None:
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"the 'flash_attn' backend computes in float16/bfloat16 only, got {q.dtype}; run with "
+                         f"dtype bfloat16, or choose the 'torch' or 'triton' backend")
+
+
+def _flash_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    fa = flash_attn_module()
+    _flash_dtype_check(q)
+    out, lse, *_ = fa.flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=1.0 / math.sqrt(q.shape[-1]),
+                                      causal=False, return_attn_probs=True)
+    b, n, h, _ = q.shape
+    if lse.ndim != 3 or tuple(lse.shape[:2]) != (b, h) or lse.shape[2] < n:  # documented: [B, H, Nq]
+        raise RuntimeError(f"flash_attn_func returned softmax_lse of shape {tuple(lse.shape)}; expected "
+                           f"[B, H, Nq] = {(b, h, n)}")
+    return out, lse[:, :, :n].float()  # (some versions pad Nq to a multiple of 128)
+
+
+_FLASH_BWD_PARAMS = ("dout", "q", "k", "v", "out", "softmax_lse", "dq", "dk", "dv", "dropout_p", "softmax_scale",
+                     "causal", "window_size_left", "window_size_right", "softcap", "alibi_slopes", "deterministic")
+
+
+def _flash_backward(dout, q, k, v, out, lse) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    fa = flash_attn_module()
+    _flash_dtype_check(q)
+    bwd = getattr(fa, "_flash_attn_backward", None)
+    try:  # 2.6+ wraps it in torch.library.custom_op, whose Python function is _init_fn
+        sig = inspect.signature(getattr(bwd, "_init_fn", bwd))
+        params = tuple(sig.parameters)[:len(_FLASH_BWD_PARAMS)] if bwd is not None else ()
+    except (TypeError, ValueError):  # a builtin or custom op without an inspectable signature
+        params = ()
+    if params != _FLASH_BWD_PARAMS:  # another flash-attn version: the reference backward from (out, lse)
+        from ..kernels.attention import attention_backward_reference
+
+        return attention_backward_reference(dout, q, k, v, out, lse)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    bwd(dout.contiguous(), q, k, v, out, lse.float().contiguous(), dq, dk, dv, 0.0, 1.0 / math.sqrt(q.shape[-1]),
+        False, -1, -1, 0.0, None, False)
+    return dq, dk, dv
 
 
 def local_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "torch"
@@ -24,6 +85,8 @@ def local_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: st
         from ..kernels.attention import attention_forward
 
         return attention_forward(q, k, v)
+    if backend == "flash_attn":
+        return _flash_forward(q, k, v)
     if q.device.type == "cpu":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
@@ -40,6 +103,8 @@ def local_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torc
         from ..kernels.attention import attention_backward
 
         return attention_backward(dout, q, k, v, out, lse)
+    if backend == "flash_attn":
+        return _flash_backward(dout, q, k, v, out, lse)
     if q.device.type == "cpu":
         t = [x.transpose(1, 2) for x in (dout, q, k, v, out)]
         dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
@@ -50,4 +115,4 @@ def local_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torc
     return attention_backward_reference(dout, q, k, v, out, lse)
 
 
-__all__ = ["BACKENDS", "local_backward", "local_forward"]
+__all__ = ["BACKENDS", "flash_attn_module", "local_backward", "local_forward"]
