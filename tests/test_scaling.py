@@ -62,7 +62,7 @@ def test_weak_scaling_grows_the_batch_with_data_parallelism():
     points, _ = sweep_points("tiny", [1, 2, 4], ["fsdp"], global_batch=2, scaling="weak")
     assert [p.global_batch for p in points] == [2, 4, 8] and all(p.batch_per_rank == 2 for p in points)
     with pytest.raises(ValueError, match="unknown sweep axes"):
-        sweep_points("tiny", [1], ["fsdp"], compile=[True])
+        sweep_points("tiny", [1], ["fsdp"], colour=[True])
 
 
 def test_scaling_through_torchrun(tmp_path):

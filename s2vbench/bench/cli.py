@@ -39,6 +39,19 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_list(text: str | None) -> list[int | None]:
+    """``--tokens 20000,44544`` -> [20000, 44544]; absent -> [None] (the clip of frames/height/width)."""
+    if text is None:
+        return [None]
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise SystemExit(f"--tokens takes comma-separated positive integers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise SystemExit(f"--tokens takes comma-separated positive integers, got {text!r}")
+    return values
+
+
 def _scaling(args: argparse.Namespace, argv: list[str]) -> int:
     import json
 
@@ -59,7 +72,8 @@ def _scaling(args: argparse.Namespace, argv: list[str]) -> int:
                                      warmup=args.warmup, ac=args.ac, dtype=args.dtype,
                                      attention_backend=args.attention_backend, frames=args.frames,
                                      height=args.height, width=args.width, trace=args.trace,
-                                     grad_accum=args.grad_accum, inference=args.inference)
+                                     grad_accum=args.grad_accum, inference=args.inference, compile=args.compile,
+                                     tokens=_token_list(args.tokens))
     if args.sbatch:
         rest = [a for a in argv if a != "--sbatch"]
         print(render_sbatch(f"s2vbench-{name}", args.nodes, args.gpus_per_node, ["python", "-m", "s2vbench", *rest]))
@@ -107,7 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     p_sc.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step on each rank")
     p_sc.add_argument("--ac", action="store_true", help="activation checkpointing")
     p_sc.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
-    p_sc.add_argument("--attention-backend", choices=("torch", "triton"), default="torch")
+    p_sc.add_argument("--attention-backend", choices=("torch", "triton", "flash_attn"), default="torch",
+                      help="attention kernel (under context parallelism: the local, per-ring-step attention); "
+                           "flash_attn needs the gpu extra")
+    p_sc.add_argument("--compile", action="store_true", help="torch.compile each block and audio injector (before "
+                                                             "FSDP); warm-up absorbs it, its time is recorded")
+    p_sc.add_argument("--tokens", default=None, help="comma-separated sequence-token counts instead of frames/height/"
+                                                     "width: the preset's clip resized to each (within 5%%)")
     p_sc.add_argument("--frames", type=int, default=None, help="video frames per clip (default: the preset's)")
     p_sc.add_argument("--height", type=int, default=None, help="pixel height (default: the preset's)")
     p_sc.add_argument("--width", type=int, default=None, help="pixel width (default: the preset's)")

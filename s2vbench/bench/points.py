@@ -8,8 +8,11 @@ from dataclasses import asdict, dataclass
 
 from ..model import ClipShape, get_preset, sequence_layout
 from ..parallel import ParallelConfig
+from ..parallel.local_attention import BACKENDS as LOCAL_BACKENDS
 
 STRATEGIES = ("single", "fsdp", "ulysses", "ring", "usp")
+TOKEN_TOLERANCE = 0.05
+"""A requested token count is met by a clip geometry whose token count is within this relative distance."""
 """single: one rank; fsdp: data parallel with sharding; ulysses / ring: context parallel; usp: both."""
 
 
@@ -26,11 +29,74 @@ def strategy_degrees(strategy: str, world: int) -> tuple[int, int, int]:
     if strategy == "ring":
         return 1, 1, world
     if strategy == "usp":
-        u = max(d for d in range(1, int(math.isqrt(world)) + 1) if world % d == 0)
+        u = max(d for d in range(1, math.isqrt(world) + 1) if world % d == 0)
         if u == 1:
             raise ValueError(f"usp needs a world size with two factors > 1, got {world}")
         return 1, world // u, u  # ulysses (inner) gets the larger factor
     raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+
+
+def _layout_total(preset: str, latent_frames: int, latent_h: int, latent_w: int) -> int | None:
+    p = get_preset(preset)
+    try:
+        return sequence_layout(p.model, latent_frames, latent_h, latent_w, p.clip.with_motion).total
+    except ValueError:
+        return None
+
+
+def clip_for_tokens(preset: str, tokens: int, tolerance: float = TOKEN_TOLERANCE) -> ClipShape:
+    """The preset's clip reshaped to about ``tokens`` sequence tokens (noisy + ref + motion, ``layout.total``).
+
+    Pixel sizes are multiples of 64 (the official pipeline's, and what FramePack's 4x projector needs). The
+    preset's frame count is kept and its aspect ratio approached (the width is the 64-pixel multiple next to
+    height x aspect, rounded down or up); only when no such clip comes within ``tolerance`` are other frame
+    counts tried (the one nearest the preset's that comes within ``tolerance``). Raises ValueError naming the
+    nearest counts when nothing comes within ``tolerance``."""
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens <= 0:
+        raise ValueError(f"tokens must be a positive integer, got {tokens!r}")
+    base = get_preset(preset).clip
+    aspect = base.latent_width / base.latent_height
+    step = 8  # latent units of 64 pixels
+
+    def best_for_frames(frames: int) -> tuple[float, float, int, int, int] | None:
+        best = None
+        per_frame = tokens / (frames + 1)  # rough: noisy frames + the reference frame, motion ignored
+        h_max = max(step, int(16 * math.sqrt(per_frame / aspect) / 8 * 2) + 2 * step)  # twice the estimate
+        for h in range(step, h_max + step, step):
+            for w in {max(step, step * math.floor(h * aspect / step)), step * math.ceil(h * aspect / step)}:
+                total = _layout_total(preset, frames, h, w)
+                if total is None:
+                    continue
+                key = (abs(total - tokens) / tokens, abs(math.log(w / h / aspect)), total, h, w)
+                best = key if best is None or key < best else best
+        return best
+
+    def clip(frames: int, h: int, w: int) -> ClipShape:
+        return dataclasses.replace(base, latent_frames=frames, latent_height=h, latent_width=w)
+
+    kept = best_for_frames(base.latent_frames)
+    if kept is not None and kept[0] <= tolerance:
+        return clip(base.latent_frames, kept[3], kept[4])
+    found = []
+    frames = 1
+    while True:
+        b = best_for_frames(frames)
+        if b is not None:
+            found.append((b[0], abs(frames - base.latent_frames), frames, b))
+        smallest = _layout_total(preset, frames, step, step)
+        if smallest is None or smallest > tokens * (1 + tolerance) or frames > 4 * base.latent_frames + tokens:
+            break
+        frames += 1
+    within = sorted((f for f in found if f[0] <= tolerance), key=lambda f: (f[1], f[0], f[2]))
+    if within:  # the frame count nearest the preset's, then the closest token count
+        _, _, frames, b = within[0]
+        return clip(frames, b[3], b[4])
+    near = sorted({f[3][2] for f in found}, key=lambda t: abs(t - tokens))[:2]
+    smallest = _layout_total(preset, 1, step, step)
+    raise ValueError(f"no clip of preset {preset!r} (64-pixel multiples, any frame count) has {tokens} tokens to "
+                     f"within {tolerance:.0%}: the nearest have {', '.join(map(str, sorted(near)))} tokens and the "
+                     f"smallest clip has {smallest}; ask for a token count near one of those, or give frames, "
+                     f"height and width instead")
 
 
 @dataclass(frozen=True)
@@ -71,9 +137,17 @@ class Point:
     """Write a Chrome trace (torch.profiler) of one extra step of rank 0."""
     inference: bool = False
     """Also time inference: denoising steps of two no-grad forwards (CFG: prompt + audio, then silent audio)."""
+    compile: bool = False
+    """``torch.compile`` every transformer block and audio-injector module (before FSDP); the warm-up steps
+    absorb compilation, whose time is recorded as its own metric."""
+    tokens: int | None = None
+    """Requested sequence tokens instead of frames/height/width: the clip is the preset's, resized to the
+    nearest valid geometry (see :func:`clip_for_tokens`); the record keeps both counts."""
 
     def clip(self) -> ClipShape:
-        """The preset's clip with this point's frames and resolution."""
+        """The preset's clip with this point's frames and resolution (or the geometry of its token count)."""
+        if self.tokens is not None:
+            return clip_for_tokens(self.preset, self.tokens)
         c = get_preset(self.preset).clip
         return dataclasses.replace(
             c, latent_frames=c.latent_frames if self.frames is None else self.frames // 4,
@@ -102,9 +176,15 @@ class Point:
         dp, u, r = self.degrees
         geometry = "" if (self.frames, self.height, self.width) == (None, None, None) else \
             f"/{self.clip().infer_frames}f-{8 * self.clip().latent_height}x{8 * self.clip().latent_width}"
+        if self.tokens is not None:
+            c = self.clip()
+            geometry = f"/tok{self.tokens}-{c.infer_frames}f-{8 * c.latent_height}x{8 * c.latent_width}"
         accum = f"-ga{self.grad_accum}" if self.grad_accum > 1 else ""
+        extra = "".join(f"/{tag}" for tag, on in (("compile", self.compile),
+                                                  (self.attention_backend, self.attention_backend != "torch"))
+                        if on)
         return (f"{self.preset}/{self.strategy}/w{self.world}/dp{dp}-u{u}-r{r}/{self.dtype}/ac{int(self.ac)}"
-                f"/gb{self.global_batch}{accum}{geometry}")
+                f"/gb{self.global_batch}{accum}{geometry}{extra}")
 
     def parallel_config(self) -> ParallelConfig:
         dp, u, r = self.degrees
@@ -119,6 +199,14 @@ class Point:
         if self.steps < 1 or self.warmup < 0:
             raise ValueError(f"need steps >= 1 and warmup >= 0, got {self.steps} and {self.warmup}")
         _ = self.micro_batch
+        if self.compile and self.warmup < 1:
+            raise ValueError("a compiled point needs at least one warm-up step (warmup >= 1) to absorb "
+                             "compilation; set warmup = 1 or more")
+        if self.tokens is not None and (self.frames, self.height, self.width) != (None, None, None):
+            raise ValueError(f"give either tokens ({self.tokens}) or frames/height/width "
+                             f"({self.frames}/{self.height}/{self.width}), not both")
+        if self.attention_backend not in LOCAL_BACKENDS:
+            raise ValueError(f"attention_backend {self.attention_backend!r}: choose one of {LOCAL_BACKENDS}")
         if self.frames is not None and (self.frames <= 0 or self.frames % 4):
             raise ValueError(f"frames must be a positive multiple of 4 (16 fps, 4 frames per latent), got {self.frames}")
         for what, px in (("height", self.height), ("width", self.width)):
@@ -130,9 +218,12 @@ class Point:
         self.parallel_config().validate(self.world, get_preset(self.preset).model.num_heads, layout.total)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Point":
+    def from_dict(cls, d: dict) -> Point:
         """Inverse of ``to_dict``; ignores derived and extra keys (degrees, trace_dir)."""
         fields = {f.name for f in dataclasses.fields(cls)}
+        d = dict(d)
+        if "tokens_requested" in d or "model" in d:  # a record's config: its "tokens" is the actual count
+            d["tokens"] = d.get("tokens_requested")
         return cls(**{k: v for k, v in d.items() if k in fields})
 
     def to_dict(self) -> dict:
@@ -150,4 +241,4 @@ def default_cpu_points(cores: int, preset: str = "small") -> list[Point]:
     return points
 
 
-__all__ = ["Point", "STRATEGIES", "default_cpu_points", "strategy_degrees"]
+__all__ = ["STRATEGIES", "TOKEN_TOLERANCE", "Point", "clip_for_tokens", "default_cpu_points", "strategy_degrees"]

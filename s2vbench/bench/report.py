@@ -21,6 +21,18 @@ def _fmt(x, spec: str = ".3f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def _comm_time(r: Record, kind: str, bytes_metric) -> tuple[float | None, str]:
+    """(s per step, where it came from) of one collective kind of a record, old records included."""
+    try:
+        m = r.metric(f"collective_time_{kind}")
+    except KeyError:  # results from before per-kind times: FSDP's read 0 but were never measured
+        if kind.startswith("fsdp_"):
+            return None, "n/a"
+        return bytes_metric.stats.get("seconds"), "wall"
+    return m.value, ("profiler" if m.how.startswith("s per step, max over ranks: torch.profiler") else
+                     "wall" if m.value is not None else "n/a")
+
+
 def timed(records: list[Record]) -> list[Record]:
     return [r for r in records if r.kind == "iteration" and _value(r, "step_time") is not None]
 
@@ -30,7 +42,8 @@ def group_key(r: Record) -> tuple:
     the global batch; weak scaling lets it grow with the data-parallel degree)."""
     c = r.config
     batch = c.get("global_batch") if c.get("scaling", "strong") == "strong" else None
-    return (c.get("preset"), c.get("ac"), c.get("dtype"), c.get("attention_backend"), c.get("scaling"), batch)
+    return (c.get("preset"), c.get("ac"), c.get("dtype"), c.get("attention_backend"), c.get("scaling"), batch,
+            c.get("compile", False), c.get("tokens"))
 
 
 def speedups(records: list[Record]) -> tuple[dict[tuple, Record], dict[str, tuple[float, float]]]:
@@ -131,12 +144,12 @@ def write_report(results: list[Path], out: Path, title: str | None = None) -> Pa
     env = records[0].environment if records else {}
     bases, sp = speedups(records)
     lines = [f"# {title or 's2vbench report'}", "",
-             f"Made {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} from "
-             f"{', '.join(str(p) for p in results)}.", "",
-             f"Device: **{env.get('device', '?')}** ({env.get('device_count', 0)} GPUs); CPU {env.get('cpu', '?')} "
+             (f"Made {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} from "
+             f"{', '.join(str(p) for p in results)}."), "",
+             (f"Device: **{env.get('device', '?')}** ({env.get('device_count', 0)} GPUs); CPU {env.get('cpu', '?')} "
              f"x {env.get('cpu_count', '?')}; torch {env.get('torch')}, triton {env.get('triton')}, CUDA "
              f"{env.get('cuda')}, driver {env.get('driver')}, deepspeed {env.get('deepspeed')}; git "
-             f"{(env.get('git_commit') or '?')[:12]}{' (dirty)' if env.get('git_dirty') else ''}.", ""]
+             f"{(env.get('git_commit') or '?')[:12]}{' (dirty)' if env.get('git_dirty') else ''}."), ""]
     if bases:
         lines += ["Speed-up is relative to the smallest rank count that ran, within points that differ only in "
                   "rank count and strategy; the baselines are " +
@@ -162,22 +175,50 @@ def write_report(results: list[Path], out: Path, title: str | None = None) -> Pa
     for r in [r for r in records if r.kind == "iteration"]:
         for m in r.metrics:
             if m.name.startswith("comm_"):
+                kind = m.name[5:]
                 want = m.stats.get("analytic")
-                comm_rows.append((r.config.get("strategy"), r.config.get("world"), m.name[5:], f"{m.value:,.0f}",
-                                  f"{want:,.0f}", "yes" if want == m.value else "NO",
-                                  _fmt(m.stats.get("seconds"), ".4f")))
+                secs, how = _comm_time(r, kind, m)
+                comm_rows.append((r.config.get("strategy"), r.config.get("world"), kind, f"{m.value:,.0f}",
+                                  f"{want:,.0f}", "yes" if want == m.value else "NO", _fmt(secs, ".4f"), how))
     if comm_rows:
         lines += ["## Communication per step (bytes sent by the busiest rank)", "",
-                  "FSDP2's own collectives are counted through a dispatch mode, which sees their launch only, so "
-                  "their seconds read 0.", "",
+                  ("Time per kind, s per step, max over ranks. *profiler*: torch.profiler of the counted step, the "
+                  "summed execution ranges of the kind's collectives (gloo runs them on a worker thread; NCCL: "
+                  "kernel time); this is busy time, which includes waiting for the slowest peer and overlaps "
+                  "compute (the time a step loses to communication is the exposed-communication column above). "
+                  "*wall*: our counters' main-thread time (ring exchanges: post to end of wait, spanning the "
+                  "attention computed meanwhile). *n/a*: not measured (results from before FSDP2's collectives "
+                  "were timed: the dispatch mode that counts them sees their launch only)."), "",
                   tabulate(comm_rows, headers=["strategy", "ranks", "kind", "counted B", "analytic B", "equal",
-                                               "seconds"], tablefmt="pipe", disable_numparse=True), ""]
+                                               "time s", "time from"], tablefmt="pipe", disable_numparse=True), ""]
+    compiled = [r for r in records if r.kind == "iteration" and r.config.get("compile")]
+    if compiled:
+        crow = []
+        for r in compiled:
+            try:
+                m = r.metric("compile_time")
+            except KeyError:
+                continue
+            crow.append((r.name, _fmt(m.value, ".1f"), m.stats.get("unique_graphs"), m.stats.get("graph_breaks"),
+                         _fmt(_value(r, "step_time"))))
+        lines += ["## torch.compile", "", ("Each block and audio-injector module is compiled on its own before "
+                  "FSDP; compile time (dynamo + lazy backward compiles, max over ranks) falls in the warm-up "
+                  "steps, which the step times exclude."), "",
+                  tabulate(crow, headers=["point", "compile s", "graphs", "graph breaks", "step s"], tablefmt="pipe",
+                           disable_numparse=True), ""]
+    by_tokens = [r for r in records if r.kind == "iteration" and r.config.get("tokens_requested") is not None]
+    if by_tokens:
+        trow = [(r.name, r.config["tokens_requested"], r.config.get("tokens"),
+                 _fmt(r.config["tokens"] / r.config["tokens_requested"] - 1, "+.1%")) for r in by_tokens]
+        lines += ["## Clips given by token count", "", tabulate(trow, headers=["point", "requested", "actual",
+                                                                                "difference"],
+                                                                 tablefmt="pipe", disable_numparse=True), ""]
     not_timed = [r for r in records if r.kind == "iteration" and _value(r, "step_time") is None]
     if not_timed:
         lines += ["## Points without timings", ""]
         lines += [f"- `{r.name}`: {r.metric('step_time').how}" for r in not_timed] + [""]
-    lines += ["MFU is not measured on CPU: there is no bf16 peak to divide by. GPU figures appear only when "
-              "measured on a GPU.", ""]
+    lines += [("MFU is not measured on CPU: there is no bf16 peak to divide by. GPU figures appear only when "
+              "measured on a GPU."), ""]
     for p in plots:
         lines += [f"![{p[:-4]}]({p})", ""]
     path = out / "report.md"

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from .cluster import detect_env, export_for_torch
-from .points import Point, strategy_degrees
+from .points import Point, clip_for_tokens, strategy_degrees
 from .results import ResultsLog
 from .sweep import failure_record, point_record
 from .worker import run_point_rank
@@ -33,7 +33,8 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
-AXES = ("ac", "dtype", "attention_backend", "frames", "height", "width", "trace", "grad_accum", "inference")
+AXES = ("ac", "dtype", "attention_backend", "frames", "height", "width", "trace", "grad_accum", "inference", "compile",
+        "tokens")
 """Point fields a sweep file may give as lists (their cartesian product is swept)."""
 
 
@@ -44,6 +45,9 @@ def sweep_points(preset: str, gpus: list[int], strategies: list[str], global_bat
     unknown = set(axes) - set(AXES)
     if unknown:
         raise ValueError(f"unknown sweep axes {sorted(unknown)}; known: {AXES}")
+    for tokens in lists.get("tokens", []):  # an unreachable token count is an error, not a skipped combination
+        if tokens is not None:
+            clip_for_tokens(preset, tokens)
     points, notes = [], []
     combos = [dict(zip(lists, values)) for values in itertools.product(*lists.values())] if lists else [{}]
     for world, strategy, extra in itertools.product(gpus, strategies, combos):

@@ -20,6 +20,12 @@ from .results import Metric, Record, ResultsLog
 from .worker import run_point_rank
 
 GIB = 2**30
+COMM_TIME_PROFILED = ("s per step, max over ranks: torch.profiler of the counted step, summed execution ranges of "
+                      "this kind's collectives (gloo: on its worker thread, dequeue to completion; NCCL: kernel "
+                      "time). Busy time: includes waiting for the slowest peer and overlaps compute (exposed "
+                      "time is step - compute-only)")
+COMM_TIME_WALL = ("s per step, max over ranks: main-thread wall time of the parallel.comm counters (blocking call to "
+                  "return; ring exchanges post to end of wait, spanning the attention computed meanwhile)")
 
 
 def _median_max_over_ranks(per_rank: list[list[float]]) -> tuple[float, list[float]]:
@@ -101,7 +107,7 @@ def point_record(point: Point, results: list[dict]) -> Record:
     for part, value in training_state_bytes(preset.model, shards).items():
         metrics.append(Metric(f"analytic_{part}", value / GIB, "GiB", "float32, sharded over all ranks by FSDP",
                               status="predicted"))
-    dp, u, r = point.degrees
+    _, u, r = point.degrees
     analytic = {}
     if point.strategy != "single":  # per micro-batch, times the micro-batches; one loss all-reduce per step
         ga = point.grad_accum
@@ -110,16 +116,42 @@ def point_record(point: Point, results: list[dict]) -> Record:
         analytic = {k: (v if k == "all_reduce" else CommVolume(v.calls * ga, v.bytes_sent * ga))
                     for k, v in per_micro.items()}
     kinds = set(analytic) | {k for res in results for k in res["real"]["comm"]}
+    profiled_ok = all("comm_profiled" in res["real"] for res in results)
     for kind in sorted(kinds):
         sent = max(res["real"]["comm"].get(kind, {}).get("bytes_sent", 0) for res in results)
-        secs = max(res["real"]["comm"].get(kind, {}).get("seconds", 0.0) for res in results)
+        wall = max(res["real"]["comm"].get(kind, {}).get("seconds", 0.0) for res in results)
+        calls = max(res["real"]["comm"].get(kind, {}).get("calls", 0) for res in results)
+        prof = [res["real"].get("comm_profiled", {}).get(kind) for res in results]
+        if profiled_ok and calls and all(p is not None and p["calls"] == p["launched"] > 0 for p in prof):
+            secs, how = max(p["seconds"] for p in prof), COMM_TIME_PROFILED
+        elif kind.startswith("fsdp_"):  # FSDP2's own collectives: nothing but the profiler can time them
+            secs, how = None, "not measured: no profiled execution range matched every launch"
+        else:
+            secs, how = wall, COMM_TIME_WALL
         want = analytic.get(kind)
         metrics.append(Metric(f"comm_{kind}", float(sent), "bytes",
                               "max over ranks of bytes sent in one step (parallel.comm counters)",
-                              stats={"analytic": float(want.bytes_sent) if want else 0.0, "seconds": secs}))
+                              stats={"analytic": float(want.bytes_sent) if want else 0.0, "seconds": secs,
+                                     "wall_seconds": wall, "calls": calls}))
+        if calls:  # kinds that did not run get no time metric
+            metrics.append(Metric(f"collective_time_{kind}", secs, "s", how,
+                                  status="measured" if secs is not None else "not_measured",
+                                  stats={"calls": calls, "wall_seconds": wall}))
+    if point.compile:
+        comp = [r["real"].get("compile") or {} for r in results]
+        rerun = [((r.get("compute") or {}).get("compile") or {}).get("seconds", 0.0) for r in results]
+        reasons = sorted({x for c in comp for x in c.get("break_reasons", [])})
+        metrics.append(Metric("compile_time", max(c.get("seconds", 0.0) for c in comp), "s",
+                              "max over ranks of torch.compile's time (dynamo frames + lazy backward compiles) "
+                              "during the warm-up and timed steps; the warm-up steps absorb it" +
+                              (f"; graph breaks: {'; '.join(reasons)}" if reasons else ""),
+                              stats={"graph_breaks": max(c.get("graph_breaks", 0) for c in comp),
+                                     "unique_graphs": max(c.get("unique_graphs", 0) for c in comp),
+                                     "compute_only_rerun": max(rerun)}))
     tags = ["oversubscribed"] if point.oversubscribed else []
     traces = [r["real"]["trace"] for r in results if r["real"].get("trace")]
-    config = point.to_dict() | {"tokens": layout.total, "model": preset.model, "clip": clip}
+    config = point.to_dict() | {"tokens": layout.total, "tokens_requested": point.tokens, "model": preset.model,
+                                "clip": clip}
     return Record("iteration", point.name, config, metrics, tags=tags,
                   notes=f"Chrome trace: {traces[0]}" if traces else "")
 

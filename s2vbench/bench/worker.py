@@ -13,7 +13,7 @@ import torch.distributed as dist
 from ..model import WanS2V, get_preset
 from ..model.flow import S2VBatch, TrainConfig, make_optimizer, synthetic_batch, train_step
 from ..parallel import parallelize
-from ..parallel.comm import count_comm
+from ..parallel.comm import collective_seconds, count_comm
 from ..parallel.train import data_parallel_sample_indices, parallel_train_step
 from .measure import SavedActivations, StepTimer, peak_rss_bytes
 from .points import Point
@@ -79,16 +79,46 @@ def _nvml_sampler(device: torch.device):
         from .hardware import NVMLSampler
 
         return NVMLSampler(device.index or 0)
-    except Exception:  # no NVML (driver or library missing): the record says not measured
+    except Exception:  # noqa: BLE001 - no NVML (driver or library missing): the record says not measured
         return None
+
+
+def compile_blocks(model: WanS2V) -> int:
+    """``torch.compile`` every transformer block and every audio-injector module, each on its own (torchtitan's
+    per-block compile: the blocks share one compiled graph, and the embeddings, RoPE and head stay eager).
+
+    Call it before :func:`parallelize`: each module is replaced by its compiled wrapper, so FSDP2's hooks sit
+    on the wrapper and run eagerly around the compiled forward, activation checkpointing (``run_blocks``)
+    wraps the compiled call, and context parallelism reaches the inner attention modules through the wrapper.
+    Compilation is lazy, at the first forward (a warm-up step). Returns the number of modules compiled."""
+    lists = [model.blocks, model.audio_injector.injector, model.audio_injector.injector_adain_layers]
+    n = 0
+    for modules in (m for m in lists if m is not None):
+        for name, module in list(modules.named_children()):
+            modules.register_module(name, torch.compile(module))
+            n += 1
+    return n
+
+
+def _compile_seconds() -> float:
+    """Seconds this process has spent compiling so far: dynamo frame compiles plus the lazy backward compiles."""
+    from torch._dynamo.utils import calculate_time_spent
+
+    return calculate_time_spent().get("total_wall_time", 0.0)
 
 
 def _run_steps(point: Point, device: torch.device, timed: bool, count: bool, trace_dir: str | None = None) -> dict:
     preset = get_preset(point.preset)
     torch.manual_seed(0)
     model = WanS2V(preset.model).to(device)
+    if point.compile:  # before parallelize (CP, AC, FSDP), as torchtitan orders it
+        compile_blocks(model)
+    compile_start = _compile_seconds()
     pm = None
-    if point.strategy != "single":
+    if point.strategy == "single":  # one rank: the attention backend is the model seam's own
+        for block in model.blocks:
+            block.self_attn.attn_backend = point.attention_backend
+    else:
         param_dtype = torch.bfloat16 if (device.type == "cuda" and point.dtype == "bfloat16") else None
         pm = parallelize(model, point.parallel_config(), device.type, param_dtype=param_dtype)
     cfg = TrainConfig(dtype=point.dtype, activation_checkpointing=point.ac)
@@ -112,6 +142,13 @@ def _run_steps(point: Point, device: torch.device, timed: bool, count: bool, tra
             else:
                 losses.append(_oom_checked(step_fn, device, model, opt, b, step, cfg))
     out = {"times": times, "losses": losses, "nvml": sampler.summary() if sampler is not None else None}
+    if point.compile:
+        from torch._dynamo.utils import counters
+
+        out["compile"] = {"seconds": _compile_seconds() - compile_start,
+                          "graph_breaks": sum(counters["graph_break"].values()),
+                          "break_reasons": sorted(counters["graph_break"])[:20],
+                          "unique_graphs": counters["stats"]["unique_graphs"]}
     if trace_dir is not None and point.trace and dist.get_rank() == 0:  # one more step, profiled
         from torch.profiler import ProfilerActivity, profile
 
@@ -122,11 +159,17 @@ def _run_steps(point: Point, device: torch.device, timed: bool, count: bool, tra
         path.parent.mkdir(parents=True, exist_ok=True)
         prof.export_chrome_trace(str(path))
         out["trace"] = str(path)
-    if count:  # one more, untimed step: collective bytes per kind and activations saved for backward
+    if count:  # one more, untimed step: collective bytes and time per kind, activations saved for backward
+        from torch.profiler import ProfilerActivity, profile
+
         saved = SavedActivations(model)
-        with count_comm(fsdp=pm is not None) as counter, saved.count():
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with count_comm(fsdp=pm is not None) as counter, saved.count(), profile(activities=acts) as prof:
             step_fn(model, opt, _micro_batches(batch.to(device), point.grad_accum), total, cfg)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
         out["comm"] = {k: dataclasses.asdict(s) for k, s in counter.stats.items()}
+        out["comm_profiled"] = collective_seconds(prof.events())
         out["saved_activation_bytes"] = saved.bytes
     if point.inference and timed:  # last: no-grad forwards change FSDP's sharding state for the next step
         out["inference_times"] = _time_inference(model, batch.to(device), point, timer)

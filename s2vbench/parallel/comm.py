@@ -6,8 +6,22 @@ Counting conventions (the analytic volumes in ``bench/analytic.py`` use the same
 - point-to-point: the bytes of the tensors sent, and of those received;
 - all-reduce: the payload, once;
 - FSDP2's all-gather and reduce-scatter (seen through a dispatch mode over c10d ops, since FSDP2 issues them
-  itself): a rank with an s-byte shard sends and receives s (p - 1) bytes. Their time is not recorded: the
+  itself): a rank with an s-byte shard sends and receives s (p - 1) bytes. The counters cannot time them: the
   ops are asynchronous and the dispatch mode sees only their launch.
+
+Time. The counters' ``seconds`` are main-thread wall time: a blocking all-to-all or all-reduce from call to
+return, a ring exchange from post to the end of its wait (which spans the attention computed meanwhile: an
+upper bound). The time of every collective that runs as a *work* (FSDP2's all-gathers and reduce-scatters, our
+all-to-alls, the loss all-reduce) comes from :func:`collective_seconds` over a torch.profiler run of the
+counted step: gloo executes each work on a background thread under a ``gloo:<op>`` profiler range, which we
+match to the launching ``c10d::<op>`` (first in, first out per range name) and sum per kind; on NCCL the
+collective kernels' device time is attributed to the launch. Caveat, on gloo: that range is the execution on
+the worker thread (dequeue to completion), so it includes waiting for the slowest peer to join and it overlaps
+compute, i.e. it is the collective's busy time, not the time a step lost to it (that is step time minus the
+compute-only time); with more busy threads than cores it is also inflated by CPU contention. Timing the wait
+of each work handle instead would measure only the exposed part, and FSDP2 waits inside its own hooks. gloo's
+point-to-point send/recv run on the calling thread with no execution range, so ring exchanges keep the
+counters' post-to-wait time.
 """
 
 from __future__ import annotations
@@ -15,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.distributed as dist
@@ -54,8 +69,16 @@ _ACTIVE: list[CommCounter] = []
 class _FSDPCollectives(TorchDispatchMode):
     """Records FSDP2's flat-buffer all-gathers and reduce-scatters (our own collectives use other c10d ops)."""
 
-    KINDS = {"c10d._allgather_base_.default": "fsdp_all_gather",
-             "c10d._reduce_scatter_base_.default": "fsdp_reduce_scatter"}
+    KINDS: ClassVar[dict[str, str]] = {"c10d._allgather_base_.default": "fsdp_all_gather",
+                                       "c10d._reduce_scatter_base_.default": "fsdp_reduce_scatter"}
+
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        # Without this, torch.compile refuses (and from then on skips) any compiled region called under the mode:
+        # the counted step would run eagerly and so would every later step of the process (the compute-only rerun
+        # included). FSDP2's collectives are issued by its eager hooks, outside compiled regions, so they are
+        # still seen.
+        return True
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kind = self.KINDS.get(str(func))
@@ -82,6 +105,58 @@ def count_comm(fsdp: bool = False):
             yield counter
     finally:
         _ACTIVE.remove(counter)
+
+
+LAUNCH_KINDS = {"c10d::_allgather_base_": "fsdp_all_gather", "c10d::_reduce_scatter_base_": "fsdp_reduce_scatter",
+                "c10d::alltoall_base_": "all_to_all", "c10d::allreduce_": "all_reduce",
+                "c10d::allgather_": "all_gather"}
+"""The c10d op (as torch.profiler names it) that launches each collective kind we count."""
+GLOO_RANGES = {"fsdp_all_gather": ("gloo:all_gather",), "all_gather": ("gloo:all_gather",),
+               "fsdp_reduce_scatter": ("gloo:reduce_scatter", "gloo:all_reduce"), "all_to_all": ("gloo:all_to_all",),
+               "all_reduce": ("gloo:all_reduce",)}
+"""gloo's execution ranges per kind (its reduce-scatter of one flat tensor runs as an all-reduce)."""
+
+
+def collective_seconds(events) -> dict[str, dict[str, float]]:
+    """Per collective kind, ``{"seconds", "calls", "launched"}``: the summed execution time of the profiled
+    collectives (see the module docstring) and how many launches were matched to an execution range.
+
+    ``events`` are a torch.profiler run's ``events()`` (FunctionEvents). A launch with CUDA kernel time (NCCL)
+    counts that time; otherwise the first unmatched gloo range of its kind that starts after it."""
+    def start(e) -> float:
+        return e.time_range.start
+
+    def outermost(e) -> bool:  # a dispatch mode re-dispatching the op (count_comm's) records it twice, nested
+        parent = getattr(e, "cpu_parent", None)
+        while parent is not None:
+            if parent.name == e.name:
+                return False
+            parent = getattr(parent, "cpu_parent", None)
+        return True
+
+    launches = sorted((e for e in events if e.name in LAUNCH_KINDS and outermost(e)), key=start)
+    ranges: dict[str, list] = {}
+    for e in sorted((e for e in events if e.name.startswith("gloo:")), key=start):
+        ranges.setdefault(e.name, []).append(e)
+    out: dict[str, dict[str, float]] = {}
+    for launch in launches:
+        kind = LAUNCH_KINDS[launch.name]
+        stat = out.setdefault(kind, {"seconds": 0.0, "calls": 0, "launched": 0})
+        stat["launched"] += 1
+        device_us = getattr(launch, "device_time_total", 0.0) or 0.0
+        if device_us > 0:
+            stat["seconds"] += device_us / 1e6
+            stat["calls"] += 1
+            continue
+        for name in GLOO_RANGES.get(kind, ()):
+            queue = ranges.get(name, [])
+            while queue and start(queue[0]) < start(launch):  # a range no launch of ours claimed (e.g. barrier)
+                queue.pop(0)
+            if queue:
+                stat["seconds"] += queue.pop(0).time_range.elapsed_us() / 1e6
+                stat["calls"] += 1
+                break
+    return out
 
 
 def _record(kind: str, sent: int, recv: int, seconds: float) -> None:
@@ -142,4 +217,5 @@ class RingExchange:
             self.trace.append(f"wait {label}")
 
 
-__all__ = ["CommCounter", "CommStat", "RingExchange", "all_to_all", "count_comm", "nbytes"]
+__all__ = ["GLOO_RANGES", "LAUNCH_KINDS", "CommCounter", "CommStat", "RingExchange", "all_to_all", "collective_seconds",
+           "count_comm", "nbytes"]

@@ -9,6 +9,7 @@ many of its keys are real, and padded keys are never attended after any all-to-a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.distributed as dist
@@ -51,7 +52,7 @@ def ring_chunk_valid(valid_len: int, chunk_len: int, ring_size: int) -> list[int
 class CPAttention:
     """One context-parallel group's attention settings, registered under a key the custom op can carry."""
 
-    _registry: dict[str, "CPAttention"] = {}
+    _registry: ClassVar[dict[str, CPAttention]] = {}
 
     def __init__(self, groups: CPGroups, backend: str = "torch", trace: list | None = None):
         self.groups = groups
@@ -61,7 +62,7 @@ class CPAttention:
         CPAttention._registry[self.key] = self
 
     @classmethod
-    def lookup(cls, key: str) -> "CPAttention":
+    def lookup(cls, key: str) -> CPAttention:
         return cls._registry[key]
 
 
@@ -84,10 +85,13 @@ def cp_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key: str,
     qh, kh, vh = (_to_heads(t, g) for t in (q, k, v))
     valid = ring_chunk_valid(valid_len, qh.shape[1], g.ring_size)
     out_h, lse = ring_forward(qh, kh, vh, g.ring, valid, cp.backend, cp.trace)
+    # Contiguous, as the fake implementation promises: torch.compile's generated code asserts the strides (the
+    # CPU flash kernel's lse, for one, is a transposed view).
+    out_h, lse = out_h.contiguous(), lse.contiguous()
     if g.ulysses is None:
         empty = q.new_empty(0)
         return out_h, lse, empty, empty.clone(), empty.clone(), empty.clone()
-    return _to_seq(out_h, g), lse, qh, kh, vh, out_h
+    return _to_seq(out_h, g).contiguous(), lse, qh.contiguous(), kh.contiguous(), vh.contiguous(), out_h
 
 
 @cp_attention_op.register_fake
@@ -97,9 +101,9 @@ def _(q, k, v, key, valid_len):
     u = g.ulysses_size
     lse = q.new_empty(b, h // u, n * u, dtype=torch.promote_types(q.dtype, torch.float32))
     if u == 1:
-        return torch.empty_like(q), lse, *(q.new_empty(0) for _ in range(4))
+        return q.new_empty(q.shape), lse, *(q.new_empty(0) for _ in range(4))
     heads = q.new_empty(b, n * u, h // u, d)
-    return torch.empty_like(q), lse, heads, heads.clone(), heads.clone(), heads.clone()
+    return q.new_empty(q.shape), lse, heads, heads.clone(), heads.clone(), heads.clone()
 
 
 def _setup(ctx, inputs, output):
@@ -109,15 +113,31 @@ def _setup(ctx, inputs, output):
     ctx.key, ctx.valid_len = key, valid_len
 
 
-def _backward(ctx, dout, *_unused):
-    q, k, v, out, lse, qh, kh, vh, out_h = ctx.saved_tensors
-    cp = CPAttention.lookup(ctx.key)
+@torch.library.custom_op("s2vbench::cp_attention_backward", mutates_args=())
+def cp_attention_backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                             lse: torch.Tensor, qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor,
+                             out_h: torch.Tensor, key: str, valid_len: int
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) of ``cp_attention``. An opaque op of its own, so that torch.compile (AOTAutograd traces a
+    custom op's backward into the backward graph) never traces the collectives or captures a process group."""
+    cp = CPAttention.lookup(key)
     g = cp.groups
     if g.ulysses is None:
         qh, kh, vh, out_h = q, k, v, out
-    valid = ring_chunk_valid(ctx.valid_len, qh.shape[1], g.ring_size)
+    valid = ring_chunk_valid(valid_len, qh.shape[1], g.ring_size)
     grads = ring_backward(_to_heads(dout.contiguous(), g), qh, kh, vh, out_h, lse, g.ring, valid, cp.backend, cp.trace)
-    dq, dk, dv = (_to_seq(t, g) for t in grads)
+    dq, dk, dv = (_to_seq(t, g).contiguous() for t in grads)
+    return dq, dk, dv
+
+
+@cp_attention_backward_op.register_fake
+def _(dout, q, k, v, out, lse, qh, kh, vh, out_h, key, valid_len):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _backward(ctx, dout, *_unused):
+    q, k, v, out, lse, qh, kh, vh, out_h = ctx.saved_tensors
+    dq, dk, dv = cp_attention_backward_op(dout, q, k, v, out, lse, qh, kh, vh, out_h, ctx.key, ctx.valid_len)
     return dq, dk, dv, None, None
 
 
@@ -134,5 +154,6 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     return out, lse
 
 
-__all__ = ["CPAttention", "CPGroups", "context_parallel_attention", "cp_attention_op", "padded_length",
+__all__ = ["CPAttention", "CPGroups", "context_parallel_attention", "cp_attention_backward_op", "cp_attention_op",
+           "padded_length",
            "ring_chunk_valid"]
