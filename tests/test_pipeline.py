@@ -179,3 +179,30 @@ def test_image_of_wrong_size(tmp_path):
 def test_bad_generation_config():
     with pytest.raises(PipelineInputError, match="multiple of 4"):
         GenerationConfig(infer_frames=18)
+
+
+@torch.no_grad()
+def test_pose_reaches_the_dit_as_its_vae_encoding(models, tmp_path):
+    """With a pose video, clip r's cond_states are the VAE encoding of [first frame | its I frames] minus the
+    first latent (the official load_pose_cond); the pose file is read, cropped and padded with -1 frames."""
+    from s2vbench.model.pipeline import load_pose_video, write_mp4
+
+    model, vae = models
+    src = torch.rand(3, 20, SIZE, 2 * SIZE) * 2 - 1
+    write_mp4(src, tmp_path / "pose.mp4")
+    pose = load_pose_video(tmp_path / "pose.mp4", 2 * INFER, (SIZE, SIZE))
+    assert pose.shape == (3, 2 * INFER, SIZE, SIZE)
+    assert torch.all(pose[:, 20:] == -1) and not torch.all(pose[:, :20] == -1)
+    inputs = _inputs(model.cfg, seconds=2.2)
+    inputs.pose = pose
+    seen = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("cond_states")), with_kwargs=True)
+    try:
+        S2VPipeline(model, vae).generate(inputs, GenerationConfig(infer_frames=INFER, steps=1, num_clips=2))
+    finally:
+        hook.remove()
+    for r in range(2):
+        clip = pose[:, r * INFER:(r + 1) * INFER]
+        expected = vae.encode(torch.cat([clip[:, :1], clip], dim=1)[None])[:, :, 1:]
+        assert seen[2 * r].shape == (1, 16, 4, SIZE // 8, SIZE // 8)
+        assert rel_err(seen[2 * r], expected) < 1e-6

@@ -538,7 +538,7 @@ def read_mp4(path: str | Path) -> tuple[np.ndarray, float]:
 # ---- command line ---------------------------------------------------------------------------------------
 OFFICIAL_VAE_FILES = ("Wan2.1_VAE.safetensors", "Wan2.1_VAE.pth")
 WAV2VEC2_FOLDER = "wav2vec2-large-xlsr-53-english"
-RANDOM_VAE_DIM = {"tiny": 8, "small": 16}
+RANDOM_VAE_DIM = {"tiny": 8, "small": 8}
 """Base width of the random-weight VAE per preset (96, the released width, for the others)."""
 
 
@@ -559,7 +559,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="DiT preset (default tiny)")
     parser.add_argument("--weights", type=Path, help="local folder of the released model (Wan2.2-S2V-14B): DiT "
                         "safetensors, Wan2.1_VAE.pth, wav2vec2-large-xlsr-53-english/; default: random weights")
-    parser.add_argument("--vae-dim", type=int, help="base width of a random-weight VAE (default: 8 tiny, 16 small, "
+    parser.add_argument("--vae-dim", type=int, help="base width of a random-weight VAE (default: 8 for tiny and small, "
                         "96 otherwise)")
     parser.add_argument("--size", type=_size, help="HxW, multiples of 64 (default: the image's own size)")
     parser.add_argument("--text-embedding", type=Path, help="precomputed prompt embedding (.safetensors/.pt with "
