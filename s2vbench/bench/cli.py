@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p_gpu.add_argument("--out", type=Path, default=None, help="output folder (default runs/<timestamp>)")
     p_gpu.add_argument("--budget-min", type=float, default=18.0, help="wall-clock budget in minutes")
     p_gpu.add_argument("--smoke", action="store_true", help="tiny shapes even on a GPU")
-    from . import buckets, calibrate, plan
+    from . import buckets, calibrate, longform, plan
 
     p_plan = sub.add_parser("plan", help="validate a configuration; print mesh, shards, predicted memory and time")
     plan.add_plan_arguments(p_plan)
@@ -161,9 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     calibrate.add_arguments(p_cal)
     p_buck = sub.add_parser("buckets", help="token-budget resolution bucketing benchmark")
     buckets.add_arguments(p_buck)
+    p_long = sub.add_parser("longform", help="per-clip and cumulative cost of long videos: FramePack vs "
+                                             "uncompressed motion windows")
+    longform.add_arguments(p_long)
     args = parser.parse_args(argv)
     handlers = {"plan": plan.run_plan, "predict": plan.run_predict, "calibrate": calibrate.run,
-                "buckets": buckets.run}
+                "buckets": buckets.run, "longform": longform.run}
     if args.command in handlers:
         return handlers[args.command](args)
     if args.command == "model":
