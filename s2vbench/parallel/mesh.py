@@ -32,7 +32,7 @@ class ParallelConfig:
     ac: bool = False
     """Activation checkpointing of every block."""
     attention_backend: str = "torch"
-    """Local attention inside Ulysses/ring: "torch" or "triton"."""
+    """Local attention inside Ulysses/ring: "torch", "triton" or "flash_attn" (the gpu extra)."""
 
     @property
     def cp(self) -> int:
@@ -56,9 +56,11 @@ class ParallelConfig:
             raise ParallelConfigError(
                 f"the Ulysses degree {self.ulysses} must divide the {num_heads} attention heads; valid degrees: "
                 f"{', '.join(map(str, valid_ulysses_degrees(num_heads)))}")
-        if self.attention_backend not in ("torch", "triton"):
-            raise ParallelConfigError(f"ParallelConfig.attention_backend={self.attention_backend!r}: choose "
-                                      f"'torch' or 'triton'")
+        from .local_attention import BACKENDS
+
+        if self.attention_backend not in BACKENDS:
+            raise ParallelConfigError(f"ParallelConfig.attention_backend={self.attention_backend!r}: choose one of "
+                                      f"{', '.join(map(repr, BACKENDS))}")
         if seq_len is not None and self.cp > seq_len:
             raise ParallelConfigError(
                 f"{self.cp} context-parallel ranks (ring {self.ring} x ulysses {self.ulysses}) for a sequence of "
