@@ -206,3 +206,29 @@ def test_pose_reaches_the_dit_as_its_vae_encoding(models, tmp_path):
         expected = vae.encode(torch.cat([clip[:, :1], clip], dim=1)[None])[:, :, 1:]
         assert seen[2 * r].shape == (1, 16, 4, SIZE // 8, SIZE // 8)
         assert rel_err(seen[2 * r], expected) < 1e-6
+
+
+def test_weights_folder_loads_the_dit_and_the_vae(tmp_path, shared):
+    """--weights DIR: the DiT through the official-format loader, the VAE from Wan2.1_VAE.* (strict)."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from s2vbench.model.pipeline import build_models
+
+    # the released layout: DiT shards with a weight map, the VAE beside them
+    shutil.copy(shared / "fixtures" / "wan_s2v_tiny" / "weights.safetensors", tmp_path / "dit.safetensors")
+    keys = load_file(tmp_path / "dit.safetensors").keys()
+    (tmp_path / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {k: "dit.safetensors" for k in keys}}))
+    shutil.copy(shared / "fixtures" / "wan21_vae_tiny" / "weights.safetensors", tmp_path / "Wan2.1_VAE.safetensors")
+    model, vae, notes = build_models("tiny", tmp_path, None, "cpu", 0)
+    assert notes == []
+    dit = load_file(tmp_path / "dit.safetensors")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in dit.items())
+    assert vae.cfg.dim == 16
+    assert torch.equal(vae.decoder.head[2].weight, load_file(tmp_path / "Wan2.1_VAE.safetensors")["decoder.head.2.weight"])
+    (tmp_path / "Wan2.1_VAE.safetensors").unlink()
+    with pytest.raises(MissingInputError, match="Wan2.1_VAE"):
+        build_models("tiny", tmp_path, None, "cpu", 0)

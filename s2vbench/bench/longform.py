@@ -484,6 +484,34 @@ def clip_costs(log: ResultsLog, steps: int) -> dict[str, list[dict[str, Any]]]:
     return table
 
 
+def _reading(table: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Two sentences computed from the table: the flat arms' ratio and the history arm's growth."""
+    def later(arm: str, key: str) -> list[float]:
+        return [r[key] for r in table[arm] if r["clip"] >= 2 and r[key] is not None]
+
+    fp_t, win_t = later("framepack", "tokens"), later("window", "tokens")
+    fp_c, win_c = later("framepack", "cpu") or later("framepack", "step_time"), \
+        later("window", "cpu") or later("window", "step_time")
+    hist = [r for r in table["history"] if r["clip"] >= 2]
+    ran = [r for r in hist if (r["cpu"] or r["step_time"]) is not None]
+    if not (fp_t and win_t and fp_c and win_c and len(hist) >= 2):
+        return []
+    fp_s, win_s = _median(fp_c), _median(win_c)
+    text = (f"From clip 2 on, every FramePack sequence holds {fp_t[0]:,} tokens and every window sequence "
+            f"{win_t[0]:,} ({win_t[0] / fp_t[0]:.2f}x); the median step CPU time is {fp_s:.2f} s against "
+            f"{win_s:.2f} s ({win_s / fp_s:.1f}x: attention grows with the square of the sequence). The full "
+            f"history adds {hist[1]['tokens'] - hist[0]['tokens']:,} tokens per clip")
+    if ran:
+        last = ran[-1]
+        text += (f"; at clip {last['clip']} ({last['tokens']:,} tokens) its step takes "
+                 f"{(last['cpu'] or last['step_time']) / fp_s:.1f}x FramePack's")
+    capped = [r for r in hist if r["step_time"] is None]
+    if capped:
+        text += (f", and clips {capped[0]['clip']}-{capped[-1]['clip']} ({capped[0]['tokens']:,} to "
+                 f"{capped[-1]['tokens']:,} tokens) were over the cap")
+    return ["## Reading", "", text + ".", ""]
+
+
 def _loadavg() -> list[float] | None:
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
@@ -503,16 +531,21 @@ def write_plot(table: dict[str, list[dict[str, Any]]], path: Path, title: str) -
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    panels = [("tokens", "tokens per clip", axes[0][0]), ("step_time", "CFG step time (s)", axes[0][1]),
+    panels = [("tokens", "tokens per clip", axes[0][0]), ("step_time", "CFG step time (s), wall and CPU", axes[0][1]),
               ("memory", "forward memory (MiB)", axes[1][0]), ("cumulative", "cumulative cost (s)", axes[1][1])]
     for key, label, ax in panels:
         for arm, marker in zip(ARMS, ("o", "s", "^")):
             rows = [r for r in table[arm] if r[key] is not None]
-            ax.plot([r["clip"] for r in rows], [r[key] for r in rows], marker=marker, label=ARM_TITLES[arm])
+            line, = ax.plot([r["clip"] for r in rows], [r[key] for r in rows], marker=marker, label=ARM_TITLES[arm])
+            cpu = [r for r in rows if r.get("cpu") is not None]
+            if key == "step_time" and cpu:   # CPU time of the same steps: what contention cannot inflate much
+                ax.plot([r["clip"] for r in cpu], [r["cpu"] for r in cpu], linestyle=":", color=line.get_color(),
+                        label=f"{arm}: CPU time")
         ax.set_xlabel("clip")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
+    axes[0][1].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -574,12 +607,17 @@ def write_report(log: ResultsLog, out: Path) -> Path:
             continue
         toks = sorted({r["tokens"] for r in table[arm] if r["clip"] >= 2})
         sts = [r["step_time"] for r in measured]
+        cpus = [r["cpu"] for r in measured if r["cpu"] is not None]
+        cpu_range = f"{min(cpus):.3f} - {max(cpus):.3f} ({max(cpus) / min(cpus):.2f}x)" if cpus else "-"
         summary.append([arm, ", ".join(f"{t:,}" for t in toks[:3]) + (" ..." if len(toks) > 3 else ""),
-                        f"{min(sts):.3f} - {max(sts):.3f}", f"{max(sts) / min(sts):.2f}x",
+                        f"{min(sts):.3f} - {max(sts):.3f} ({max(sts) / min(sts):.2f}x)", cpu_range,
                         len(measured), sum(r["step_time"] is None for r in table[arm])])
-    lines += ["## Clips 2 and later", "", tabulate(summary, headers=["arm", "tokens per clip", "step time range (s)",
-                                                                      "max/min", "clips run", "clips over cap"],
+    lines += ["## Clips 2 and later", "", tabulate(summary, headers=["arm", "tokens per clip",
+                                                                      "step time range (s, max/min)",
+                                                                      "step CPU range (s, max/min)", "clips run",
+                                                                      "clips over cap"],
                                                    tablefmt="github", disable_numparse=True), ""]
+    lines += _reading(table)
     split = next((r for r in log.records if r.kind == KIND_SPLIT), None)
     if split is not None:
         per = {m.name: m for m in split.metrics}

@@ -600,7 +600,7 @@ def build_models(preset_name: str, weights: Path | None, vae_dim: int | None, de
         if vae_file is None:
             raise MissingInputError(f"{weights} holds no {' or '.join(OFFICIAL_VAE_FILES)}; copy the released VAE "
                                     f"there")
-        vae = load_vae(vae_file, WanVAEConfig(), device=device)
+        vae = load_vae(vae_file, device=device)
     else:
         model = WanS2V(preset.model)
         dim = vae_dim or RANDOM_VAE_DIM.get(preset_name, 96)

@@ -438,7 +438,8 @@ def count_parameters(module: nn.Module) -> int:
 def load_vae(path: str | Path, cfg: WanVAEConfig | None = None, device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float32) -> WanVAE:
     """A :class:`WanVAE` with weights from ``Wan2.1_VAE.pth`` (a plain state dict; loaded with
-    ``weights_only=True``, never executing pickled code) or an official-key ``.safetensors`` file, strictly."""
+    ``weights_only=True``, never executing pickled code) or an official-key ``.safetensors`` file, strictly.
+    Without ``cfg`` the base width is read from the checkpoint (the official architecture otherwise)."""
     from .checkpoint import CheckpointError, load_state_dict
 
     path = Path(path)
@@ -456,6 +457,9 @@ def load_vae(path: str | Path, cfg: WanVAEConfig | None = None, device: str | to
                 f"{e}). If you trust the file, convert it once: python -c \"import torch; from safetensors.torch "
                 f"import save_file; save_file(torch.load('{path}', weights_only=False), 'Wan2.1_VAE.safetensors')\" "
                 f"and pass the .safetensors file") from None
+    if cfg is None and "encoder.conv1.weight" in sd:
+        # the base width is the first conv's output channels (96 in Wan2.1_VAE.pth); the rest is fixed
+        cfg = WanVAEConfig(dim=int(sd["encoder.conv1.weight"].shape[0]))
     with torch.device("meta"):
         vae = WanVAE(cfg)
     expected = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
