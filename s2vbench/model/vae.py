@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import attention
+
 # Per-channel statistics of the released VAE's latents (from the official Wan2_1_VAE wrapper).
 WAN21_LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
                      0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
@@ -217,7 +219,8 @@ class AttentionBlock(nn.Module):
         n, c, h, w = x.shape
         qkv = self.to_qkv(self.norm(x)).reshape(n, 1, 3 * c, h * w).transpose(2, 3)
         q, k, v = qkv.contiguous().chunk(3, dim=-1)
-        y = F.scaled_dot_product_attention(q, k, v)              # [n, 1, hw, c]
+        # through the model's one attention seam, whose layout is [batch, tokens, heads, head_dim]
+        y = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)  # [n, 1, hw, c]
         return self.proj(y.squeeze(1).transpose(1, 2).reshape(n, c, h, w))
 
     def forward(self, x: torch.Tensor, cache: FeatureCache | None = None) -> torch.Tensor:
