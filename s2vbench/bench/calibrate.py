@@ -2,9 +2,10 @@
 
 Calibration sees only microbenchmarks: matmuls and attention calls across sizes (-> efficiency curves), a
 streaming add (-> memory bandwidth) and collectives across sizes on 2 ranks (-> alpha and beta by least
-squares). End-to-end steps are used only to validate, plus one fitted constant (the fixed per-step overhead:
-launches, Python, the optimizer), whose error is reported leave-one-out in the style of Calculon: each point
-is predicted with the overhead fitted on the others. Only points whose step-time IQR/median is under 5%
+squares). End-to-end steps are used only to validate, plus two fitted constants (a fixed per-step overhead:
+launches, Python, the optimizer; and a factor on the modelled elementwise traffic: norms, RoPE, modulation
+run far below memory bandwidth on one CPU thread), whose error is reported leave-one-out in the style of
+Calculon: each point is predicted with the constants fitted on the others. Only points whose step-time IQR/median is under 5%
 count; the others are listed as noisy.
 """
 
@@ -212,7 +213,9 @@ class ValidationRow:
     measured: float
     """Median step time, s."""
     model: float
-    """The model's time without the fixed overhead, s."""
+    """The model's time before fitting (no fixed overhead, elementwise factor 1), s."""
+    elementwise: float = 0.0
+    """Its elementwise-traffic part, s."""
     loo: float | None = None
     """Prediction with the overhead fitted on the other counted points, s."""
     noise: float | None = None
@@ -229,6 +232,26 @@ class ValidationRow:
         return None if self.loo is None else self.loo / self.measured - 1
 
 
+def _fit_residual(rows: list[ValidationRow]) -> tuple[float, float]:
+    """Non-negative least squares of measured - (model - elementwise) = c0 + k * elementwise: (c0, k)."""
+    y = [r.measured - (r.model - r.elementwise) for r in rows]
+    e = [r.elementwise for r in rows]
+    if len(rows) < 2 or max(e) - min(e) <= 1e-3 * max(e):  # no spread in e: k is not identifiable, keep 1
+        return max(0.0, statistics.mean(yi - ei for yi, ei in zip(y, e))), 1.0
+    if max(e) > 0:
+        a = torch.tensor([[1.0, v] for v in e], dtype=torch.float64)
+        c0, k = (float(v) for v in torch.linalg.lstsq(a, torch.tensor(y, dtype=torch.float64)[:, None]).solution)
+        if c0 >= 0 and k >= 0:
+            return c0, k
+        if k >= 0 or c0 < 0:  # one of them pinned at 0: refit the other alone
+            k = max(0.0, sum(yi * ei for yi, ei in zip(y, e)) / sum(ei * ei for ei in e))
+            c0_alone = max(0.0, statistics.mean(y))
+            err_k = sum((yi - k * ei) ** 2 for yi, ei in zip(y, e))
+            err_c = sum((yi - c0_alone) ** 2 for yi in y)
+            return (0.0, k) if err_k <= err_c else (c0_alone, 0.0)
+    return max(0.0, statistics.mean(y)), 0.0 if not any(e) else 1.0
+
+
 def validate(records: list[Record], hw: HardwareProfile) -> tuple[list[ValidationRow], dict]:
     """Leave-one-out validation of step time, and of saved activations, on measured iteration records."""
     from ..model.config import ClipShape, get_preset
@@ -236,7 +259,7 @@ def validate(records: list[Record], hw: HardwareProfile) -> tuple[list[Validatio
     from .analytic import activation_bytes
 
     rows = []
-    base = HardwareProfile(**{**hw.__dict__, "fixed_overhead": 0.0})
+    base = HardwareProfile(**{**hw.__dict__, "fixed_overhead": 0.0, "elementwise_factor": 1.0})
     for r in records:
         if r.kind != "iteration" or "oversubscribed" in r.tags or "oom" in r.tags or "failed" in r.tags:
             continue
@@ -251,7 +274,7 @@ def validate(records: list[Record], hw: HardwareProfile) -> tuple[list[Validatio
         except (PlanError, KeyError, ValueError):
             continue
         noise = step_noise(r)
-        row = ValidationRow(r.name, m.value, pred.time, noise=noise,
+        row = ValidationRow(r.name, m.value, pred.time, pred.other, noise=noise,
                             counted=noise is not None and noise < NOISE_LIMIT)
         try:
             row.act_measured = r.metric("saved_activations").value
@@ -269,17 +292,18 @@ def validate(records: list[Record], hw: HardwareProfile) -> tuple[list[Validatio
     for row in rows:
         others = [o for o in counted if o is not row]
         if others:
-            overhead = max(0.0, statistics.median(o.measured - o.model for o in others))
-            row.loo = row.model + overhead
+            c0, k = _fit_residual(others)
+            row.loo = row.model + c0 + (k - 1) * row.elementwise
     errs = [abs(row.error) for row in counted if row.error is not None]
     mem = [abs(row.act_predicted / row.act_measured - 1) for row in rows
            if row.act_measured and row.act_predicted is not None]
-    overhead_all = max(0.0, statistics.median(o.measured - o.model for o in counted)) if counted else 0.0
+    overhead_all, factor_all = _fit_residual(counted) if counted else (0.0, 1.0)
     summary = {"points": len(rows), "counted": len(counted),
                "time_mean_abs_error": statistics.mean(errs) if errs else None,
                "time_max_abs_error": max(errs) if errs else None,
                "memory_mean_abs_error": statistics.mean(mem) if mem else None,
-               "memory_max_abs_error": max(mem) if mem else None, "fixed_overhead": overhead_all}
+               "memory_max_abs_error": max(mem) if mem else None, "fixed_overhead": overhead_all,
+               "elementwise_factor": factor_all}
     return rows, summary
 
 
@@ -297,7 +321,8 @@ def calibration_markdown(hw: HardwareProfile, raw: dict, rows: list[ValidationRo
              (f"Memory bandwidth {hw.memory_bandwidth / 1e9:.1f} GB/s (c = a + b). gloo on 2 ranks: alpha "
              f"{link.latency * 1e6:.0f} us, beta {link.bandwidth / 1e9:.2f} GB/s (least squares over "
              f"{len(raw['collectives'])} collectives, relative RMS residual {raw['link_rms']:.0%})."), "",
-             ("Validation (leave-one-out: each point's fixed overhead is fitted on the other counted points; "
+             ("Validation (leave-one-out: each point's fixed overhead and elementwise factor are fitted on the "
+              "other counted points; "
              f"a point counts when its step-time IQR/median < {NOISE_LIMIT:.0%}):"), ""]
     table = [[r.name, f"{r.measured:.3f}", f"{r.model:.3f}", "" if r.loo is None else f"{r.loo:.3f}",
               "" if r.error is None else f"{r.error:+.1%}", "n/a" if r.noise is None else f"{r.noise:.1%}",
@@ -315,7 +340,8 @@ def calibration_markdown(hw: HardwareProfile, raw: dict, rows: list[ValidationRo
                   f"{pct(summary['time_max_abs_error'])} over {summary['counted']} counted of {summary['points']} "
                   f"points (target: max <= 15%: {'met' if ok else 'NOT met'}). Saved activations: mean |error| "
                   f"{pct(summary['memory_mean_abs_error'])}, max {pct(summary['memory_max_abs_error'])}. Fixed "
-                  f"overhead fitted on all counted points: {summary['fixed_overhead']:.3f} s per step.")]
+                  f"overhead fitted on all counted points: {summary['fixed_overhead']:.3f} s per step; elementwise factor "
+                  f"{summary['elementwise_factor']:.2f}.")]
     return "\n".join(lines) + "\n"
 
 
@@ -345,7 +371,8 @@ def calibrate_and_validate(out, results_paths: list, progress: bool = True) -> s
     prof, raw = calibrate_cpu()
     records = [r for p in [*results_paths, val.path] for r in read_results(p)]
     rows, summary = validate(records, prof)
-    prof = HardwareProfile(**{**prof.__dict__, "fixed_overhead": summary["fixed_overhead"]})
+    prof = HardwareProfile(**{**prof.__dict__, "fixed_overhead": summary["fixed_overhead"],
+                              "elementwise_factor": summary["elementwise_factor"]})
     atomic_write_json(out / "calibration.json", {"profile": prof.to_dict(), "raw": raw, "summary": summary,
                                                  "rows": [r.__dict__ for r in rows]})
     return calibration_markdown(prof, raw, rows, summary)

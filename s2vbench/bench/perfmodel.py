@@ -269,7 +269,7 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
 
     # elementwise traffic and offload
     elementwise = ELEMENTWISE_PASSES * 4 * micro * s_loc * cfg.dim * cfg.num_layers / hw.memory_bandwidth
-    pred.other = st.grad_accum * elementwise * (3 + (1 if st.ac else 0)) + hw.fixed_overhead
+    pred.other = st.grad_accum * elementwise * (3 + (1 if st.ac else 0)) * hw.elementwise_factor + hw.fixed_overhead
     act = activation_bytes(cfg, layout, micro, st.dtype, st.ac, st.cp)
     if st.offload_activations:
         move = act.layers / hw.host_link
@@ -350,7 +350,7 @@ def predict_inference(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, h
     train = predict_training(cfg, layout, Strategy(1, st.ulysses, st.ring, False, st.dtype), hw, 1)
     pred = Prediction(st, layout.total, 1, capacity=hw.memory_capacity, peak_flops=hw.peak_flops)
     pred.compute = forwards * train.compute / 3
-    pred.other = forwards * (train.other - hw.fixed_overhead) / 3
+    pred.other = forwards * (train.other - hw.fixed_overhead) / 3  # the per-step overhead is a training cost
     pred.comm_total = {k: forwards * v / 2 for k, v in train.comm_total.items()}
     pred.comm_exposed = {k: forwards * v / 2 for k, v in train.comm_exposed.items()}
     pred.exposed_comm = sum(pred.comm_exposed.values())

@@ -86,6 +86,8 @@ class HardwareProfile:
     fixed_overhead: float = 0.0
     """Seconds per training step not explained by the model (launches, Python, optimizer), fitted on end-to-end
     steps by calibration; 0 when never fitted."""
+    elementwise_factor: float = 1.0
+    """Multiplier on the modelled elementwise traffic time, fitted with ``fixed_overhead``; 1 when never fitted."""
     sources: dict[str, str] = field(default_factory=dict)
     """Per field: datasheet, measured or assumed, and where from."""
 
@@ -102,7 +104,8 @@ class HardwareProfile:
                        matmul=EfficiencyCurve(tuple(d["matmul"]["flops"]), tuple(d["matmul"]["efficiency"])),
                        attention=EfficiencyCurve(tuple(d["attention"]["flops"]),
                                                  tuple(d["attention"]["efficiency"])),
-                       fixed_overhead=float(d.get("fixed_overhead", 0.0)), sources=dict(d.get("sources", {})))
+                       fixed_overhead=float(d.get("fixed_overhead", 0.0)),
+                       elementwise_factor=float(d.get("elementwise_factor", 1.0)), sources=dict(d.get("sources", {})))
         except (KeyError, TypeError) as exc:
             raise ProfileError(f"hardware profile {d.get('name', '?')!r} is malformed ({exc!r}); see "
                                f"s2vbench/bench/profiles/h100-sxm.json for the format") from None
