@@ -21,7 +21,7 @@ import torch
 
 from .perfmodel import PlanError, Prediction, Strategy, predict_training
 from .profiles import EfficiencyCurve, HardwareProfile, Link
-from .results import Record
+from .results import Record, step_times
 
 NOISE_LIMIT = 0.05
 """Points whose step-time IQR/median exceeds this are not used for validation."""
@@ -197,8 +197,7 @@ def predict_record(record: Record, hw: HardwareProfile) -> Prediction:
 
 def step_noise(record: Record) -> float | None:
     """IQR / median of the record's timed steps (None with fewer than 3)."""
-    stats = record.metric("step_time").stats
-    steps = [v for k, v in stats.items() if k.startswith("step") and k[4:].isdigit()]
+    steps = step_times(record)
     if len(steps) < 3:
         return None
     q = statistics.quantiles(steps, n=4, method="inclusive")
@@ -263,12 +262,9 @@ def validate(records: list[Record], hw: HardwareProfile) -> tuple[list[Validatio
     for r in records:
         if r.kind != "iteration" or "oversubscribed" in r.tags or "oom" in r.tags or "failed" in r.tags:
             continue
-        try:
-            m = r.metric("step_time")
-        except KeyError:
+        if not step_times(r):
             continue
-        if m.value is None:
-            continue
+        m = r.metric("step_time")
         try:
             pred = predict_record(r, base)
         except (PlanError, KeyError, ValueError):

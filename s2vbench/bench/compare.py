@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .results import SCHEMA, read_results
+from .results import SCHEMA, read_results, step_times
 
 
 @dataclass
@@ -43,14 +43,10 @@ def load_series(path: Path) -> dict[tuple[str, str], Series]:
     out: dict[tuple[str, str], Series] = {}
     if isinstance(doc, dict) and doc.get("schema") == SCHEMA:
         for r in read_results(path):
-            try:
-                m = r.metric("step_time")
-            except KeyError:
-                continue
-            if m.value is None:
+            steps = step_times(r)
+            if not steps:
                 continue
             hw = f"{r.environment.get('device')}|{r.environment.get('cpu')}"
-            steps = [v for k, v in sorted(m.stats.items()) if k.startswith("step")] or [m.value]
             out[(r.name, hw)] = Series((r.name, hw), steps)
         return out
     if isinstance(doc, dict) and "benchmarks" in doc:  # pytest-benchmark

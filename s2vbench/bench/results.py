@@ -87,6 +87,18 @@ class Record:
         raise KeyError(f"record {self.name!r} has no metric {name!r}; it has {[m.name for m in self.metrics]}")
 
 
+def step_times(record: Record) -> list[float]:
+    """The timed steps (s) of a record's measured ``step_time``, in step order; [] when it has none."""
+    try:
+        m = record.metric("step_time")
+    except KeyError:
+        return []
+    if m.value is None:
+        return []
+    steps = sorted((int(k[4:]), v) for k, v in m.stats.items() if k.startswith("step") and k[4:].isdigit())
+    return [v for _, v in steps] or [m.value]
+
+
 def to_jsonable(obj: Any) -> Any:
     """Dataclasses, enums, paths, tuples, torch dtypes/devices and numpy scalars -> plain JSON values."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -275,4 +287,5 @@ class ResultsLog:
 
 
 __all__ = ["Metric", "Record", "ResultsError", "ResultsLog", "SCHEMA", "SCHEMA_VERSION", "STATUSES",
-           "atomic_write_json", "atomic_write_text", "capture_environment", "read_results", "to_jsonable"]
+           "atomic_write_json", "atomic_write_text", "capture_environment", "read_results", "step_times",
+           "to_jsonable"]
