@@ -64,3 +64,23 @@ def test_cpu_calibration_measures_every_figure():
     assert all(0 < e <= 1.5 for e in prof.matmul.efficiency)
     assert {k for k, _, _ in raw["collectives"]} == {"all_gather", "reduce_scatter", "all_to_all", "p2p"}
     assert all(v.startswith(("measured", "the same", "memory", "os.")) for v in prof.sources.values())
+
+
+def test_calibrate_and_validate_writes_profile_and_report_section(tmp_path, monkeypatch):
+    import json
+
+    import s2vbench.bench.calibrate as cal
+    from s2vbench.bench.profiles import HardwareProfile
+
+    monkeypatch.setattr(cal, "validation_points", lambda: [Point("tiny", 1, "single", global_batch=1, steps=3)])
+    section = cal.calibrate_and_validate(tmp_path, [], progress=False)
+    assert "## Performance model: calibration and validation" in section
+    assert "tiny/single/w1" in section and "Saved activations" in section
+    doc = json.loads((tmp_path / "calibration.json").read_text())
+    prof = HardwareProfile.from_dict(doc["profile"])
+    assert prof.name == "cpu-gloo" and prof.fixed_overhead >= 0 and prof.elementwise_factor >= 0
+    assert doc["summary"]["points"] == 1
+    # a re-run resumes the validation points instead of timing them again
+    before = (tmp_path / "validation.json").read_text()
+    cal.calibrate_and_validate(tmp_path, [], progress=False)
+    assert json.loads((tmp_path / "validation.json").read_text())["records"] == json.loads(before)["records"]
