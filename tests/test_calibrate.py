@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from s2vbench.bench.calibrate import calibrate_cpu, fit_link, predict_record, step_noise, validate
+from s2vbench.bench.calibrate import (
+    calibrate_cpu,
+    fit_link,
+    predict_record,
+    step_noise,
+    validate,
+)
 from s2vbench.bench.points import Point
 from s2vbench.bench.profiles import load_profile
 from s2vbench.bench.results import Metric, Record
