@@ -221,6 +221,10 @@ class ValidationRow:
     """IQR / median of the measured steps."""
     counted: bool = False
     """Whether the point is quiet enough to count."""
+    compute_measured: float | None = None
+    """Measured compute-only time (collectives as no-ops), s."""
+    comm_model: float = 0.0
+    """The model's exposed communication, s (its step time minus this is its compute-only time)."""
     act_measured: float | None = None
     """Saved activations, GiB (the memory check)."""
     act_predicted: float | None = None
@@ -271,7 +275,11 @@ def validate(records: list[Record], hw: HardwareProfile) -> tuple[list[Validatio
             continue
         noise = step_noise(r)
         row = ValidationRow(r.name, m.value, pred.time, pred.other, noise=noise,
-                            counted=noise is not None and noise < NOISE_LIMIT)
+                            counted=noise is not None and noise < NOISE_LIMIT, comm_model=pred.exposed_comm)
+        try:
+            row.compute_measured = r.metric("compute_time").value
+        except KeyError:
+            pass
         try:
             row.act_measured = r.metric("saved_activations").value
             c = r.config
@@ -321,11 +329,15 @@ def calibration_markdown(hw: HardwareProfile, raw: dict, rows: list[ValidationRo
               "other counted points; "
              f"a point counts when its step-time IQR/median < {NOISE_LIMIT:.0%}):"), ""]
     table = [[r.name, f"{r.measured:.3f}", f"{r.model:.3f}", "" if r.loo is None else f"{r.loo:.3f}",
-              "" if r.error is None else f"{r.error:+.1%}", "n/a" if r.noise is None else f"{r.noise:.1%}",
+              "" if r.error is None else f"{r.error:+.1%}",
+              "" if r.compute_measured is None else f"{r.compute_measured:.3f}",
+              "" if r.loo is None else f"{r.loo - r.comm_model:.3f}",
+              "n/a" if r.noise is None else f"{r.noise:.1%}",
               "yes" if r.counted else "no (noisy)",
               "" if r.act_measured is None else f"{r.act_measured:.3f}",
               "" if r.act_predicted is None else f"{r.act_predicted:.3f}"] for r in rows]
-    lines.append(tabulate(table, ["point", "measured s", "model s", "LOO predicted s", "error", "IQR/median",
+    lines.append(tabulate(table, ["point", "measured s", "model s", "LOO predicted s", "error",
+                                  "compute-only measured s", "compute-only predicted s", "IQR/median",
                                   "counted", "saved act GiB", "predicted GiB"], tablefmt="github"))
 
     def pct(v):
