@@ -241,26 +241,20 @@ def _fit_residual(rows: list[ValidationRow]) -> tuple[float, float]:
     e = [r.elementwise for r in rows]
     if len(rows) < 2 or max(e) - min(e) <= 1e-3 * max(e):  # no spread in e: k is not identifiable, keep 1
         return max(0.0, statistics.mean(yi - ei for yi, ei in zip(y, e))), 1.0
-    if max(e) > 0:
-        a = torch.tensor([[1.0, v] for v in e], dtype=torch.float64)
-        c0, k = (float(v) for v in torch.linalg.lstsq(a, torch.tensor(y, dtype=torch.float64)[:, None]).solution)
-        if c0 >= 0 and k >= 0:
-            return c0, k
-        if k >= 0 or c0 < 0:  # one of them pinned at 0: refit the other alone
-            k = max(0.0, sum(yi * ei for yi, ei in zip(y, e)) / sum(ei * ei for ei in e))
-            c0_alone = max(0.0, statistics.mean(y))
-            err_k = sum((yi - k * ei) ** 2 for yi, ei in zip(y, e))
-            err_c = sum((yi - c0_alone) ** 2 for yi in y)
-            return (0.0, k) if err_k <= err_c else (c0_alone, 0.0)
-    return max(0.0, statistics.mean(y)), 0.0 if not any(e) else 1.0
+    a = torch.tensor([[1.0, v] for v in e], dtype=torch.float64)
+    c0, k = (float(v) for v in torch.linalg.lstsq(a, torch.tensor(y, dtype=torch.float64)[:, None]).solution)
+    if c0 >= 0 and k >= 0:
+        return c0, k
+    # the non-negative optimum lies on an edge: the better of k alone (c0 = 0) and c0 alone (k = 0)
+    k_alone = max(0.0, sum(yi * ei for yi, ei in zip(y, e)) / sum(ei * ei for ei in e))
+    c0_alone = max(0.0, statistics.mean(y))
+    err_k = sum((yi - k_alone * ei) ** 2 for yi, ei in zip(y, e))
+    err_c = sum((yi - c0_alone) ** 2 for yi in y)
+    return (0.0, k_alone) if err_k <= err_c else (c0_alone, 0.0)
 
 
 def validate(records: list[Record], hw: HardwareProfile) -> tuple[list[ValidationRow], dict]:
     """Leave-one-out validation of step time, and of saved activations, on measured iteration records."""
-    from ..model.config import ClipShape, get_preset
-    from ..model.sequence import sequence_layout
-    from .analytic import activation_bytes
-
     rows = []
     base = HardwareProfile(**{**hw.__dict__, "fixed_overhead": 0.0, "elementwise_factor": 1.0})
     for r in records:
@@ -282,14 +276,8 @@ def validate(records: list[Record], hw: HardwareProfile) -> tuple[list[Validatio
             pass
         try:
             row.act_measured = r.metric("saved_activations").value
-            c = r.config
-            cfg = get_preset(c["preset"]).model
-            clip = ClipShape(**c["clip"])
-            lay = sequence_layout(cfg, clip.latent_frames, clip.latent_height, clip.latent_width, clip.with_motion)
-            micro = c["global_batch"] // c["degrees"]["dp_shard"] // c.get("grad_accum", 1)
-            cp = c["degrees"]["ulysses"] * c["degrees"]["ring"]
-            row.act_predicted = activation_bytes(cfg, lay, micro, c["dtype"], c["ac"], cp).saved / 2 ** 30
-        except (KeyError, TypeError):
+            row.act_predicted = pred.saved_activations / 2 ** 30
+        except KeyError:
             pass
         rows.append(row)
     counted = [row for row in rows if row.counted]

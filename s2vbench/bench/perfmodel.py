@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from ..model.config import WanS2VConfig
 from ..model.sequence import SequenceLayout
-from .analytic import activation_bytes, forward_flops, meta_model
+from .analytic import activation_bytes, forward_flops, meta_model, parameter_count
 from .profiles import HardwareProfile, Link
 
 ELEMENTWISE_PASSES = 40
@@ -108,6 +108,8 @@ class Prediction:
     """What of it stays exposed."""
     memory: dict[str, float] = field(default_factory=dict)
     """Bytes per rank: params, grads, optimizer, gathered, activations."""
+    saved_activations: float = 0.0
+    """Bytes of activations the forward saves for backward (what saved-tensor hooks count), per rank."""
     model_flops: float = 0.0
     """FLOPs of the iteration across all ranks, without recompute."""
     capacity: float = 0.0
@@ -271,6 +273,7 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
     elementwise = ELEMENTWISE_PASSES * 4 * micro * s_loc * cfg.dim * cfg.num_layers / hw.memory_bandwidth
     pred.other = st.grad_accum * elementwise * (3 + (1 if st.ac else 0)) * hw.elementwise_factor + hw.fixed_overhead
     act = activation_bytes(cfg, layout, micro, st.dtype, st.ac, st.cp)
+    pred.saved_activations = act.saved
     if st.offload_activations:
         move = act.layers / hw.host_link
         pred.other += st.grad_accum * (max(0.0, move - fwd) + max(0.0, move - 2 * fwd))
@@ -356,8 +359,7 @@ def predict_inference(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, h
     pred.exposed_comm = sum(pred.comm_exposed.values())
     pred.model_flops = forwards * forward_flops(cfg, layout).total
     elem = 2 if st.dtype == "bfloat16" else 4
-    n_params = sum(fsdp_unit_params(cfg)[0]) + fsdp_unit_params(cfg)[1]
-    pred.memory = {"params": n_params * elem,
+    pred.memory = {"params": parameter_count(cfg) * elem,
                    "activations": 4 * 4 * cfg.dim * -(-layout.total // st.cp)}
     pred.notes.append("VAE encode/decode and the wav2vec2 audio encoding are not modelled")
     return pred

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..model.config import ConfigError, WanS2VConfig, get_preset
 from ..model.sequence import InputError, SequenceLayout, sequence_layout
+from .analytic import parameter_count
 from .perfmodel import (
     PlanError,
     Prediction,
@@ -124,7 +125,7 @@ def describe_plan(work: Workload, st: Strategy, hw: HardwareProfile) -> str:
              (f"sequence: padded to {local * cp:,} tokens ({local * cp - lay.total} padding), {local:,} per "
              f"context-parallel rank"), ""]
     rows = []
-    n_params = pred.memory["params"] * st.world / 4
+    shard = parameter_count(cfg) / st.world
     for rank in range(st.world):
         dp, rest = divmod(rank, cp)
         ring, uly = divmod(rest, st.ulysses)
@@ -132,7 +133,7 @@ def describe_plan(work: Workload, st: Strategy, hw: HardwareProfile) -> str:
         start, end = chunk * local, (chunk + 1) * local
         pad = max(0, end - max(start, lay.total))
         rows.append([rank, rank // hw.gpus_per_node, dp, ring, uly, f"[{start:,}, {min(end, lay.total):,})", pad,
-                     f"{n_params / st.world / 1e6:,.1f}"])
+                     f"{shard / 1e6:,.1f}"])
     lines.append(tabulate(rows, ["rank", "node", "dp", "ring", "ulysses", "tokens", "padding", "param shard (M)"],
                           tablefmt="github"))
     lines += ["", "predicted memory per rank (GB): " + ", ".join(f"{k} {_fmt_gb(v)}" for k, v in pred.memory.items())
