@@ -90,3 +90,19 @@ def test_calibrate_and_validate_writes_profile_and_report_section(tmp_path, monk
     before = (tmp_path / "validation.json").read_text()
     cal.calibrate_and_validate(tmp_path, [], progress=False)
     assert json.loads((tmp_path / "validation.json").read_text())["records"] == json.loads(before)["records"]
+
+
+def test_leave_one_out_recovers_an_elementwise_factor():
+    hw = load_profile("h100-sxm")
+    points = [Point("tiny", 1, "single", global_batch=1), Point("small", 1, "single", global_batch=1),
+              Point("small", 1, "single", global_batch=2), Point("small", 1, "single", global_batch=1, frames=16)]
+    records = []
+    for p in points:
+        pred = predict_record(_record(p, [1.0] * 3), hw)
+        # measured = model + 0.3 s + the elementwise part twice more (a factor of 3 on it), noiseless
+        records.append(_record(p, [pred.time + 0.3 + 2 * pred.other] * 3))
+    rows, summary = validate(records, hw)
+    assert summary["counted"] == 4
+    assert summary["fixed_overhead"] == pytest.approx(0.3, rel=1e-6)
+    assert summary["elementwise_factor"] == pytest.approx(3.0, rel=1e-6)
+    assert summary["time_max_abs_error"] == pytest.approx(0.0, abs=1e-9)
