@@ -28,7 +28,7 @@ def test_fit_link_recovers_alpha_and_beta():
     assert rms < 1e-9
 
 
-def _record(point: Point, steps: list[float]) -> Record:
+def _record(point: Point, steps: list[float], compute: float | None = None) -> Record:
     from s2vbench.model import get_preset
 
     cfg = point.to_dict()
@@ -36,25 +36,33 @@ def _record(point: Point, steps: list[float]) -> Record:
     cfg["model"] = get_preset(point.preset).model.__dict__
     stats = {f"step{i}": t for i, t in enumerate(steps)}
     sorted_steps = sorted(steps)
-    return Record("iteration", point.name, cfg, [Metric("step_time", sorted_steps[len(steps) // 2], "s", "test",
-                                                        stats=stats)])
+    metrics = [Metric("step_time", sorted_steps[len(steps) // 2], "s", "test", stats=stats)]
+    if compute is not None:
+        metrics.append(Metric("compute_time", compute, "s", "test"))
+    return Record("iteration", point.name, cfg, metrics)
 
 
-def test_leave_one_out_recovers_a_constant_overhead_and_skips_noisy_points():
+def test_leave_one_out_fits_on_compute_only_times_and_skips_noisy_points():
     hw = load_profile("h100-sxm")
     points = [Point("tiny", 1, "single", global_batch=1), Point("small", 1, "single", global_batch=1),
               Point("small", 2, "ulysses"), Point("small", 2, "fsdp")]
     records = []
     for p in points:
-        model = predict_record(_record(p, [1.0, 1.0, 1.0]), hw).time
-        records.append(_record(p, [model + 0.5] * 3))   # measured = model + a constant overhead, noiseless
+        pred = predict_record(_record(p, [1.0] * 3), hw)
+        compute = pred.time - pred.exposed_comm + 2 * pred.elementwise  # elementwise runs 3x slower than modelled
+        comm = 0.0 if p.world == 1 else 0.7  # communication the model misses, seen only in the step time
+        records.append(_record(p, [compute + pred.exposed_comm + comm] * 3,
+                               compute=None if p.world == 1 else compute))
     noisy_point = Point("small", 2, "ring")
     model = predict_record(_record(noisy_point, [1.0] * 3), hw).time
     records.append(_record(noisy_point, [model, model * 1.5, model * 3]))
     rows, summary = validate(records, hw)
     assert summary["counted"] == 4 and summary["points"] == 5
-    assert summary["time_max_abs_error"] == pytest.approx(0.0, abs=1e-12)
-    assert summary["fixed_overhead"] == pytest.approx(0.5)
+    # the factor comes from compute-only times: the missed communication does not leak into it
+    assert summary["elementwise_factor"] == pytest.approx(3.0, rel=1e-6)
+    for row in rows[:4]:
+        assert row.loo - row.comm_model == pytest.approx(row.compute_measured, rel=1e-6)
+        assert row.error == pytest.approx(0.0 if "single" in row.name else -0.7 / row.measured, abs=1e-6)
     noisy = next(r for r in rows if r.name == noisy_point.name)
     assert not noisy.counted and step_noise(records[-1]) > 0.05
     # a model error shows: double one measurement and its leave-one-out error is about -50%
@@ -65,11 +73,12 @@ def test_leave_one_out_recovers_a_constant_overhead_and_skips_noisy_points():
 
 def test_cpu_calibration_measures_every_figure():
     prof, raw = calibrate_cpu()
-    assert prof.peak_flops > 1e8 and prof.memory_bandwidth > 1e8
+    assert prof.peak_flops > 1e8 and prof.memory_bandwidth > 1e8 and 0 < prof.op_overhead < 1e-3
+    assert prof.attention_backward is not None and not prof.comm_overlaps_compute
     assert prof.intra_node.bandwidth > 1e6 and prof.intra_node.latency > 0
     assert all(0 < e <= 1.5 for e in prof.matmul.efficiency)
     assert {k for k, _, _ in raw["collectives"]} == {"all_gather", "reduce_scatter", "all_to_all", "p2p"}
-    assert all(v.startswith(("measured", "the same", "memory", "os.")) for v in prof.sources.values())
+    assert all(v.startswith(("measured", "the same", "memory", "os.", "by construction")) for v in prof.sources.values())
 
 
 def test_calibrate_and_validate_writes_profile_and_report_section(tmp_path, monkeypatch):
@@ -84,7 +93,7 @@ def test_calibrate_and_validate_writes_profile_and_report_section(tmp_path, monk
     assert "tiny/single/w1" in section and "Saved activations" in section
     doc = json.loads((tmp_path / "calibration.json").read_text())
     prof = HardwareProfile.from_dict(doc["profile"])
-    assert prof.name == "cpu-gloo" and prof.fixed_overhead >= 0 and prof.elementwise_factor >= 0
+    assert prof.name == "cpu-gloo" and prof.op_overhead > 0 and prof.elementwise_factor >= 0
     assert doc["summary"]["points"] == 1
     # a re-run resumes the validation points instead of timing them again
     before = (tmp_path / "validation.json").read_text()
@@ -99,10 +108,9 @@ def test_leave_one_out_recovers_an_elementwise_factor():
     records = []
     for p in points:
         pred = predict_record(_record(p, [1.0] * 3), hw)
-        # measured = model + 0.3 s + the elementwise part twice more (a factor of 3 on it), noiseless
-        records.append(_record(p, [pred.time + 0.3 + 2 * pred.other] * 3))
-    rows, summary = validate(records, hw)
+        # measured = model + the elementwise part twice more (a factor of 3 on it), noiseless
+        records.append(_record(p, [pred.time + 2 * pred.elementwise] * 3))
+    _, summary = validate(records, hw)
     assert summary["counted"] == 4
-    assert summary["fixed_overhead"] == pytest.approx(0.3, rel=1e-6)
     assert summary["elementwise_factor"] == pytest.approx(3.0, rel=1e-6)
     assert summary["time_max_abs_error"] == pytest.approx(0.0, abs=1e-9)

@@ -1,12 +1,12 @@
 """Calibrate the performance model on microbenchmarks, then validate it on end-to-end steps.
 
-Calibration sees only microbenchmarks: matmuls and attention calls across sizes (-> efficiency curves), a
-streaming add (-> memory bandwidth) and collectives across sizes on 2 ranks (-> alpha and beta by least
-squares). End-to-end steps are used only to validate, plus two fitted constants (a fixed per-step overhead:
-launches, Python, the optimizer; and a factor on the modelled elementwise traffic: norms, RoPE, modulation
-run far below memory bandwidth on one CPU thread), whose error is reported leave-one-out in the style of
-Calculon: each point is predicted with the constants fitted on the others. Only points whose step-time IQR/median is under 5%
-count; the others are listed as noisy.
+Calibration sees only microbenchmarks: matmuls and attention calls (forward and backward) across sizes
+(-> efficiency curves), a streaming add (-> memory bandwidth), a chain of small ops (-> host overhead per
+dispatched op) and collectives across sizes on 2 ranks (-> alpha and beta by least squares). End-to-end steps
+are used only to validate, plus one fitted constant: a factor on the modelled elementwise traffic (norms,
+RoPE, modulation run far below memory bandwidth on one CPU thread), fitted on compute-only times. Its error
+is reported leave-one-out in the style of Calculon: each point is predicted with the factor fitted on the
+others. Only points whose step-time IQR/median is under 5% count; the others are listed as noisy.
 """
 
 from __future__ import annotations
@@ -19,7 +19,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .perfmodel import PlanError, Prediction, Strategy, predict_training
+from .perfmodel import (
+    ATTENTION_BACKWARD_FLOPS,
+    PlanError,
+    Prediction,
+    Strategy,
+    predict_training,
+)
 from .profiles import EfficiencyCurve, HardwareProfile, Link
 from .results import Record, step_times
 
@@ -79,6 +85,26 @@ def attention_sweep(device: str = "cpu") -> list[tuple[float, float]]:
     return out
 
 
+def attention_backward_sweep(device: str = "cpu") -> list[tuple[float, float]]:
+    """(forward FLOPs of one call, achieved backward FLOP/s counted at ATTENTION_BACKWARD_FLOPS times them) for
+    torch SDPA, at the shapes of :func:`attention_sweep`."""
+    cuda = device != "cpu"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    shapes = [(4, s, 64) for s in (256, 1024, 2048, 4096)]
+    if cuda:
+        shapes = [(40, 5568, 128), (5, 22272, 128), (5, 44544, 128), (40, 44544, 128)]
+    out = []
+    for heads, s, d in shapes:
+        q, k, v = (torch.randn(1, heads, s, d, dtype=dtype, device=device, requires_grad=True) for _ in range(3))
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        g = torch.randn_like(o)
+        flops = 4.0 * s * s * heads * d
+        t = _median_time(lambda o=o, q=q, k=k, v=v, g=g: torch.autograd.grad(o, (q, k, v), g, retain_graph=True),
+                         repeats=3 if flops > 1e10 else 5, cuda=cuda)
+        out.append((flops, ATTENTION_BACKWARD_FLOPS * flops / t))
+    return out
+
+
 def memory_bandwidth(device: str = "cpu") -> float:
     """Bytes/s of c = a + b over 64 MiB (CPU) or 1 GiB (GPU) float32 tensors: two reads and a write."""
     n = (256 if device != "cpu" else 16) * 2 ** 20
@@ -86,6 +112,24 @@ def memory_bandwidth(device: str = "cpu") -> float:
     c = torch.empty_like(a)
     t = _median_time(lambda: torch.add(a, b, out=c), repeats=5, cuda=device != "cpu")
     return 3 * a.numel() * 4 / t
+
+
+def op_overhead() -> float:
+    """Seconds per dispatched op of a forward and backward through 200 elementwise ops and small linears on
+    [64, 16] tensors, where the host's work (dispatch, autograd bookkeeping, allocation) is all there is."""
+    from .perfmodel import count_dispatched_ops
+
+    x = torch.randn(64, 16, requires_grad=True)
+    lin = torch.nn.Linear(16, 16)
+
+    def chain():
+        y = x
+        for _ in range(40):
+            y = torch.nn.functional.silu(lin(y) * 0.5 + y)
+        y.sum().backward()
+
+    n = count_dispatched_ops(chain)
+    return _median_time(chain, repeats=15, warmup=2) / n
 
 
 COLLECTIVE_SIZES = (2 ** 14, 2 ** 18, 2 ** 21, 2 ** 23)
@@ -155,26 +199,31 @@ def calibrate_cpu(world: int = 2, timeout_s: float = 300.0) -> tuple[HardwarePro
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        mm, at, bw = matmul_sweep(), attention_sweep(), memory_bandwidth()
+        mm, at, at_bwd, bw = matmul_sweep(), attention_sweep(), attention_backward_sweep(), memory_bandwidth()
+        per_op = op_overhead()
     finally:
         torch.set_num_threads(threads)
     coll = run_ranks(collective_rank, world, timeout_s=timeout_s)[0]
     link, rms = fit_link(coll, world)
-    peak = max(r for _, r in mm + at)
+    peak = max(r for _, r in mm + at + at_bwd)
     today = _dt.date.today().isoformat()
     where = f"measured by s2vbench calibrate on this machine, {today}"
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     prof = HardwareProfile(
         name="cpu-gloo", peak_flops=peak, memory_bandwidth=bw, memory_capacity=float(ram), intra_node=link,
         inter_node=link, host_link=bw, gpus_per_node=os.cpu_count() or 1, matmul=_curve(mm, peak),
-        attention=_curve(at, peak),
-        sources={"peak_flops": f"{where}: the fastest float32 matmul of the sweep, one thread",
+        attention=_curve(at, peak), attention_backward=_curve(at_bwd, peak), comm_overlaps_compute=False,
+        op_overhead=per_op, sources={"peak_flops": f"{where}: the fastest float32 matmul of the sweep, one thread",
                  "memory_bandwidth": f"{where}: c = a + b over 64 MiB", "memory_capacity": "os.sysconf",
                  "intra_node": f"{where}: gloo, {world} ranks, least squares over {len(coll)} collectives "
                                f"(relative RMS residual {rms:.0%})",
                  "inter_node": "the same as intra_node (one host)", "host_link": "memory bandwidth (no device)",
-                 "gpus_per_node": "os.cpu_count()", "matmul": where, "attention": f"{where}: torch SDPA"})
-    raw = {"matmul": mm, "attention": at, "memory_bandwidth": bw, "collectives": coll, "link_rms": rms}
+                 "gpus_per_node": "os.cpu_count()", "matmul": where, "attention": f"{where}: torch SDPA",
+                 "attention_backward": f"{where}: torch SDPA backward",
+                 "op_overhead": f"{where}: forward and backward of small elementwise ops and linears, one thread",
+                 "comm_overlaps_compute": "by construction, false: gloo's threads share the cores the ranks' compute threads fill"})
+    raw = {"matmul": mm, "attention": at, "attention_backward": at_bwd, "memory_bandwidth": bw,
+           "op_overhead": per_op, "collectives": coll, "link_rms": rms}
     return prof, raw
 
 
@@ -212,11 +261,11 @@ class ValidationRow:
     measured: float
     """Median step time, s."""
     model: float
-    """The model's time before fitting (no fixed overhead, elementwise factor 1), s."""
+    """The model's time before fitting (elementwise factor 1), s."""
     elementwise: float = 0.0
     """Its elementwise-traffic part, s."""
     loo: float | None = None
-    """Prediction with the overhead fitted on the other counted points, s."""
+    """Prediction with the elementwise factor fitted on the other counted points, s."""
     noise: float | None = None
     """IQR / median of the measured steps."""
     counted: bool = False
@@ -235,28 +284,23 @@ class ValidationRow:
         return None if self.loo is None else self.loo / self.measured - 1
 
 
-def _fit_residual(rows: list[ValidationRow]) -> tuple[float, float]:
-    """Non-negative least squares of measured - (model - elementwise) = c0 + k * elementwise: (c0, k)."""
-    y = [r.measured - (r.model - r.elementwise) for r in rows]
+def _fit_elementwise_factor(rows: list[ValidationRow]) -> float:
+    """Least squares, non-negative, of compute - (model compute - elementwise) = k * elementwise: k.
+
+    Compute-only times (collectives as no-ops) where measured, so that communication the model misses is not
+    charged to the elementwise term and then to every other point."""
+    y = [(r.measured if r.compute_measured is None else r.compute_measured) -
+         (r.model - r.comm_model - r.elementwise) for r in rows]
     e = [r.elementwise for r in rows]
-    if len(rows) < 2 or max(e) - min(e) <= 1e-3 * max(e):  # no spread in e: k is not identifiable, keep 1
-        return max(0.0, statistics.mean(yi - ei for yi, ei in zip(y, e))), 1.0
-    a = torch.tensor([[1.0, v] for v in e], dtype=torch.float64)
-    c0, k = (float(v) for v in torch.linalg.lstsq(a, torch.tensor(y, dtype=torch.float64)[:, None]).solution)
-    if c0 >= 0 and k >= 0:
-        return c0, k
-    # the non-negative optimum lies on an edge: the better of k alone (c0 = 0) and c0 alone (k = 0)
-    k_alone = max(0.0, sum(yi * ei for yi, ei in zip(y, e)) / sum(ei * ei for ei in e))
-    c0_alone = max(0.0, statistics.mean(y))
-    err_k = sum((yi - k_alone * ei) ** 2 for yi, ei in zip(y, e))
-    err_c = sum((yi - c0_alone) ** 2 for yi in y)
-    return (0.0, k_alone) if err_k <= err_c else (c0_alone, 0.0)
+    if not rows or sum(v * v for v in e) == 0:
+        return 1.0
+    return max(0.0, sum(yi * ei for yi, ei in zip(y, e)) / sum(ei * ei for ei in e))
 
 
 def validate(records: list[Record], hw: HardwareProfile) -> tuple[list[ValidationRow], dict]:
     """Leave-one-out validation of step time, and of saved activations, on measured iteration records."""
     rows = []
-    base = HardwareProfile(**{**hw.__dict__, "fixed_overhead": 0.0, "elementwise_factor": 1.0})
+    base = HardwareProfile(**{**hw.__dict__, "elementwise_factor": 1.0})
     for r in records:
         if r.kind != "iteration" or "oversubscribed" in r.tags or "oom" in r.tags or "failed" in r.tags:
             continue
@@ -268,12 +312,13 @@ def validate(records: list[Record], hw: HardwareProfile) -> tuple[list[Validatio
         except (PlanError, KeyError, ValueError):
             continue
         noise = step_noise(r)
-        row = ValidationRow(r.name, m.value, pred.time, pred.other, noise=noise,
+        row = ValidationRow(r.name, m.value, pred.time, pred.elementwise, noise=noise,
                             counted=noise is not None and noise < NOISE_LIMIT, comm_model=pred.exposed_comm)
         try:
             row.compute_measured = r.metric("compute_time").value
         except KeyError:
-            pass
+            if r.config["degrees"] == {"dp_shard": 1, "ulysses": 1, "ring": 1}:
+                row.compute_measured = m.value  # one rank: no collectives, the step is compute-only
         try:
             row.act_measured = r.metric("saved_activations").value
             row.act_predicted = pred.saved_activations / 2 ** 30
@@ -284,18 +329,16 @@ def validate(records: list[Record], hw: HardwareProfile) -> tuple[list[Validatio
     for row in rows:
         others = [o for o in counted if o is not row]
         if others:
-            c0, k = _fit_residual(others)
-            row.loo = row.model + c0 + (k - 1) * row.elementwise
+            row.loo = row.model + (_fit_elementwise_factor(others) - 1) * row.elementwise
     errs = [abs(row.error) for row in counted if row.error is not None]
     mem = [abs(row.act_predicted / row.act_measured - 1) for row in rows
            if row.act_measured and row.act_predicted is not None]
-    overhead_all, factor_all = _fit_residual(counted) if counted else (0.0, 1.0)
     summary = {"points": len(rows), "counted": len(counted),
                "time_mean_abs_error": statistics.mean(errs) if errs else None,
                "time_max_abs_error": max(errs) if errs else None,
                "memory_mean_abs_error": statistics.mean(mem) if mem else None,
-               "memory_max_abs_error": max(mem) if mem else None, "fixed_overhead": overhead_all,
-               "elementwise_factor": factor_all}
+               "memory_max_abs_error": max(mem) if mem else None,
+               "elementwise_factor": _fit_elementwise_factor(counted)}
     return rows, summary
 
 
@@ -308,13 +351,19 @@ def calibration_markdown(hw: HardwareProfile, raw: dict, rows: list[ValidationRo
              "the end-to-end steps above and in `validation.json`. Times are medians; warm-up excluded."), "",
              tabulate([[f"{f:.2e}", f"{r / 1e9:.1f}", f"{r / hw.peak_flops:.2f}"] for f, r in raw["matmul"]],
                       ["matmul FLOPs/call", "GFLOP/s", "of peak"], tablefmt="github"), "",
-             tabulate([[f"{f:.2e}", f"{r / 1e9:.1f}", f"{r / hw.peak_flops:.2f}"] for f, r in raw["attention"]],
-                      ["SDPA FLOPs/call", "GFLOP/s", "of peak"], tablefmt="github"), "",
-             (f"Memory bandwidth {hw.memory_bandwidth / 1e9:.1f} GB/s (c = a + b). gloo on 2 ranks: alpha "
+             tabulate([[f"{f:.2e}", f"{r / 1e9:.1f}", f"{r / hw.peak_flops:.2f}", f"{rb / 1e9:.1f}",
+                        f"{rb / hw.peak_flops:.2f}"] for (f, r), (_, rb) in zip(raw["attention"],
+                                                                               raw["attention_backward"])],
+                      ["SDPA forward FLOPs/call", "forward GFLOP/s", "of peak", "backward GFLOP/s", "of peak"],
+                      tablefmt="github"), "",
+             (f"Attention backward is counted at {ATTENTION_BACKWARD_FLOPS}x the forward FLOPs (the scores are "
+              "recomputed, then four more matmuls), matmul backward at 2x."), "",
+             (f"Memory bandwidth {hw.memory_bandwidth / 1e9:.1f} GB/s (c = a + b). Host overhead "
+              f"{hw.op_overhead * 1e6:.1f} us per dispatched op. gloo on 2 ranks: alpha "
              f"{link.latency * 1e6:.0f} us, beta {link.bandwidth / 1e9:.2f} GB/s (least squares over "
              f"{len(raw['collectives'])} collectives, relative RMS residual {raw['link_rms']:.0%})."), "",
-             ("Validation (leave-one-out: each point's fixed overhead and elementwise factor are fitted on the "
-              "other counted points; "
+             ("Validation (leave-one-out: each point's elementwise factor is fitted on the other counted points' "
+              "compute-only times; "
              f"a point counts when its step-time IQR/median < {NOISE_LIMIT:.0%}):"), ""]
     table = [[r.name, f"{r.measured:.3f}", f"{r.model:.3f}", "" if r.loo is None else f"{r.loo:.3f}",
               "" if r.error is None else f"{r.error:+.1%}",
@@ -335,13 +384,12 @@ def calibration_markdown(hw: HardwareProfile, raw: dict, rows: list[ValidationRo
     lines += ["", (f"Time: mean |error| {pct(summary['time_mean_abs_error'])}, max |error| "
                   f"{pct(summary['time_max_abs_error'])} over {summary['counted']} counted of {summary['points']} "
                   f"points (target: max <= 15%: {'met' if ok else 'NOT met'}). Saved activations: mean |error| "
-                  f"{pct(summary['memory_mean_abs_error'])}, max {pct(summary['memory_max_abs_error'])}. Fixed "
-                  f"overhead fitted on all counted points: {summary['fixed_overhead']:.3f} s per step; elementwise factor "
-                  f"{summary['elementwise_factor']:.2f}.")]
+                  f"{pct(summary['memory_mean_abs_error'])}, max {pct(summary['memory_max_abs_error'])}. "
+                  f"Elementwise factor fitted on all counted points: {summary['elementwise_factor']:.2f}.")]
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["NOISE_LIMIT", "ValidationRow", "calibrate_cpu", "calibration_markdown", "collective_rank", "fit_link",
+__all__ = ["NOISE_LIMIT", "ValidationRow", "attention_backward_sweep", "calibrate_cpu", "calibration_markdown", "collective_rank", "fit_link",
            "predict_record", "step_noise", "validate"]
 
 
@@ -367,8 +415,7 @@ def calibrate_and_validate(out, results_paths: list, progress: bool = True) -> s
     prof, raw = calibrate_cpu()
     records = [r for p in [*results_paths, val.path] for r in read_results(p)]
     rows, summary = validate(records, prof)
-    prof = HardwareProfile(**{**prof.__dict__, "fixed_overhead": summary["fixed_overhead"],
-                              "elementwise_factor": summary["elementwise_factor"]})
+    prof = HardwareProfile(**{**prof.__dict__, "elementwise_factor": summary["elementwise_factor"]})
     atomic_write_json(out / "calibration.json", {"profile": prof.to_dict(), "raw": raw, "summary": summary,
                                                  "rows": [r.__dict__ for r in rows]})
     return calibration_markdown(prof, raw, rows, summary)
@@ -383,14 +430,16 @@ def calibrate_gpu(base: str = "h100-sxm") -> tuple[HardwareProfile, dict]:
     device = "cuda"
     hw = load_profile(base)
     mm, at, bw = matmul_sweep(device), attention_sweep(device), memory_bandwidth(device)
+    at_bwd = attention_backward_sweep(device)
     today = _dt.date.today().isoformat()
     where = f"measured by s2vbench calibrate on {torch.cuda.get_device_name()}, {today}"
     sources = {**hw.sources, "matmul": f"{where}: bf16 torch matmul", "attention": f"{where}: bf16 torch SDPA",
+               "attention_backward": f"{where}: bf16 torch SDPA backward",
                "memory_bandwidth": f"{where}: c = a + b over 1 GiB"}
     prof = HardwareProfile(**{**hw.__dict__, "name": f"{base}-calibrated", "memory_bandwidth": bw,
                               "matmul": _curve(mm, hw.peak_flops), "attention": _curve(at, hw.peak_flops),
-                              "sources": sources})
-    return prof, {"matmul": mm, "attention": at, "memory_bandwidth": bw}
+                              "attention_backward": _curve(at_bwd, hw.peak_flops), "sources": sources})
+    return prof, {"matmul": mm, "attention": at, "attention_backward": at_bwd, "memory_bandwidth": bw}
 
 
 def add_arguments(p) -> None:

@@ -12,14 +12,23 @@ bandwidth term scales as (p - 1)/p of the buffer, the latency term as p - 1 step
 * Ulysses: the all-to-alls sit between projections and attention, with nothing to hide behind: exposed.
 * Links are not shared in the model: FSDP and context-parallel traffic overlapping on one link is not
   charged twice (a known optimism, largest where both are exposed).
+* A profile whose collectives share the compute cores (gloo on a CPU: ``comm_overlaps_compute`` false) hides
+  nothing: every collective is exposed.
 
-"Other" time is elementwise memory traffic (norms, RoPE, modulation, residuals: ``ELEMENTWISE_PASSES``
-float32 passes over each layer's [tokens, dim] activations, forward; backward twice that), activation
-offload when asked for, and the profile's fitted fixed overhead per step.
+Backward costs twice the forward's FLOPs for matmuls and ``ATTENTION_BACKWARD_FLOPS`` times for fused
+attention, at the profile's backward efficiency.
+
+"Other" time is the optimizer's traffic over the parameter shard, the host's per-op overhead times the ops a
+step dispatches (CPU), and elementwise memory traffic (norms, RoPE, modulation, residuals: ``ELEMENTWISE_PASSES``
+float32 passes over each layer's [tokens, dim] activations, forward; backward twice that; plus the ring's
+merges and accumulators and Ulysses' packing) at the profile's fitted factor, and activation offload when
+asked for.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -31,6 +40,26 @@ from .profiles import HardwareProfile, Link
 ELEMENTWISE_PASSES = 40
 """Float32 [tokens, dim] reads plus writes per layer forward outside matmuls and attention (assumed: 3 norms,
 4 q/k RMSNorms, RoPE on q and k, 2 modulations, 2 gates, 3 residual adds and the casts between them)."""
+
+
+ATTENTION_BACKWARD_FLOPS = 2.5
+"""Backward FLOPs of a fused attention call per forward FLOP: a flash-style backward recomputes the scores and
+runs four more matmuls (dV, dP, dQ, dK) against the forward's two. Matmul backward is two matmuls: 2."""
+
+
+RING_MERGE_PASSES = 5
+"""Float32 [tokens, dim] passes per ring step after the first, forward: merging the step's (out, lse) into the
+running one (``parallel.ring.ring_forward``)."""
+RING_ACCUMULATE_PASSES = 9
+"""Float32 [tokens, dim] passes per ring step, backward: dQ, dK and dV accumulation (``ring_backward``)."""
+ULYSSES_PACK_PASSES = 4
+"""[tokens, dim] passes in the compute dtype per Ulysses all-to-all: packing the heads out before it, unpacking
+them after (read and write each)."""
+
+
+OPTIMIZER_PASSES = 10
+"""Float32 passes over each rank's parameter shard per step: AdamW reads the parameter, its gradient and both
+moments and writes three back (7), gradient scaling reads and writes the gradient (2), zeroing it (1)."""
 
 
 class PlanError(ValueError):
@@ -101,7 +130,9 @@ class Prediction:
     exposed_comm: float = 0.0
     """Communication left after overlap."""
     other: float = 0.0
-    """Elementwise traffic, offload and fixed overhead."""
+    """Elementwise and optimizer traffic, host overhead per op, and offload."""
+    elementwise: float = 0.0
+    """Of ``other``: the elementwise traffic, at the profile's factor."""
     comm_total: dict[str, float] = field(default_factory=dict)
     """Time of each collective kind before overlap."""
     comm_exposed: dict[str, float] = field(default_factory=dict)
@@ -205,13 +236,90 @@ def unit_ops(cfg: WanS2VConfig, layout: SequenceLayout, batch: int, ulysses: int
     return out
 
 
-def op_time(op: Op, hw: HardwareProfile) -> float:
-    curve = hw.matmul if op.kind == "matmul" else hw.attention
-    return op.calls * op.flops / (hw.peak_flops * curve(op.flops))
+def op_time(op: Op, hw: HardwareProfile, backward: bool = False) -> float:
+    """Seconds of the op's calls in one layer's forward, or in its backward (without recompute)."""
+    if op.kind == "matmul":
+        return op.calls * (2 if backward else 1) * op.flops / (hw.peak_flops * hw.matmul(op.flops))
+    if not backward:
+        return op.calls * op.flops / (hw.peak_flops * hw.attention(op.flops))
+    curve = hw.attention_backward or hw.attention
+    return op.calls * ATTENTION_BACKWARD_FLOPS * op.flops / (hw.peak_flops * curve(op.flops))
 
 
 def _layers_flops(cfg: WanS2VConfig, layout: SequenceLayout) -> float:
     return sum(o.flops * o.calls for ops in unit_ops(cfg, layout, 1, 1, 1) for o in ops)
+
+
+def _layer_times(cfg: WanS2VConfig, layout: SequenceLayout, micro: int, st: Strategy,
+                 hw: HardwareProfile) -> tuple[list[float], list[float], float]:
+    """Forward and backward seconds of each FSDP unit on the most loaded rank, and the forward seconds of the
+    matmuls outside the units (embeddings, audio encoder, FramePack, head: replicated on every rank; their
+    backward is twice that)."""
+    units = unit_ops(cfg, layout, micro, st.ulysses, st.ring)
+    fwd = [sum(op_time(o, hw) for o in ops) for ops in units]
+    bwd = [sum(op_time(o, hw, backward=True) for o in ops) for ops in units]
+    ff = forward_flops(cfg, layout)
+    outside_flops = micro * max(0.0, ff.matmul + ff.cross_attention - _layers_flops(cfg, layout))
+    return fwd, bwd, outside_flops / (hw.peak_flops * hw.matmul(outside_flops / 16))
+
+
+def elementwise_seconds(cfg: WanS2VConfig, layout: SequenceLayout, micro: int, st: Strategy, hw: HardwareProfile,
+                        training: bool = True) -> float:
+    """Seconds of elementwise memory traffic on the most loaded rank, before ``hw.elementwise_factor``: the
+    layers' own (forward, and in training backward twice over plus the recompute), and the context-parallel
+    glue (ring merges and accumulators, Ulysses packing) of one micro-batch."""
+    elem = 2 if st.dtype == "bfloat16" else 4
+    ac = training and st.ac
+    passes = 4 * ELEMENTWISE_PASSES * ((3 if training else 1) + (1 if ac else 0))
+    if st.ring > 1:
+        passes += 4 * RING_MERGE_PASSES * (st.ring - 1) * (2 if ac else 1)
+        passes += 4 * RING_ACCUMULATE_PASSES * st.ring if training else 0
+    if st.ulysses > 1:  # 4 all-to-alls forward (q, k, v, out), 4 backward; the forward's again under AC
+        passes += elem * ULYSSES_PACK_PASSES * 4 * ((2 if training else 1) + (1 if ac else 0))
+    pass_elements = micro * -(-layout.total // st.cp) * cfg.dim * cfg.num_layers  # one [tokens, dim] pass, all layers
+    return passes * pass_elements / hw.memory_bandwidth
+
+
+def count_dispatched_ops(fn) -> int:
+    """Aten ops that running ``fn()`` dispatches (forward, and backward where ``fn`` runs one)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
+
+
+@functools.lru_cache(maxsize=32)
+def step_op_count(cfg: WanS2VConfig, ac: bool) -> tuple[int, int]:
+    """(ops per micro-batch's forward and backward, ops of the optimizer step) that one single-rank training
+    step dispatches, counted by running it on a copy of ``cfg`` with the same structure (layers, injections,
+    features) at toy widths: the count depends on the structure, not the widths. Collectives and FSDP's own
+    copies are not in it."""
+    import torch
+
+    from ..model import WanS2V, get_preset
+    from ..model.flow import TrainConfig, make_optimizer, synthetic_batch, train_step
+
+    toy = dataclasses.replace(cfg, dim=16 * cfg.num_heads, ffn_dim=32, text_dim=16, text_len=16, freq_dim=16,
+                              audio_dim=16)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = WanS2V(toy)
+        train = TrainConfig(dtype="float32", activation_checkpointing=ac)
+        opt = make_optimizer(model, train)
+        batch = synthetic_batch(toy, get_preset("tiny").clip, 1)
+        train_step(model, opt, batch, 0, train)  # the first step creates the optimizer state
+        counts = [count_dispatched_ops(lambda: train_step(model, opt, batch, 1, train)),
+                  count_dispatched_ops(lambda: train_step(model, opt, [batch, batch], 1, train))]
+    per_micro = counts[1] - counts[0]
+    return per_micro, counts[0] - per_micro
 
 
 # ---- FSDP units ---------------------------------------------------------------------------------------
@@ -259,24 +367,28 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
     elem = 2 if st.dtype == "bfloat16" else 4
     s_loc = -(-layout.total // st.cp)
 
-    # compute per layer (forward), and what lies outside the layers (replicated on every rank)
-    fwd_layers = [sum(op_time(o, hw) for o in ops) for ops in unit_ops(cfg, layout, micro, st.ulysses, st.ring)]
+    # compute per layer, forward and backward, and what lies outside the layers (replicated on every rank)
+    fwd_layers, bwd_layers, fwd_outside = _layer_times(cfg, layout, micro, st, hw)
     ff = forward_flops(cfg, layout)
-    outside_flops = micro * max(0.0, ff.matmul + ff.cross_attention - _layers_flops(cfg, layout))
-    fwd_outside = outside_flops / (hw.peak_flops * hw.matmul(outside_flops / 16))
-    fwd = sum(fwd_layers) + fwd_outside
     recompute = sum(fwd_layers) if st.ac else 0.0
-    pred.compute = st.grad_accum * (3 * fwd + recompute)
+    pred.compute = st.grad_accum * (sum(fwd_layers) + sum(bwd_layers) + 3 * fwd_outside + recompute)
     pred.model_flops = global_batch * 3 * ff.total
 
     # elementwise traffic and offload
-    elementwise = ELEMENTWISE_PASSES * 4 * micro * s_loc * cfg.dim * cfg.num_layers / hw.memory_bandwidth
-    pred.other = st.grad_accum * elementwise * (3 + (1 if st.ac else 0)) * hw.elementwise_factor + hw.fixed_overhead
+    elementwise = elementwise_seconds(cfg, layout, micro, st, hw)
+    pred.elementwise = st.grad_accum * elementwise * hw.elementwise_factor
+    pred.other = pred.elementwise
+    n_params = parameter_count(cfg)
+    pred.other += OPTIMIZER_PASSES * 4 * n_params / st.world / hw.memory_bandwidth
+    if hw.op_overhead > 0:
+        per_micro, optimizer_ops = step_op_count(cfg, st.ac)
+        pred.other += hw.op_overhead * (st.grad_accum * per_micro + optimizer_ops)
     act = activation_bytes(cfg, layout, micro, st.dtype, st.ac, st.cp)
     pred.saved_activations = act.saved
     if st.offload_activations:
         move = act.layers / hw.host_link
-        pred.other += st.grad_accum * (max(0.0, move - fwd) + max(0.0, move - 2 * fwd))
+        fwd, bwd = sum(fwd_layers) + fwd_outside, sum(bwd_layers) + 2 * fwd_outside
+        pred.other += st.grad_accum * (max(0.0, move - fwd) + max(0.0, move - bwd))
         pred.notes.append(f"activation offload moves {act.layers / 1e9:.1f} GB per micro-batch each way over the "
                           f"host link ({hw.host_link / 1e9:.0f} GB/s), overlapped with compute where it can be")
 
@@ -295,13 +407,14 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
     if st.ring > 1:
         link = group_link(hw, st.ulysses * st.ring)
         chunk = -(-layout.total // st.cp) * st.cp // st.ring
-        step_attn = op_time(Op("", "attention", 4 * micro * chunk * chunk * cfg.dim / st.ulysses), hw)
+        step_op = Op("", "attention", 4 * micro * chunk * chunk * cfg.dim / st.ulysses)
+        step_attn, step_attn_bwd = op_time(step_op, hw), op_time(step_op, hw, backward=True)
         kv = 2 * x
         acc = 2 * micro * s_loc * cfg.dim * 4
         fwd_p2p = collective_time("p2p", kv, 2, link)
         bwd_p2p = collective_time("p2p", kv + acc, 2, link)
         tot = (st.ring - 1) * fwd_p2p + (st.ring - 1) * bwd_p2p + collective_time("p2p", acc, 2, link)
-        exp = (st.ring - 1) * (max(0.0, fwd_p2p - step_attn) + max(0.0, bwd_p2p - 2 * step_attn)) \
+        exp = (st.ring - 1) * (max(0.0, fwd_p2p - step_attn) + max(0.0, bwd_p2p - step_attn_bwd)) \
             + collective_time("p2p", acc, 2, link)
         add("ring_p2p", tot * cfg.num_layers * st.grad_accum, exp * cfg.num_layers * st.grad_accum)
         if exp > 0.5 * tot:
@@ -318,7 +431,7 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
         ag_root = collective_time("all_gather", root * elem, p, link)
         rs_root = collective_time("reduce_scatter", root * 4, p, link)
         exp_f = ag_root + ag[0] + sum(max(0.0, ag[i] - fwd_layers[i - 1]) for i in range(1, len(units)))
-        layer_bwd = [2 * t + (t if st.ac else 0) for t in fwd_layers]
+        layer_bwd = [b + (f if st.ac else 0) for f, b in zip(fwd_layers, bwd_layers)]
         exp_b = ag[-1] + sum(max(0.0, ag[i] - layer_bwd[i + 1]) for i in range(len(units) - 1))
         # reduce-scatters run once per step, on the last micro-batch's backward
         exp_rs = rs[0] + rs_root + sum(max(0.0, rs[i] - layer_bwd[i - 1]) for i in range(1, len(units)))
@@ -326,6 +439,8 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
         cp_exposed["fsdp_all_gather"] = st.grad_accum * (exp_f + exp_b)
         cp_total["fsdp_reduce_scatter"] = sum(rs) + rs_root
         cp_exposed["fsdp_reduce_scatter"] = exp_rs
+    if not hw.comm_overlaps_compute:
+        cp_exposed = dict(cp_total)
     pred.comm_total, pred.comm_exposed = cp_total, cp_exposed
     pred.exposed_comm = sum(cp_exposed.values())
 
@@ -352,8 +467,10 @@ def predict_inference(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, h
     forwards = steps * (2 if cfg_scale else 1)
     train = predict_training(cfg, layout, Strategy(1, st.ulysses, st.ring, False, st.dtype), hw, 1)
     pred = Prediction(st, layout.total, 1, capacity=hw.memory_capacity, peak_flops=hw.peak_flops)
-    pred.compute = forwards * train.compute / 3
-    pred.other = forwards * (train.other - hw.fixed_overhead) / 3  # the per-step overhead is a training cost
+    fwd_layers, _, fwd_outside = _layer_times(cfg, layout, 1, Strategy(1, st.ulysses, st.ring), hw)
+    pred.compute = forwards * (sum(fwd_layers) + fwd_outside)
+    pred.elementwise = forwards * elementwise_seconds(cfg, layout, 1, st, hw, training=False) * hw.elementwise_factor
+    pred.other = pred.elementwise
     pred.comm_total = {k: forwards * v / 2 for k, v in train.comm_total.items()}
     pred.comm_exposed = {k: forwards * v / 2 for k, v in train.comm_exposed.items()}
     pred.exposed_comm = sum(pred.comm_exposed.values())
@@ -366,18 +483,26 @@ def predict_inference(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, h
 
 
 __all__ = [
+    "ATTENTION_BACKWARD_FLOPS",
     "ELEMENTWISE_PASSES",
+    "OPTIMIZER_PASSES",
+    "RING_ACCUMULATE_PASSES",
+    "RING_MERGE_PASSES",
+    "ULYSSES_PACK_PASSES",
     "Op",
     "PlanError",
     "Prediction",
     "Strategy",
     "block_ops",
     "collective_time",
+    "count_dispatched_ops",
+    "elementwise_seconds",
     "fsdp_unit_params",
     "group_link",
     "injection_ops",
     "op_time",
     "predict_inference",
     "predict_training",
+    "step_op_count",
     "unit_ops",
 ]

@@ -83,11 +83,18 @@ class HardwareProfile:
     """Achieved fraction of peak for a matmul of a given size."""
     attention: EfficiencyCurve
     """Achieved fraction of peak for one fused attention call."""
-    fixed_overhead: float = 0.0
-    """Seconds per training step not explained by the model (launches, Python, optimizer), fitted on end-to-end
-    steps by calibration; 0 when never fitted."""
+    attention_backward: EfficiencyCurve | None = None
+    """Achieved fraction of peak for the backward of an attention call whose forward has the given FLOPs, counted
+    at ``perfmodel.ATTENTION_BACKWARD_FLOPS`` times them; None: the forward curve."""
+    comm_overlaps_compute: bool = True
+    """Whether collectives run beside compute (NCCL on its own SMs and copy engines). False for gloo on a CPU whose
+    cores the ranks' compute threads fill: nothing hides, every collective is exposed."""
+    op_overhead: float = 0.0
+    """Seconds of host work per dispatched op that no device work hides: eager dispatch and autograd bookkeeping
+    on a CPU (measured by calibration); 0 on GPU, where launches run ahead of the kernels."""
     elementwise_factor: float = 1.0
-    """Multiplier on the modelled elementwise traffic time, fitted with ``fixed_overhead``; 1 when never fitted."""
+    """Multiplier on the modelled elementwise traffic time, fitted on end-to-end compute-only steps by calibration;
+    1 when never fitted."""
     sources: dict[str, str] = field(default_factory=dict)
     """Per field: datasheet, measured or assumed, and where from."""
 
@@ -104,7 +111,11 @@ class HardwareProfile:
                        matmul=EfficiencyCurve(tuple(d["matmul"]["flops"]), tuple(d["matmul"]["efficiency"])),
                        attention=EfficiencyCurve(tuple(d["attention"]["flops"]),
                                                  tuple(d["attention"]["efficiency"])),
-                       fixed_overhead=float(d.get("fixed_overhead", 0.0)),
+                       attention_backward=(None if d.get("attention_backward") is None else
+                                           EfficiencyCurve(tuple(d["attention_backward"]["flops"]),
+                                                           tuple(d["attention_backward"]["efficiency"]))),
+                       comm_overlaps_compute=bool(d.get("comm_overlaps_compute", True)),
+                       op_overhead=float(d.get("op_overhead", 0.0)),
                        elementwise_factor=float(d.get("elementwise_factor", 1.0)), sources=dict(d.get("sources", {})))
         except (KeyError, TypeError) as exc:
             raise ProfileError(f"hardware profile {d.get('name', '?')!r} is malformed ({exc!r}); see "
