@@ -227,6 +227,42 @@ def test_activation_formula_against_saved_tensor_count(preset, clip, ac):
     assert math.isclose(predicted, measured, rel_tol=0.10), (predicted, measured)
 
 
+def cp_saved_worker(rank, world, strategy, cp):
+    """Rank 0 of a ``cp``-rank job under the fake process group: its saved-activation bytes."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from s2vbench.bench.points import Point
+    from s2vbench.parallel import parallelize
+    from s2vbench.parallel.train import parallel_train_step
+
+    dist.destroy_process_group()
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=cp)
+    point = Point("small", cp, strategy, global_batch=1)
+    p = get_preset("small")
+    torch.manual_seed(0)
+    model = WanS2V(p.model)
+    parallelize(model, point.parallel_config(), "cpu")
+    cfg = TrainConfig(dtype="float32", activation_checkpointing=False)
+    opt = make_optimizer(model, cfg)
+    batch = synthetic_batch(p.model, point.clip(), point.batch_per_rank)
+    saved = SavedActivations(model)
+    with saved.count():
+        parallel_train_step(model, opt, batch, 0, cfg)
+    return saved.bytes
+
+
+@pytest.mark.parametrize("strategy,cp", [("ulysses", 2), ("ring", 2), ("ulysses", 4)])
+def test_activation_formula_under_context_parallelism(strategy, cp):
+    from s2vbench.parallel.launch import run_ranks
+
+    measured = run_ranks(cp_saved_worker, 1, strategy, cp, timeout_s=120)[0]
+    cfg, lay = _layout("small")
+    u, r = (cp, 1) if strategy == "ulysses" else (1, cp)
+    predicted = activation_bytes(cfg, lay, 1, "float32", False, ulysses=u, ring=r).saved
+    assert math.isclose(predicted, measured, rel_tol=0.05), (predicted, measured)
+
+
 def test_plan_shows_every_rank_and_rejects_bad_configs(tmp_path):
     from s2vbench.bench.plan import Workload, describe_plan, load_plan
 

@@ -218,10 +218,24 @@ __all__ += ["clip_step_cost"]
 #     24 (19 under autocast) float32 d-vectors per latent frame (its audio tokens through q/k/v and AdaLN);
 #   outside the blocks: the padded text features, the latent inputs, 4 [n, d] tensors of the head, and
 #     9/4 of the audio features' bytes in the (float32) causal audio encoder.
+# Context parallelism adds to each block: Ulysses' attention keeps the all-to-all outputs (q, k, v, and out by
+# heads: 4 [S, d] tensors in the compute dtype) and its LSE; the ring keeps its merged float32 LSE.
 # With activation checkpointing a layer keeps only its float32 input; backward recomputes one layer at a time.
 _BLOCK_BYTES_PER_TOKEN = {"float32": (88, 8, 36, 8), "bfloat16": (68, 4, 36, 8)}  # x d, x ffn, + const, x heads
 _BLOCK_TEXT_BYTES = {"float32": 16, "bfloat16": 14}  # x text_len x d
 _INJECTION_BYTES = {"float32": (28, 96), "bfloat16": (20, 76)}  # x n x d, x frames x d
+
+
+def injection_frames(layout: SequenceLayout, cp: int = 1) -> int:
+    """Latent frames the audio injection runs on, on the context-parallel rank that touches the most: a rank's
+    window of noisy tokens is padded to whole frames (``model.audio.AudioInjector.inject``)."""
+    s_loc, tpf = -(-layout.total // cp), layout.tokens_per_frame
+    most = 0
+    for r in range(cp):
+        start, end = r * s_loc, min((r + 1) * s_loc, layout.noisy)
+        if start < end:
+            most = max(most, -(-end // tpf) - start // tpf)
+    return most
 
 
 @dataclass(frozen=True)
@@ -246,19 +260,26 @@ class ActivationBytes:
 
 
 def activation_bytes(cfg: WanS2VConfig, layout: SequenceLayout, batch: int = 1, dtype: str = "float32",
-                     ac: bool = False, cp: int = 1) -> ActivationBytes:
+                     ac: bool = False, ulysses: int = 1, ring: int = 1) -> ActivationBytes:
     """Bytes of activations saved for backward on one rank, for ``batch`` clips of ``layout``, with the
-    sequence split over ``cp`` context-parallel ranks (the most loaded rank: all its tokens noisy)."""
+    sequence split over ``ulysses`` x ``ring`` context-parallel ranks (the most loaded rank: all its tokens
+    noisy)."""
     if dtype not in _BLOCK_BYTES_PER_TOKEN:
         raise ValueError(f"dtype {dtype!r}: choose one of {sorted(_BLOCK_BYTES_PER_TOKEN)}")
     d, f = cfg.dim, cfg.ffn_dim
-    s_loc = -(-layout.total // cp)
+    s_loc = -(-layout.total // (ulysses * ring))
     n_loc = min(s_loc, layout.noisy)
     frames = layout.grid[0]
     a_d, a_f, a_c, a_h = _BLOCK_BYTES_PER_TOKEN[dtype]
+    if ulysses > 1:  # the attention keeps the all-to-all outputs (q, k, v, out by heads) and their LSE
+        a_d += 4 * (2 if dtype == "bfloat16" else 4)
+        a_h += 4
+    if ring > 1:  # and the ring's merged float32 LSE beside the local one
+        a_h += 4
     block = s_loc * (a_d * d + a_f * f + a_c + a_h * cfg.num_heads) + _BLOCK_TEXT_BYTES[dtype] * cfg.text_len * d
     i_n, i_f = _INJECTION_BYTES[dtype]
-    injection = i_n * n_loc * d + i_f * frames * d
+    inj_frames = injection_frames(layout, ulysses * ring)
+    injection = i_n * inj_frames * layout.tokens_per_frame * d + i_f * inj_frames * d
     n_inj = len(cfg.audio_inject_layers)
     full = cfg.num_layers * block + n_inj * injection
     if ac:
@@ -274,4 +295,4 @@ def activation_bytes(cfg: WanS2VConfig, layout: SequenceLayout, batch: int = 1, 
     return ActivationBytes(batch * float(layers), batch * float(outside), batch * float(recompute))
 
 
-__all__ += ["ActivationBytes", "activation_bytes"]
+__all__ += ["ActivationBytes", "activation_bytes", "injection_frames"]

@@ -59,7 +59,9 @@ class SavedActivations:
             return (id(t), 0, t.device.type)
 
     def _pack(self, t: torch.Tensor):
-        if isinstance(t, torch.nn.Parameter):  # includes FSDP's unsharded parameters during the step
+        # parameters, FSDP's unsharded ones included, and views of them (a linear's transposed weight): FSDP
+        # frees an unsharded storage after forward and gathers it again for backward, so it is not held
+        if isinstance(t, torch.nn.Parameter) or isinstance(t._base, torch.nn.Parameter):
             return t
         key = self._key(t)
         if key not in self._exclude and key not in self._seen:

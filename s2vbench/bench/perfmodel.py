@@ -29,12 +29,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from dataclasses import dataclass, field
 
 from ..model.config import WanS2VConfig
 from ..model.sequence import SequenceLayout
-from .analytic import activation_bytes, forward_flops, meta_model, parameter_count
+from .analytic import (
+    activation_bytes,
+    forward_flops,
+    injection_frames,
+    meta_model,
+    parameter_count,
+)
 from .profiles import HardwareProfile, Link
 
 ELEMENTWISE_PASSES = 40
@@ -212,10 +217,10 @@ def block_ops(cfg: WanS2VConfig, layout: SequenceLayout, batch: int, ulysses: in
 
 
 def injection_ops(cfg: WanS2VConfig, layout: SequenceLayout, batch: int, cp: int) -> list[Op]:
-    """One audio injection's forward on the most loaded rank (its noisy tokens and their latent frames)."""
+    """One audio injection's forward on the most loaded rank (its noisy tokens, padded to whole latent frames)."""
     d = cfg.dim
-    n_loc = min(-(-layout.total // cp), layout.noisy)
-    frames = max(1, math.ceil(layout.grid[0] * n_loc / layout.noisy))
+    frames = injection_frames(layout, cp)
+    n_loc = frames * layout.tokens_per_frame  # the rank's noisy tokens, padded to whole frames
     tok = cfg.num_audio_token + 1
     ops = [Op("audio q/o", "matmul", 2 * batch * n_loc * d * d, 2),
            Op("audio k/v", "matmul", 2 * batch * frames * tok * d * d, 2),
@@ -383,7 +388,7 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
     if hw.op_overhead > 0:
         per_micro, optimizer_ops = step_op_count(cfg, st.ac)
         pred.other += hw.op_overhead * (st.grad_accum * per_micro + optimizer_ops)
-    act = activation_bytes(cfg, layout, micro, st.dtype, st.ac, st.cp)
+    act = activation_bytes(cfg, layout, micro, st.dtype, st.ac, st.ulysses, st.ring)
     pred.saved_activations = act.saved
     if st.offload_activations:
         move = act.layers / hw.host_link
