@@ -122,7 +122,7 @@ def test_overlap_rules_bound_the_exposed_time():
     assert uly.comm_exposed["all_to_all"] == uly.comm_total["all_to_all"]  # nothing to hide behind
     with pytest.raises(PlanError, match="multiple of"):
         predict_training(cfg, lay, Strategy(dp_shard=8), base, global_batch=4)
-    with pytest.raises(PlanError, match="divide the 40 heads"):
+    with pytest.raises(PlanError, match="divide the 40 attention heads"):
         predict_training(cfg, lay, Strategy(dp_shard=1, ulysses=16), base, global_batch=1)
 
 

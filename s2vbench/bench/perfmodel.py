@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 from ..model.config import WanS2VConfig
 from ..model.sequence import SequenceLayout
+from ..parallel.mesh import ParallelConfig
 from .analytic import (
     activation_bytes,
     forward_flops,
@@ -73,7 +74,8 @@ class PlanError(ValueError):
 
 @dataclass(frozen=True)
 class Strategy:
-    """How the job is split, in the order ``parallel.parallelize`` applies it."""
+    """How the job is split, in the order ``parallel.parallelize`` applies it: ``parallel.ParallelConfig``'s
+    degrees plus what only the model needs (dtype, accumulation, offload)."""
 
     dp_shard: int = 1
     """Data-parallel degree (FSDP shards over all dp_shard x ring x ulysses ranks)."""
@@ -97,6 +99,10 @@ class Strategy:
     @property
     def world(self) -> int:
         return self.dp_shard * self.cp
+
+    def parallel_config(self) -> ParallelConfig:
+        """The degrees as the real job's configuration (one validation for both)."""
+        return ParallelConfig(self.dp_shard, self.ulysses, self.ring, self.ac)
 
     @property
     def label(self) -> str:
@@ -346,11 +352,15 @@ def fsdp_unit_params(cfg: WanS2VConfig) -> tuple[list[int], int]:
 
 
 def _check(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, global_batch: int) -> int:
-    for name in ("dp_shard", "ulysses", "ring", "grad_accum"):
-        if getattr(st, name) < 1:
-            raise PlanError(f"Strategy.{name}={getattr(st, name)} must be >= 1")
-    if cfg.num_heads % st.ulysses:
-        raise PlanError(f"Ulysses degree {st.ulysses} must divide the {cfg.num_heads} heads")
+    """Micro-batch clips per replica; the degrees are checked as ``parallel.ParallelConfig`` checks a real job."""
+    from ..parallel.mesh import ParallelConfigError
+
+    try:
+        st.parallel_config().validate(st.world, cfg.num_heads, layout.total)
+    except ParallelConfigError as exc:
+        raise PlanError(str(exc)) from None
+    if not isinstance(st.grad_accum, int) or st.grad_accum < 1:
+        raise PlanError(f"Strategy.grad_accum={st.grad_accum!r} must be a positive integer")
     if st.dtype not in ("bfloat16", "float32"):
         raise PlanError(f"dtype {st.dtype!r}: choose bfloat16 or float32")
     per_replica = global_batch / st.dp_shard
@@ -359,8 +369,6 @@ def _check(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, global_batch
         raise PlanError(f"global batch {global_batch} does not split into {st.dp_shard} data-parallel replicas x "
                         f"{st.grad_accum} micro-batches of whole clips; use a global batch that is a multiple of "
                         f"{st.dp_shard * st.grad_accum}")
-    if st.cp > layout.total:
-        raise PlanError(f"{st.cp} context-parallel ranks for {layout.total} tokens")
     return int(micro)
 
 
