@@ -308,3 +308,30 @@ def test_cli_predict_and_plan(tmp_path, capsys):
     assert main(["predict", "--size", "1024by768"]) == 2
     assert "WIDTHxHEIGHT" in capsys.readouterr().err
     assert main(["plan", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_inference_counts_the_vae_and_audio_encoder():
+    from s2vbench.bench.analytic import audio_encoder_flops, vae_flops
+    from s2vbench.bench.perfmodel import predict_inference
+    from s2vbench.model.vae import WanVAE
+
+    # meta-device counting misses nothing a real run does (CPU, a small clip)
+    enc, dec, _ = vae_flops(32, 32, 5, 2)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    vae = WanVAE().eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as real:
+        vae.encode(torch.zeros(1, 3, 5, 32, 32))
+        vae.decode(torch.zeros(1, 16, 2, 4, 4))
+    assert enc + dec == pytest.approx(real.get_total_flops(), rel=1e-3)
+    # the first encoder conv alone, by hand: 3 -> 96 channels, 3x3x3 kernel over every output voxel
+    assert enc > 2 * 27 * 3 * 96 * 5 * 32 * 32
+    # wav2vec2-large: about 2 x 315 M parameters x 50 frames per second, plus its conv feature extractor
+    flops, calls = audio_encoder_flops(3.0)
+    assert 2 * 315e6 * 149 < flops < 1.3 * 2 * 315e6 * 149 and calls > 24 * 6
+    cfg, lay = _layout("14b")
+    hw = load_profile("h100-sxm")
+    with_enc = predict_inference(cfg, lay, Strategy(1, 8, 1, ac=False), hw)
+    without = predict_inference(cfg, lay, Strategy(1, 8, 1, ac=False), hw, encoders=False)
+    assert with_enc.encoders > 0 and with_enc.compute - without.compute == pytest.approx(with_enc.encoders)
+    assert any("VAE" in n and "73-frame" in n for n in with_enc.notes)

@@ -296,3 +296,62 @@ def activation_bytes(cfg: WanS2VConfig, layout: SequenceLayout, batch: int = 1, 
 
 
 __all__ += ["ActivationBytes", "activation_bytes", "injection_frames"]
+
+
+# ---- inference's encoders -----------------------------------------------------------------------------
+_MATMUL_OPS = ("convolution", "mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product")
+
+
+def _count_meta(fn) -> tuple[float, int]:
+    """(FLOPs, matmul/conv/attention calls) of ``fn()`` run on meta tensors (no compute, no memory)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class Calls(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.split(".")[0].lstrip("_").startswith(tuple(o.lstrip("_") for o in _MATMUL_OPS)):
+                Calls.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), FlopCounterMode(display=False) as flops, Calls():
+        fn()
+    return float(flops.get_total_flops()), Calls.n
+
+
+@functools.lru_cache(maxsize=16)
+def vae_flops(height: int, width: int, encode_frames: int, decode_latent_frames: int) -> tuple[float, float, int]:
+    """(encode FLOPs, decode FLOPs, conv calls) of the Wan 2.1 VAE encoding ``encode_frames`` pixel frames
+    (1 + 4k; 0 for none) and decoding ``decode_latent_frames`` latent frames, at ``height`` x ``width`` pixels;
+    counted on the meta device."""
+    import torch
+
+    from ..model.vae import WanVAE
+
+    with torch.device("meta"):
+        vae = WanVAE()
+    enc, enc_calls = (0.0, 0) if encode_frames == 0 else _count_meta(
+        lambda: vae.encode(torch.empty(1, 3, encode_frames, height, width, device="meta")))
+    dec, dec_calls = _count_meta(lambda: vae.decode(torch.empty(1, vae.cfg.z_dim, decode_latent_frames, height // 8,
+                                                                width // 8, device="meta")))
+    return enc, dec, enc_calls + dec_calls
+
+
+@functools.lru_cache(maxsize=16)
+def audio_encoder_flops(seconds: float) -> tuple[float, int]:
+    """(FLOPs, matmul/conv calls) of the official wav2vec2-large encoder on ``seconds`` of 16 kHz audio, counted
+    on the meta device (``transformers`` is imported here)."""
+    import torch
+    from transformers import Wav2Vec2Model
+
+    from ..model.audio_frontend import SAMPLE_RATE, wav2vec2_large_config
+
+    with torch.device("meta"):
+        model = Wav2Vec2Model(wav2vec2_large_config())
+    samples = max(400, round(seconds * SAMPLE_RATE))  # wav2vec2's first conv needs 400 samples
+    return _count_meta(lambda: model(torch.empty(1, samples, device="meta"), output_hidden_states=True))
+
+
+__all__ += ["audio_encoder_flops", "vae_flops"]

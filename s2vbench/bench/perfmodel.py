@@ -144,6 +144,8 @@ class Prediction:
     """Elementwise and optimizer traffic, host overhead per op, and offload."""
     elementwise: float = 0.0
     """Of ``other``: the elementwise traffic, at the profile's factor."""
+    encoders: float = 0.0
+    """Of ``compute`` (inference): the clip's VAE encode/decode and wav2vec2 audio encoding."""
     comm_total: dict[str, float] = field(default_factory=dict)
     """Time of each collective kind before overlap."""
     comm_exposed: dict[str, float] = field(default_factory=dict)
@@ -472,9 +474,34 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
     return pred
 
 
+def encoder_seconds(cfg: WanS2VConfig, layout: SequenceLayout, hw: HardwareProfile) -> tuple[float, str]:
+    """Seconds, and how they were counted, of one clip's VAE and audio work in the official loop: a clip with
+    motion encodes the 73-frame motion buffer and decodes [motion latents | clip]; the first clip decodes
+    [reference latent | clip]; wav2vec2-large encodes the clip's audio. Convolutions are taken at the matmul
+    curve's efficiency for their mean call size (an assumption: cuDNN's implicit GEMM on GPU)."""
+    from .analytic import audio_encoder_flops, vae_flops
+
+    f, gh, gw = layout.grid
+    height, width = gh * cfg.patch_size[1] * 8, gw * cfg.patch_size[2] * 8
+    motion = layout.motion > 0
+    enc, dec, calls = vae_flops(height, width, cfg.motion_frames if motion else 0,
+                                f + (cfg.motion_latent_frames if motion else 1))
+    audio, audio_calls = audio_encoder_flops(4 * f / 16)  # 4 video frames per latent frame, 16 fps
+
+    def seconds(flops: float, n: int) -> float:
+        return flops / (hw.peak_flops * hw.matmul(flops / max(1, n)))
+
+    how = (f"VAE {'encode of the 73-frame motion buffer, ' if motion else ''}decode of "
+           f"{f + (cfg.motion_latent_frames if motion else 1)} latent frames at {width}x{height} "
+           f"({(enc + dec) / 1e12:.0f} TFLOP) and wav2vec2-large on {4 * f / 16:g} s of audio "
+           f"({audio / 1e9:.0f} GFLOP), on every rank")
+    return seconds(enc + dec, calls) + seconds(audio, audio_calls), how
+
+
 def predict_inference(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw: HardwareProfile,
-                      steps: int = 40, cfg_scale: bool = True) -> Prediction:
-    """One sampled clip: ``steps`` denoising steps of 2 forwards (CFG) on all ranks together (dp_shard 1)."""
+                      steps: int = 40, cfg_scale: bool = True, encoders: bool = True) -> Prediction:
+    """One sampled clip: ``steps`` denoising steps of 2 forwards (CFG) on all ranks together (dp_shard 1), plus
+    the clip's VAE and audio encoding (``encoders``; the official loop runs them on every rank)."""
     if st.dp_shard != 1:
         raise PlanError("inference splits one clip over context-parallel ranks; use dp_shard=1")
     forwards = steps * (2 if cfg_scale else 1)
@@ -482,16 +509,19 @@ def predict_inference(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, h
     pred = Prediction(st, layout.total, 1, capacity=hw.memory_capacity, peak_flops=hw.peak_flops)
     fwd_layers, _, fwd_outside = _layer_times(cfg, layout, 1, Strategy(1, st.ulysses, st.ring), hw)
     pred.compute = forwards * (sum(fwd_layers) + fwd_outside)
+    if encoders:
+        pred.encoders, how = encoder_seconds(cfg, layout, hw)
+        pred.compute += pred.encoders
+        pred.notes.append(f"compute includes {pred.encoders:.2f} s of {how}")
     pred.elementwise = forwards * elementwise_seconds(cfg, layout, 1, st, hw, training=False) * hw.elementwise_factor
     pred.other = pred.elementwise
     pred.comm_total = {k: forwards * v / 2 for k, v in train.comm_total.items()}
     pred.comm_exposed = {k: forwards * v / 2 for k, v in train.comm_exposed.items()}
     pred.exposed_comm = sum(pred.comm_exposed.values())
-    pred.model_flops = forwards * forward_flops(cfg, layout).total
+    pred.model_flops = forwards * forward_flops(cfg, layout).total  # the DiT's: MFU is the transformer's
     elem = 2 if st.dtype == "bfloat16" else 4
     pred.memory = {"params": parameter_count(cfg) * elem,
                    "activations": 4 * 4 * cfg.dim * -(-layout.total // st.cp)}
-    pred.notes.append("VAE encode/decode and the wav2vec2 audio encoding are not modelled")
     return pred
 
 
@@ -510,6 +540,7 @@ __all__ = [
     "collective_time",
     "count_dispatched_ops",
     "elementwise_seconds",
+    "encoder_seconds",
     "fsdp_unit_params",
     "group_link",
     "injection_ops",

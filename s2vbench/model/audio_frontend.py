@@ -65,6 +65,15 @@ def bucket_per_video_frame(features: torch.Tensor, infer_frames: int, fps: int =
     return rows.permute(0, 2, 1).unsqueeze(0), num_clips
 
 
+def wav2vec2_large_config():
+    """The architecture of wav2vec2-large-xlsr-53-english, the official audio encoder (315 M parameters): 24
+    layers of 1024 with 16 heads and 4096-wide feed-forwards, the stable (pre-norm) layer norm."""
+    from transformers import Wav2Vec2Config
+
+    return Wav2Vec2Config(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                          do_stable_layer_norm=True, feat_extract_norm="layer", conv_bias=True)
+
+
 def tiny_wav2vec2_config(hidden_size: int = 32, num_layers: int = 24):
     """A small random-weight wav2vec2 config with the real frame rate (for tests and CPU smoke runs)."""
     from transformers import Wav2Vec2Config
@@ -122,4 +131,5 @@ class AudioFrontend:
 
 
 __all__ = ["AUDIO_FEATURE_FPS", "AudioFrontend", "SAMPLE_RATE", "VIDEO_FPS", "WAV2VEC2_FPS", "bucket_per_video_frame",
-           "resample_features", "tiny_wav2vec2_config", "video_frame_indices"]
+           "resample_features", "tiny_wav2vec2_config", "video_frame_indices",
+           "wav2vec2_large_config"]
