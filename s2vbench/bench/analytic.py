@@ -349,7 +349,7 @@ def audio_encoder_flops(seconds: float) -> tuple[float, int]:
     from ..model.audio_frontend import SAMPLE_RATE, wav2vec2_large_config
 
     with torch.device("meta"):
-        model = Wav2Vec2Model(wav2vec2_large_config())
+        model = Wav2Vec2Model(wav2vec2_large_config()).eval()  # no SpecAugment masking, no dropout
     samples = max(400, round(seconds * SAMPLE_RATE))  # wav2vec2's first conv needs 400 samples
     return _count_meta(lambda: model(torch.empty(1, samples, device="meta"), output_hidden_states=True))
 
