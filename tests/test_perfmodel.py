@@ -335,3 +335,62 @@ def test_inference_counts_the_vae_and_audio_encoder():
     without = predict_inference(cfg, lay, Strategy(1, 8, 1, ac=False), hw, encoders=False)
     assert with_enc.encoders > 0 and with_enc.compute - without.compute == pytest.approx(with_enc.encoders)
     assert any("VAE" in n and "73-frame" in n for n in with_enc.notes)
+
+
+def test_parallel_checkpointing_keeps_attention_so_it_is_not_recomputed():
+    # parallel/checkpointing.py saves the context-parallel attention's outputs: a multi-rank AC step recomputes
+    # every op but self-attention (and none of the ring/Ulysses glue); a single-rank AC step recomputes all
+    hw = _flat_profile()
+    cfg, lay = _layout("14b")
+    units = unit_ops(cfg, lay, 1, 8, 1)
+    no_attn = sum(op_time(o, hw) for ops in units for o in ops if o.name != "self attention")
+    on = predict_training(cfg, lay, Strategy(1, 8, 1, ac=True), hw, global_batch=1)
+    off = predict_training(cfg, lay, Strategy(1, 8, 1, ac=False), hw, global_batch=1)
+    assert on.compute - off.compute == pytest.approx(no_attn)
+    one = [o for ops in unit_ops(cfg, lay, 1, 1, 1) for o in ops]
+    single_on = predict_training(cfg, lay, Strategy(1, ac=True), hw, global_batch=1)
+    single_off = predict_training(cfg, lay, Strategy(1, ac=False), hw, global_batch=1)
+    assert single_on.compute - single_off.compute == pytest.approx(sum(op_time(o, hw) for o in one))
+    # the glue is not recomputed: AC adds only the layers' own 40 passes
+    small, slay = _layout("small")
+    for st in (Strategy(ring=2, dtype="float32"), Strategy(ulysses=2, dtype="float32")):
+        gap = elementwise_seconds(small, slay, 1, st, hw) - elementwise_seconds(
+            small, slay, 1, Strategy(st.dp_shard, st.ulysses, st.ring, False, "float32"), hw)
+        assert gap == pytest.approx(4 * 40 * (slay.total // 2) * small.dim * small.num_layers / hw.memory_bandwidth)
+    # ... and its outputs stay in memory: per layer out and LSE, plus Ulysses' four head-split tensors and LSE
+    s_loc, h, d = -(-lay.total // 8), cfg.num_heads, cfg.dim
+    uly = activation_bytes(cfg, lay, 1, "bfloat16", True, ulysses=8, parallelized=True)
+    assert uly.kept == cfg.num_layers * s_loc * (2 * d + 4 * h + 4 * 2 * d + 4 * h)
+    ring = activation_bytes(cfg, lay, 1, "bfloat16", True, ring=8, parallelized=True)
+    assert ring.kept == cfg.num_layers * s_loc * (2 * d + 4 * h)
+    assert ring.peak == ring.saved + ring.kept + ring.recompute_peak
+    assert activation_bytes(cfg, lay, 1, "bfloat16", True).kept == 0  # one rank: no parallelize
+
+
+def test_inference_communication_is_the_forward_exchanges_only():
+    from s2vbench.bench.perfmodel import predict_inference
+
+    cfg, lay = _layout("14b")
+    hw = load_profile("h100-sxm")
+    pred = predict_inference(cfg, lay, Strategy(1, 8, 1, ac=False), hw, steps=10, encoders=False)
+    assert set(pred.comm_total) == {"all_to_all"}  # replicated weights: no FSDP gathers or reduce-scatters
+    x = -(-lay.total // 8) * cfg.dim * 2
+    a2a = collective_time("all_to_all", x, 8, hw.intra_node)
+    assert pred.comm_total["all_to_all"] == pytest.approx(20 * 4 * cfg.num_layers * a2a)
+    ring = predict_inference(cfg, lay, Strategy(1, 1, 8, ac=False), hw, steps=10, encoders=False)
+    assert set(ring.comm_total) == {"ring_p2p"}
+    assert ring.comm_total["ring_p2p"] == pytest.approx(
+        20 * cfg.num_layers * 7 * collective_time("p2p", 2 * x, 2, hw.intra_node))
+
+
+def test_an_old_profile_gets_a_clear_error(tmp_path):
+    import json
+
+    from s2vbench.bench.profiles import ProfileError
+
+    d = load_profile("h100-sxm").to_dict()
+    del d["op_overhead"]
+    d["fixed_overhead"] = 0.2
+    (tmp_path / "old.json").write_text(json.dumps(d))
+    with pytest.raises(ProfileError, match="re-run `s2vbench calibrate"):
+        load_profile(tmp_path / "old.json")

@@ -221,6 +221,9 @@ __all__ += ["clip_step_cost"]
 # Context parallelism adds to each block: Ulysses' attention keeps the all-to-all outputs (q, k, v, and out by
 # heads: 4 [S, d] tensors in the compute dtype) and its LSE; the ring keeps its merged float32 LSE.
 # With activation checkpointing a layer keeps only its float32 input; backward recomputes one layer at a time.
+# A parallelized job's checkpointing (parallel/checkpointing.py) also keeps each self-attention's outputs: out
+# and LSE, plus Ulysses' head-split q, k, v, out and LSE. Selective checkpointing holds them in its own cache,
+# which saved-tensor hooks do not see.
 _BLOCK_BYTES_PER_TOKEN = {"float32": (88, 8, 36, 8), "bfloat16": (68, 4, 36, 8)}  # x d, x ffn, + const, x heads
 _BLOCK_TEXT_BYTES = {"float32": 16, "bfloat16": 14}  # x text_len x d
 _INJECTION_BYTES = {"float32": (28, 96), "bfloat16": (20, 76)}  # x n x d, x frames x d
@@ -248,6 +251,9 @@ class ActivationBytes:
     """Saved outside the blocks: embeddings, text MLP, audio encoder, head."""
     recompute_peak: float
     """One layer's activations rebuilt during backward under activation checkpointing (0 without)."""
+    kept: float = 0.0
+    """Held by selective checkpointing's cache under AC (a parallelized job's attention outputs): memory that
+    saved-tensor hooks do not see."""
 
     @property
     def saved(self) -> float:
@@ -256,14 +262,15 @@ class ActivationBytes:
 
     @property
     def peak(self) -> float:
-        return self.saved + self.recompute_peak
+        return self.saved + self.kept + self.recompute_peak
 
 
 def activation_bytes(cfg: WanS2VConfig, layout: SequenceLayout, batch: int = 1, dtype: str = "float32",
-                     ac: bool = False, ulysses: int = 1, ring: int = 1) -> ActivationBytes:
+                     ac: bool = False, ulysses: int = 1, ring: int = 1, parallelized: bool = False) -> ActivationBytes:
     """Bytes of activations saved for backward on one rank, for ``batch`` clips of ``layout``, with the
     sequence split over ``ulysses`` x ``ring`` context-parallel ranks (the most loaded rank: all its tokens
-    noisy)."""
+    noisy). ``parallelized``: the job runs through ``parallel.parallelize`` (any multi-rank job), whose
+    checkpointing keeps the attention outputs."""
     if dtype not in _BLOCK_BYTES_PER_TOKEN:
         raise ValueError(f"dtype {dtype!r}: choose one of {sorted(_BLOCK_BYTES_PER_TOKEN)}")
     d, f = cfg.dim, cfg.ffn_dim
@@ -282,8 +289,13 @@ def activation_bytes(cfg: WanS2VConfig, layout: SequenceLayout, batch: int = 1, 
     injection = i_n * inj_frames * layout.tokens_per_frame * d + i_f * inj_frames * d
     n_inj = len(cfg.audio_inject_layers)
     full = cfg.num_layers * block + n_inj * injection
+    kept = 0.0
     if ac:
         layers, recompute = cfg.num_layers * s_loc * d * 4.0, block + (injection if n_inj else 0)
+        if parallelized:
+            elem = 2 if dtype == "bfloat16" else 4
+            per_token = elem * d + 4 * cfg.num_heads + ((4 * elem * d + 4 * cfg.num_heads) if ulysses > 1 else 0)
+            kept = cfg.num_layers * s_loc * per_token
     else:
         layers, recompute = full, 0.0
     latent_inputs = cfg.in_dim * (layout.noisy + layout.ref + layout.motion) * cfg.patch_numel
@@ -292,7 +304,8 @@ def activation_bytes(cfg: WanS2VConfig, layout: SequenceLayout, batch: int = 1, 
     audio_frames = 4 * frames * cfg.patch_size[0] + cfg.motion_frames
     outside = (4 * cfg.text_len * cfg.text_dim + 4 * latent_inputs + 16 * n_loc * d
                + 9 * cfg.audio_layers * cfg.audio_dim * audio_frames)
-    return ActivationBytes(batch * float(layers), batch * float(outside), batch * float(recompute))
+    return ActivationBytes(batch * float(layers), batch * float(outside), batch * float(recompute),
+                           batch * float(kept))
 
 
 __all__ += ["ActivationBytes", "activation_bytes", "injection_frames"]

@@ -213,7 +213,7 @@ def calibrate_cpu(world: int = 2, timeout_s: float = 300.0) -> tuple[HardwarePro
         name="cpu-gloo", peak_flops=peak, memory_bandwidth=bw, memory_capacity=float(ram), intra_node=link,
         inter_node=link, host_link=bw, gpus_per_node=os.cpu_count() or 1, matmul=_curve(mm, peak),
         attention=_curve(at, peak), attention_backward=_curve(at_bwd, peak), comm_overlaps_compute=False,
-        op_overhead=per_op, sources={"peak_flops": f"{where}: the fastest float32 matmul of the sweep, one thread",
+        op_overhead=per_op, sources={"peak_flops": f"{where}: the fastest float32 rate of the matmul and attention sweeps, one thread",
                  "memory_bandwidth": f"{where}: c = a + b over 64 MiB", "memory_capacity": "os.sysconf",
                  "intra_node": f"{where}: gloo, {world} ranks, least squares over {len(coll)} collectives "
                                f"(relative RMS residual {rms:.0%})",
@@ -289,8 +289,9 @@ def _fit_elementwise_factor(rows: list[ValidationRow]) -> float:
 
     Compute-only times (collectives as no-ops) where measured, so that communication the model misses is not
     charged to the elementwise term and then to every other point."""
-    y = [(r.measured if r.compute_measured is None else r.compute_measured) -
-         (r.model - r.comm_model - r.elementwise) for r in rows]
+    # without a compute-only time, the step against the model's step (its communication included)
+    y = [r.measured - (r.model - r.elementwise) if r.compute_measured is None else
+         r.compute_measured - (r.model - r.comm_model - r.elementwise) for r in rows]
     e = [r.elementwise for r in rows]
     if not rows or sum(v * v for v in e) == 0:
         return 1.0

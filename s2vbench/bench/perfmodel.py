@@ -63,9 +63,10 @@ ULYSSES_PACK_PASSES = 4
 them after (read and write each)."""
 
 
-OPTIMIZER_PASSES = 10
+OPTIMIZER_PASSES = 9
 """Float32 passes over each rank's parameter shard per step: AdamW reads the parameter, its gradient and both
-moments and writes three back (7), gradient scaling reads and writes the gradient (2), zeroing it (1)."""
+moments and writes three back (7), gradient scaling reads and writes the gradient (2). Gradients are freed,
+not zeroed."""
 
 
 class PlanError(ValueError):
@@ -264,31 +265,35 @@ def _layers_flops(cfg: WanS2VConfig, layout: SequenceLayout) -> float:
 
 
 def _layer_times(cfg: WanS2VConfig, layout: SequenceLayout, micro: int, st: Strategy,
-                 hw: HardwareProfile) -> tuple[list[float], list[float], float]:
-    """Forward and backward seconds of each FSDP unit on the most loaded rank, and the forward seconds of the
-    matmuls outside the units (embeddings, audio encoder, FramePack, head: replicated on every rank; their
-    backward is twice that)."""
+                 hw: HardwareProfile) -> tuple[list[float], list[float], list[float], float]:
+    """Forward, backward and AC-recompute seconds of each FSDP unit on the most loaded rank, and the forward
+    seconds of the matmuls outside the units (embeddings, audio encoder, FramePack, head: replicated on every
+    rank; their backward is twice that). A parallelized job (world > 1) keeps the self-attention's outputs
+    through checkpointing (``parallel.checkpointing``): its recompute skips that op."""
     units = unit_ops(cfg, layout, micro, st.ulysses, st.ring)
     fwd = [sum(op_time(o, hw) for o in ops) for ops in units]
     bwd = [sum(op_time(o, hw, backward=True) for o in ops) for ops in units]
+    kept = {"self attention"} if st.world > 1 else set()
+    recompute = [sum(op_time(o, hw) for o in ops if o.name not in kept) if st.ac else 0.0 for ops in units]
     ff = forward_flops(cfg, layout)
     outside_flops = micro * max(0.0, ff.matmul + ff.cross_attention - _layers_flops(cfg, layout))
-    return fwd, bwd, outside_flops / (hw.peak_flops * hw.matmul(outside_flops / 16))
+    return fwd, bwd, recompute, outside_flops / (hw.peak_flops * hw.matmul(outside_flops / 16))
 
 
 def elementwise_seconds(cfg: WanS2VConfig, layout: SequenceLayout, micro: int, st: Strategy, hw: HardwareProfile,
                         training: bool = True) -> float:
     """Seconds of elementwise memory traffic on the most loaded rank, before ``hw.elementwise_factor``: the
     layers' own (forward, and in training backward twice over plus the recompute), and the context-parallel
-    glue (ring merges and accumulators, Ulysses packing) of one micro-batch."""
+    glue (ring merges and accumulators, Ulysses packing) of one micro-batch. The glue is not recomputed under
+    AC: checkpointing keeps the attention's outputs."""
     elem = 2 if st.dtype == "bfloat16" else 4
     ac = training and st.ac
     passes = 4 * ELEMENTWISE_PASSES * ((3 if training else 1) + (1 if ac else 0))
     if st.ring > 1:
-        passes += 4 * RING_MERGE_PASSES * (st.ring - 1) * (2 if ac else 1)
+        passes += 4 * RING_MERGE_PASSES * (st.ring - 1)
         passes += 4 * RING_ACCUMULATE_PASSES * st.ring if training else 0
-    if st.ulysses > 1:  # 4 all-to-alls forward (q, k, v, out), 4 backward; the forward's again under AC
-        passes += elem * ULYSSES_PACK_PASSES * 4 * ((2 if training else 1) + (1 if ac else 0))
+    if st.ulysses > 1:  # 4 all-to-alls forward (q, k, v, out), 4 backward
+        passes += elem * ULYSSES_PACK_PASSES * 4 * (2 if training else 1)
     pass_elements = micro * -(-layout.total // st.cp) * cfg.dim * cfg.num_layers  # one [tokens, dim] pass, all layers
     return passes * pass_elements / hw.memory_bandwidth
 
@@ -310,29 +315,66 @@ def count_dispatched_ops(fn) -> int:
 
 
 @functools.lru_cache(maxsize=32)
-def step_op_count(cfg: WanS2VConfig, ac: bool) -> tuple[int, int]:
+def step_op_count(cfg: WanS2VConfig, ac: bool, with_motion: bool = True) -> tuple[int, int]:
     """(ops per micro-batch's forward and backward, ops of the optimizer step) that one single-rank training
     step dispatches, counted by running it on a copy of ``cfg`` with the same structure (layers, injections,
-    features) at toy widths: the count depends on the structure, not the widths. Collectives and FSDP's own
-    copies are not in it."""
+    features, motion) at toy widths and 2 heads: the count depends on the structure, not the widths. Collectives,
+    FSDP's own copies, the context-parallel glue and autocast's casts are not in it."""
     import torch
 
     from ..model import WanS2V, get_preset
     from ..model.flow import TrainConfig, make_optimizer, synthetic_batch, train_step
 
-    toy = dataclasses.replace(cfg, dim=16 * cfg.num_heads, ffn_dim=32, text_dim=16, text_len=16, freq_dim=16,
+    toy = dataclasses.replace(cfg, dim=32, num_heads=2, ffn_dim=32, text_dim=16, text_len=16, freq_dim=16,
                               audio_dim=16)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = WanS2V(toy)
         train = TrainConfig(dtype="float32", activation_checkpointing=ac)
         opt = make_optimizer(model, train)
-        batch = synthetic_batch(toy, get_preset("tiny").clip, 1)
+        batch = synthetic_batch(toy, dataclasses.replace(get_preset("tiny").clip, with_motion=with_motion), 1)
         train_step(model, opt, batch, 0, train)  # the first step creates the optimizer state
         counts = [count_dispatched_ops(lambda: train_step(model, opt, batch, 1, train)),
                   count_dispatched_ops(lambda: train_step(model, opt, [batch, batch], 1, train))]
     per_micro = counts[1] - counts[0]
     return per_micro, counts[0] - per_micro
+
+
+def context_parallel_comm(cfg: WanS2VConfig, layout: SequenceLayout, micro: int, st: Strategy,
+                          hw: HardwareProfile, notes: list[str], training: bool = True
+                          ) -> tuple[dict[str, float], dict[str, float]]:
+    """(total, exposed) seconds per collective kind of the Ulysses all-to-alls and ring exchanges of one
+    micro-batch's forward (and backward when ``training``) over every layer, before the profile's overlap
+    override."""
+    total: dict[str, float] = {}
+    exposed: dict[str, float] = {}
+    elem = 2 if st.dtype == "bfloat16" else 4
+    s_loc = -(-layout.total // st.cp)
+    x = micro * s_loc * cfg.dim * elem  # one q/k/v/out tensor on this rank
+    passes = 2 if training else 1
+    if st.ulysses > 1:  # q, k, v in and out back, forward; their gradients, backward
+        a2a = 4 * passes * cfg.num_layers * collective_time("all_to_all", x, st.ulysses, group_link(hw, st.ulysses))
+        total["all_to_all"] = exposed["all_to_all"] = a2a
+    if st.ring > 1:
+        link = group_link(hw, st.ulysses * st.ring)
+        chunk = -(-layout.total // st.cp) * st.cp // st.ring
+        step_op = Op("", "attention", 4 * micro * chunk * chunk * cfg.dim / st.ulysses)
+        step_attn, step_attn_bwd = op_time(step_op, hw), op_time(step_op, hw, backward=True)
+        kv = 2 * x
+        acc = 2 * micro * s_loc * cfg.dim * 4  # dK, dV accumulators in float32
+        fwd_p2p = collective_time("p2p", kv, 2, link)
+        bwd_p2p = collective_time("p2p", kv + acc, 2, link)
+        tot = (st.ring - 1) * fwd_p2p
+        exp = (st.ring - 1) * max(0.0, fwd_p2p - step_attn)
+        if training:
+            home = collective_time("p2p", acc, 2, link)  # the accumulators' last hop home
+            tot += (st.ring - 1) * bwd_p2p + home
+            exp += (st.ring - 1) * max(0.0, bwd_p2p - step_attn_bwd) + home
+        total["ring_p2p"], exposed["ring_p2p"] = tot * cfg.num_layers, exp * cfg.num_layers
+        if hw.comm_overlaps_compute and exp > 0.5 * tot:
+            notes.append(f"ring: a K/V step ({fwd_p2p * 1e3:.2f} ms) no longer hides behind its block attention "
+                         f"({step_attn * 1e3:.2f} ms)")
+    return total, exposed
 
 
 # ---- FSDP units ---------------------------------------------------------------------------------------
@@ -380,13 +422,11 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
     micro = _check(cfg, layout, st, global_batch)
     pred = Prediction(st, layout.total, global_batch, capacity=hw.memory_capacity, peak_flops=hw.peak_flops)
     elem = 2 if st.dtype == "bfloat16" else 4
-    s_loc = -(-layout.total // st.cp)
 
     # compute per layer, forward and backward, and what lies outside the layers (replicated on every rank)
-    fwd_layers, bwd_layers, fwd_outside = _layer_times(cfg, layout, micro, st, hw)
+    fwd_layers, bwd_layers, recompute, fwd_outside = _layer_times(cfg, layout, micro, st, hw)
     ff = forward_flops(cfg, layout)
-    recompute = sum(fwd_layers) if st.ac else 0.0
-    pred.compute = st.grad_accum * (sum(fwd_layers) + sum(bwd_layers) + 3 * fwd_outside + recompute)
+    pred.compute = st.grad_accum * (sum(fwd_layers) + sum(bwd_layers) + 3 * fwd_outside + sum(recompute))
     pred.model_flops = global_batch * 3 * ff.total
 
     # elementwise traffic and offload
@@ -396,9 +436,9 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
     n_params = parameter_count(cfg)
     pred.other += OPTIMIZER_PASSES * 4 * n_params / st.world / hw.memory_bandwidth
     if hw.op_overhead > 0:
-        per_micro, optimizer_ops = step_op_count(cfg, st.ac)
+        per_micro, optimizer_ops = step_op_count(cfg, st.ac, layout.motion > 0)
         pred.other += hw.op_overhead * (st.grad_accum * per_micro + optimizer_ops)
-    act = activation_bytes(cfg, layout, micro, st.dtype, st.ac, st.ulysses, st.ring)
+    act = activation_bytes(cfg, layout, micro, st.dtype, st.ac, st.ulysses, st.ring, parallelized=st.world > 1)
     pred.saved_activations = act.saved
     if st.offload_activations:
         move = act.layers / hw.host_link
@@ -408,33 +448,9 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
                           f"host link ({hw.host_link / 1e9:.0f} GB/s), overlapped with compute where it can be")
 
     # context-parallel communication, per layer
-    cp_total: dict[str, float] = {}
-    cp_exposed: dict[str, float] = {}
-
-    def add(kind: str, total: float, exposed: float) -> None:
-        cp_total[kind] = cp_total.get(kind, 0.0) + total
-        cp_exposed[kind] = cp_exposed.get(kind, 0.0) + exposed
-
-    x = micro * s_loc * cfg.dim * elem  # one q/k/v/out tensor on this rank
-    if st.ulysses > 1:
-        a2a = collective_time("all_to_all", x, st.ulysses, group_link(hw, st.ulysses))
-        add("all_to_all", 8 * a2a * cfg.num_layers * st.grad_accum, 8 * a2a * cfg.num_layers * st.grad_accum)
-    if st.ring > 1:
-        link = group_link(hw, st.ulysses * st.ring)
-        chunk = -(-layout.total // st.cp) * st.cp // st.ring
-        step_op = Op("", "attention", 4 * micro * chunk * chunk * cfg.dim / st.ulysses)
-        step_attn, step_attn_bwd = op_time(step_op, hw), op_time(step_op, hw, backward=True)
-        kv = 2 * x
-        acc = 2 * micro * s_loc * cfg.dim * 4
-        fwd_p2p = collective_time("p2p", kv, 2, link)
-        bwd_p2p = collective_time("p2p", kv + acc, 2, link)
-        tot = (st.ring - 1) * fwd_p2p + (st.ring - 1) * bwd_p2p + collective_time("p2p", acc, 2, link)
-        exp = (st.ring - 1) * (max(0.0, fwd_p2p - step_attn) + max(0.0, bwd_p2p - step_attn_bwd)) \
-            + collective_time("p2p", acc, 2, link)
-        add("ring_p2p", tot * cfg.num_layers * st.grad_accum, exp * cfg.num_layers * st.grad_accum)
-        if exp > 0.5 * tot:
-            pred.notes.append(f"ring: a K/V step ({fwd_p2p * 1e3:.2f} ms) no longer hides behind its block "
-                              f"attention ({step_attn * 1e3:.2f} ms)")
+    cp_total, cp_exposed = context_parallel_comm(cfg, layout, micro, st, hw, pred.notes)
+    cp_total = {k: v * st.grad_accum for k, v in cp_total.items()}
+    cp_exposed = {k: v * st.grad_accum for k, v in cp_exposed.items()}
 
     # FSDP: gathers per micro-batch (forward and backward), one reduce-scatter per step
     units, root = fsdp_unit_params(cfg)
@@ -446,7 +462,7 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
         ag_root = collective_time("all_gather", root * elem, p, link)
         rs_root = collective_time("reduce_scatter", root * 4, p, link)
         exp_f = ag_root + ag[0] + sum(max(0.0, ag[i] - fwd_layers[i - 1]) for i in range(1, len(units)))
-        layer_bwd = [b + (f if st.ac else 0) for f, b in zip(fwd_layers, bwd_layers)]
+        layer_bwd = [b + r for b, r in zip(bwd_layers, recompute)]
         exp_b = ag[-1] + sum(max(0.0, ag[i] - layer_bwd[i + 1]) for i in range(len(units) - 1))
         # reduce-scatters run once per step, on the last micro-batch's backward
         exp_rs = rs[0] + rs_root + sum(max(0.0, rs[i] - layer_bwd[i - 1]) for i in range(1, len(units)))
@@ -466,7 +482,8 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
         pred.memory["gathered"] = (2 * max(units) + root) * elem + max(units) * 4
     elif st.dtype == "bfloat16":
         pred.memory["gathered"] = 0.0
-    resident = act.peak if not st.offload_activations else (act.outside + 2 * act.layers / cfg.num_layers)
+    resident = act.peak if not st.offload_activations else \
+        (act.outside + act.kept + 2 * act.layers / cfg.num_layers)
     pred.memory["activations"] = resident
     if not pred.fits:
         pred.notes.append(f"does not fit: {pred.memory_total / 1e9:.1f} GB per rank > "
@@ -505,9 +522,8 @@ def predict_inference(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, h
     if st.dp_shard != 1:
         raise PlanError("inference splits one clip over context-parallel ranks; use dp_shard=1")
     forwards = steps * (2 if cfg_scale else 1)
-    train = predict_training(cfg, layout, Strategy(1, st.ulysses, st.ring, False, st.dtype), hw, 1)
     pred = Prediction(st, layout.total, 1, capacity=hw.memory_capacity, peak_flops=hw.peak_flops)
-    fwd_layers, _, fwd_outside = _layer_times(cfg, layout, 1, Strategy(1, st.ulysses, st.ring), hw)
+    fwd_layers, _, _, fwd_outside = _layer_times(cfg, layout, 1, Strategy(1, st.ulysses, st.ring, False), hw)
     pred.compute = forwards * (sum(fwd_layers) + fwd_outside)
     if encoders:
         pred.encoders, how = encoder_seconds(cfg, layout, hw)
@@ -515,8 +531,12 @@ def predict_inference(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, h
         pred.notes.append(f"compute includes {pred.encoders:.2f} s of {how}")
     pred.elementwise = forwards * elementwise_seconds(cfg, layout, 1, st, hw, training=False) * hw.elementwise_factor
     pred.other = pred.elementwise
-    pred.comm_total = {k: forwards * v / 2 for k, v in train.comm_total.items()}
-    pred.comm_exposed = {k: forwards * v / 2 for k, v in train.comm_exposed.items()}
+    # weights are replicated (no FSDP gathers, no gradients): only the forward's context-parallel exchanges
+    total, exposed = context_parallel_comm(cfg, layout, 1, st, hw, pred.notes, training=False)
+    if not hw.comm_overlaps_compute:
+        exposed = dict(total)
+    pred.comm_total = {k: forwards * v for k, v in total.items()}
+    pred.comm_exposed = {k: forwards * v for k, v in exposed.items()}
     pred.exposed_comm = sum(pred.comm_exposed.values())
     pred.model_flops = forwards * forward_flops(cfg, layout).total  # the DiT's: MFU is the transformer's
     elem = 2 if st.dtype == "bfloat16" else 4
@@ -538,6 +558,7 @@ __all__ = [
     "Strategy",
     "block_ops",
     "collective_time",
+    "context_parallel_comm",
     "count_dispatched_ops",
     "elementwise_seconds",
     "encoder_seconds",

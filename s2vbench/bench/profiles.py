@@ -103,6 +103,10 @@ class HardwareProfile:
 
     @classmethod
     def from_dict(cls, d: dict) -> HardwareProfile:
+        if "fixed_overhead" in d and "op_overhead" not in d:
+            raise ProfileError(f"hardware profile {d.get('name', '?')!r} was written by an older s2vbench (it has "
+                               f"fixed_overhead, which the model replaced by a measured op_overhead); re-run "
+                               f"`s2vbench calibrate --out FILE` to write a current one")
         try:
             return cls(name=d["name"], peak_flops=float(d["peak_flops"]),
                        memory_bandwidth=float(d["memory_bandwidth"]), memory_capacity=float(d["memory_capacity"]),
