@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from s2vbench.bench.analytic import activation_bytes, forward_flops, parameter_count
+from s2vbench.bench.analytic import (
+    activation_bytes,
+    count_dispatched_ops,
+    forward_flops,
+    parameter_count,
+)
 from s2vbench.bench.measure import SavedActivations
 from s2vbench.bench.perfmodel import (
     ATTENTION_BACKWARD_FLOPS,
@@ -15,7 +20,6 @@ from s2vbench.bench.perfmodel import (
     PlanError,
     Strategy,
     collective_time,
-    count_dispatched_ops,
     elementwise_seconds,
     group_link,
     op_time,

@@ -312,26 +312,35 @@ __all__ += ["ActivationBytes", "activation_bytes", "injection_frames"]
 
 
 # ---- inference's encoders -----------------------------------------------------------------------------
-_MATMUL_OPS = ("convolution", "mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product")
+_MATMUL_OPS = ("convolution", "mm", "addmm", "bmm", "baddbmm", "scaled_dot_product")
+
+
+def count_dispatched_ops(fn, only: tuple[str, ...] | None = None) -> int:
+    """Aten ops that running ``fn()`` dispatches (forward, and backward where ``fn`` runs one); with ``only``,
+    those whose name (leading underscores dropped) starts with one of these."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if only is None or func.__name__.lstrip("_").startswith(only):
+                Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
 
 
 def _count_meta(fn) -> tuple[float, int]:
     """(FLOPs, matmul/conv/attention calls) of ``fn()`` run on meta tensors (no compute, no memory)."""
     import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import FlopCounterMode
 
-    class Calls(TorchDispatchMode):
-        n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.__name__.split(".")[0].lstrip("_").startswith(tuple(o.lstrip("_") for o in _MATMUL_OPS)):
-                Calls.n += 1
-            return func(*args, **(kwargs or {}))
-
-    with torch.no_grad(), FlopCounterMode(display=False) as flops, Calls():
-        fn()
-    return float(flops.get_total_flops()), Calls.n
+    with torch.no_grad(), FlopCounterMode(display=False) as flops:
+        calls = count_dispatched_ops(fn, _MATMUL_OPS)
+    return float(flops.get_total_flops()), calls
 
 
 @functools.lru_cache(maxsize=16)
@@ -367,4 +376,4 @@ def audio_encoder_flops(seconds: float) -> tuple[float, int]:
     return _count_meta(lambda: model(torch.empty(1, samples, device="meta"), output_hidden_states=True))
 
 
-__all__ += ["audio_encoder_flops", "vae_flops"]
+__all__ += ["audio_encoder_flops", "count_dispatched_ops", "vae_flops"]

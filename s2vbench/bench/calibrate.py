@@ -117,7 +117,7 @@ def memory_bandwidth(device: str = "cpu") -> float:
 def op_overhead() -> float:
     """Seconds per dispatched op of a forward and backward through 200 elementwise ops and small linears on
     [64, 16] tensors, where the host's work (dispatch, autograd bookkeeping, allocation) is all there is."""
-    from .perfmodel import count_dispatched_ops
+    from .analytic import count_dispatched_ops
 
     x = torch.randn(64, 16, requires_grad=True)
     lin = torch.nn.Linear(16, 16)

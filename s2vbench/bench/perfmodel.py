@@ -36,6 +36,7 @@ from ..model.sequence import SequenceLayout
 from ..parallel.mesh import ParallelConfig
 from .analytic import (
     activation_bytes,
+    count_dispatched_ops,
     forward_flops,
     injection_frames,
     meta_model,
@@ -298,22 +299,6 @@ def elementwise_seconds(cfg: WanS2VConfig, layout: SequenceLayout, micro: int, s
     return passes * pass_elements / hw.memory_bandwidth
 
 
-def count_dispatched_ops(fn) -> int:
-    """Aten ops that running ``fn()`` dispatches (forward, and backward where ``fn`` runs one)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Count(TorchDispatchMode):
-        n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            Count.n += 1
-            return func(*args, **(kwargs or {}))
-
-    with Count():
-        fn()
-    return Count.n
-
-
 @functools.lru_cache(maxsize=32)
 def step_op_count(cfg: WanS2VConfig, ac: bool, with_motion: bool = True) -> tuple[int, int]:
     """(ops per micro-batch's forward and backward, ops of the optimizer step) that one single-rank training
@@ -559,7 +544,6 @@ __all__ = [
     "block_ops",
     "collective_time",
     "context_parallel_comm",
-    "count_dispatched_ops",
     "elementwise_seconds",
     "encoder_seconds",
     "fsdp_unit_params",
