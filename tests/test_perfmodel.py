@@ -188,11 +188,7 @@ def test_op_count_depends_on_structure_not_width():
     # counted on toy widths; the real tiny preset's step dispatches the same ops
     p = get_preset("tiny")
     per_micro, optimizer_ops = step_op_count(p.model, False)
-    torch.manual_seed(0)
-    model = WanS2V(p.model)
-    cfg = TrainConfig(dtype="float32", activation_checkpointing=False)
-    opt = make_optimizer(model, cfg)
-    batch = synthetic_batch(p.model, p.clip, 1)
+    model, opt, batch, cfg = _training("tiny", p.clip, False)
     train_step(model, opt, batch, 0, cfg)
     assert count_dispatched_ops(lambda: train_step(model, opt, batch, 1, cfg)) == per_micro + optimizer_ops
     # AC recomputes each block's forward: more ops per micro-batch, the same optimizer
@@ -206,16 +202,26 @@ def test_op_count_depends_on_structure_not_width():
     assert two.other - two.elementwise - (one.other - one.elementwise) == pytest.approx(1e-5 * per_micro)
 
 
-def _measured_saved(preset: str, clip: ClipShape, ac: bool) -> int:
+def _training(preset: str, clip: ClipShape, ac: bool, batch_size: int = 1, parallel=None):
+    """(model, optimizer, batch, train config) of a float32 step, parallelized when ``parallel`` is given."""
     p = get_preset(preset)
     torch.manual_seed(0)
     model = WanS2V(p.model)
+    if parallel is not None:
+        from s2vbench.parallel import parallelize
+
+        parallelize(model, parallel, "cpu")
     cfg = TrainConfig(dtype="float32", activation_checkpointing=ac)
-    opt = make_optimizer(model, cfg)
-    batch = synthetic_batch(p.model, clip, 1)
+    return model, make_optimizer(model, cfg), synthetic_batch(p.model, clip, batch_size), cfg
+
+
+def _measured_saved(preset: str, clip: ClipShape, ac: bool, batch_size: int = 1, parallel=None) -> int:
+    from s2vbench.parallel.train import parallel_train_step
+
+    model, opt, batch, cfg = _training(preset, clip, ac, batch_size, parallel)
     saved = SavedActivations(model)
     with saved.count():
-        train_step(model, opt, batch, 0, cfg)
+        (train_step if parallel is None else parallel_train_step)(model, opt, batch, 0, cfg)
     return saved.bytes
 
 
@@ -237,23 +243,11 @@ def cp_saved_worker(rank, world, strategy, cp):
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
     from s2vbench.bench.points import Point
-    from s2vbench.parallel import parallelize
-    from s2vbench.parallel.train import parallel_train_step
 
     dist.destroy_process_group()
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=cp)
     point = Point("small", cp, strategy, global_batch=1)
-    p = get_preset("small")
-    torch.manual_seed(0)
-    model = WanS2V(p.model)
-    parallelize(model, point.parallel_config(), "cpu")
-    cfg = TrainConfig(dtype="float32", activation_checkpointing=False)
-    opt = make_optimizer(model, cfg)
-    batch = synthetic_batch(p.model, point.clip(), point.batch_per_rank)
-    saved = SavedActivations(model)
-    with saved.count():
-        parallel_train_step(model, opt, batch, 0, cfg)
-    return saved.bytes
+    return _measured_saved("small", point.clip(), False, point.batch_per_rank, point.parallel_config())
 
 
 @pytest.mark.parametrize("strategy,cp", [("ulysses", 2), ("ring", 2), ("ulysses", 4)])

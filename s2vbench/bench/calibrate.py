@@ -67,14 +67,17 @@ def matmul_sweep(device: str = "cpu") -> list[tuple[float, float]]:
     return out
 
 
+def _attention_shapes(device: str) -> tuple[bool, torch.dtype, list[tuple[int, int, int]]]:
+    """(on CUDA, dtype, [(heads, tokens, head_dim)]) of the attention sweeps."""
+    if device == "cpu":
+        return False, torch.float32, [(4, s, 64) for s in (256, 1024, 2048, 4096)]
+    return True, torch.bfloat16, [(40, 5568, 128), (5, 22272, 128), (5, 44544, 128), (40, 44544, 128)]
+
+
 def attention_sweep(device: str = "cpu") -> list[tuple[float, float]]:
     """(FLOPs of one call, achieved FLOP/s) for torch SDPA: 4 heads of 64 from 256 to 4096 tokens in float32
     on CPU; 5 to 40 heads of 128 from 5,568 to 44,544 tokens in bf16 on GPU (the paper's per-rank shapes)."""
-    cuda = device != "cpu"
-    dtype = torch.bfloat16 if cuda else torch.float32
-    shapes = [(4, s, 64) for s in (256, 1024, 2048, 4096)]
-    if cuda:
-        shapes = [(40, 5568, 128), (5, 22272, 128), (5, 44544, 128), (40, 44544, 128)]
+    cuda, dtype, shapes = _attention_shapes(device)
     out = []
     for heads, s, d in shapes:
         q, k, v = (torch.randn(1, heads, s, d, dtype=dtype, device=device) for _ in range(3))
@@ -88,11 +91,7 @@ def attention_sweep(device: str = "cpu") -> list[tuple[float, float]]:
 def attention_backward_sweep(device: str = "cpu") -> list[tuple[float, float]]:
     """(forward FLOPs of one call, achieved backward FLOP/s counted at ATTENTION_BACKWARD_FLOPS times them) for
     torch SDPA, at the shapes of :func:`attention_sweep`."""
-    cuda = device != "cpu"
-    dtype = torch.bfloat16 if cuda else torch.float32
-    shapes = [(4, s, 64) for s in (256, 1024, 2048, 4096)]
-    if cuda:
-        shapes = [(40, 5568, 128), (5, 22272, 128), (5, 44544, 128), (40, 44544, 128)]
+    cuda, dtype, shapes = _attention_shapes(device)
     out = []
     for heads, s, d in shapes:
         q, k, v = (torch.randn(1, heads, s, d, dtype=dtype, device=device, requires_grad=True) for _ in range(3))
