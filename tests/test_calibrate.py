@@ -6,7 +6,9 @@ import pytest
 
 from s2vbench.bench.calibrate import (
     calibrate_cpu,
+    collective_samples,
     fit_link,
+    fit_skew,
     predict_record,
     step_noise,
     validate,
@@ -26,6 +28,19 @@ def test_fit_link_recovers_alpha_and_beta():
     assert link.latency == pytest.approx(alpha, rel=1e-6)
     assert link.bandwidth == pytest.approx(beta, rel=1e-6)
     assert rms < 1e-9
+
+
+def test_fit_skew_recovers_the_wait_per_second_of_compute():
+    skew, c = 0.12, 1.5e-3
+    samples = [(w, c + skew * w) for w in (2e-3, 8e-3, 3e-2, 0.12)]
+    fitted, intercept = fit_skew(samples)
+    assert fitted == pytest.approx(skew, rel=1e-6) and intercept == pytest.approx(c, rel=1e-6)
+    # the collective sweep's samples lose the skew their preceding compute brought (half for a p2p round trip)
+    raw = {"collectives": [("all_gather", 1024, 2e-3, 1e-3 + skew * 2e-3), ("p2p", 1024, 2e-3, 1e-3 + skew * 1e-3)]}
+    assert [t for _, _, t in collective_samples(raw, skew)] == pytest.approx([1e-3, 1e-3])
+    # ranks that never drift apart: no skew, never a negative one
+    assert fit_skew([(w, 1e-3) for w in (2e-3, 8e-3, 3e-2)])[0] == pytest.approx(0.0, abs=1e-9)
+    assert fit_skew([(w, 5e-3 - 0.01 * w) for w in (2e-3, 8e-3, 3e-2)])[0] == 0.0
 
 
 def _record(point: Point, steps: list[float], compute: float | None = None) -> Record:
@@ -74,6 +89,9 @@ def test_leave_one_out_fits_on_compute_only_times_and_skips_noisy_points():
 def test_cpu_calibration_measures_every_figure():
     prof, raw = calibrate_cpu()
     assert prof.peak_flops > 1e8 and prof.memory_bandwidth > 1e8 and 0 < prof.op_overhead < 1e-3
+    assert 0 < prof.op_overhead_sharded < 1e-3 and 0 <= prof.rank_skew < 1
+    work = [w for w, _ in raw["skew_samples"]]
+    assert len(work) == 4 and work == sorted(work) and work[-1] > 10 * work[0]
     assert prof.attention_backward is not None and not prof.comm_overlaps_compute
     assert prof.intra_node.bandwidth > 1e6 and prof.intra_node.latency > 0
     assert all(0 < e <= 1.5 for e in prof.matmul.efficiency)

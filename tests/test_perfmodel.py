@@ -23,6 +23,7 @@ from s2vbench.bench.perfmodel import (
     elementwise_seconds,
     group_link,
     op_time,
+    predict_inference,
     predict_training,
     step_op_count,
     unit_ops,
@@ -200,6 +201,54 @@ def test_op_count_depends_on_structure_not_width():
     one = predict_training(p.model, lay, Strategy(ac=False, dtype="float32"), hw, global_batch=2)
     two = predict_training(p.model, lay, Strategy(ac=False, dtype="float32", grad_accum=2), hw, global_batch=2)
     assert two.other - two.elementwise - (one.other - one.elementwise) == pytest.approx(1e-5 * per_micro)
+
+
+def op_count_worker(rank, world, degrees):
+    """Rank 0 of a tiny job split by ``degrees`` under the fake process group: the ops its step dispatches."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from s2vbench.parallel import ParallelConfig
+    from s2vbench.parallel.train import parallel_train_step
+
+    dist.destroy_process_group()
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=math.prod(degrees))
+    model, opt, batch, cfg = _training("tiny", get_preset("tiny").clip, False, parallel=ParallelConfig(*degrees))
+    parallel_train_step(model, opt, batch, 0, cfg)
+    return count_dispatched_ops(lambda: parallel_train_step(model, opt, batch, 1, cfg))
+
+
+@pytest.mark.parametrize("degrees", [(2, 1, 1), (1, 2, 1)])
+def test_op_count_of_a_step_across_ranks(degrees):
+    # counted on the toy model under the fake group; the real tiny preset's rank 0 dispatches the same ops
+    from s2vbench.parallel.launch import run_ranks
+
+    tiny = get_preset("tiny").model
+    real = run_ranks(op_count_worker, 1, degrees, timeout_s=180)[0]
+    per_micro, optimizer_ops = step_op_count(tiny, False, True, degrees)
+    assert per_micro + optimizer_ops == real
+    assert real > sum(step_op_count(tiny, False, True))  # FSDP's copies and DTensor's optimizer add ops
+
+
+def test_rank_skew_and_sharded_host_overhead_are_charged_only_across_ranks():
+    cfg, lay = _layout("tiny")
+    base, skewed = _flat_profile(comm_overlaps_compute=False), _flat_profile(comm_overlaps_compute=False,
+                                                                            rank_skew=0.1)
+    one, two = Strategy(ac=False, dtype="float32"), Strategy(dp_shard=2, ac=False, dtype="float32")
+    assert predict_training(cfg, lay, one, skewed, 2).time == predict_training(cfg, lay, one, base, 2).time
+    plain, slow = predict_training(cfg, lay, two, base, 2), predict_training(cfg, lay, two, skewed, 2)
+    assert slow.comm_exposed["rank_skew"] == pytest.approx(0.1 * (plain.compute + plain.other))
+    assert slow.time - plain.time == pytest.approx(0.1 * (plain.compute + plain.other))
+    cp = Strategy(ulysses=2, ac=False, dtype="float32")
+    inf_plain, inf_slow = predict_inference(cfg, lay, cp, base), predict_inference(cfg, lay, cp, skewed)
+    assert inf_slow.exposed_comm - inf_plain.exposed_comm == pytest.approx(
+        0.1 * (inf_plain.compute + inf_plain.other))
+    # a sharded step's ops are charged at the sharded rate, a single rank's at the plain one
+    hw = _flat_profile(op_overhead=1e-5, op_overhead_sharded=3e-5)
+    assert predict_training(cfg, lay, two, hw, 2).other - plain.other == pytest.approx(
+        3e-5 * sum(step_op_count(cfg, False, True, (2, 1, 1))))
+    assert predict_training(cfg, lay, one, hw, 2).other - predict_training(cfg, lay, one, base, 2).other == \
+        pytest.approx(1e-5 * sum(step_op_count(cfg, False, True)))
 
 
 def _training(preset: str, clip: ClipShape, ac: bool, batch_size: int = 1, parallel=None):

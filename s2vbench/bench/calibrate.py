@@ -1,11 +1,13 @@
 """Calibrate the performance model on microbenchmarks, then validate it on end-to-end steps.
 
 Calibration sees only microbenchmarks: matmuls and attention calls (forward and backward) across sizes
-(-> efficiency curves), a streaming add (-> memory bandwidth), a chain of small ops (-> host overhead per
-dispatched op) and collectives across sizes on 2 ranks (-> alpha and beta by least squares). End-to-end steps
-are used only to validate, plus one fitted constant: a factor on the modelled elementwise traffic (norms,
-RoPE, modulation run far below memory bandwidth on one CPU thread), fitted on compute-only times. Its error
-is reported leave-one-out in the style of Calculon: each point is predicted with the factor fitted on the
+(-> efficiency curves), a streaming add (-> memory bandwidth), a training step at toy widths, alone and under
+FSDP (-> host overhead per dispatched op, plain and sharded), and, on 2 ranks that compute between
+collectives as a step does, small all-reduces after growing stretches of compute (-> rank skew, the share of
+that compute each collective waits for the slower rank) and collectives across sizes (-> alpha and beta by
+least squares, the skew taken out). End-to-end steps are used only to validate, plus one fitted constant: a
+factor on the modelled elementwise traffic (norms, RoPE, modulation run far below memory bandwidth on one CPU
+thread), fitted on compute-only times. Its error is reported leave-one-out in the style of Calculon: each point is predicted with the factor fitted on the
 others. Only points whose step-time IQR/median is under 5% count; the others are listed as noisy.
 """
 
@@ -113,37 +115,93 @@ def memory_bandwidth(device: str = "cpu") -> float:
     return 3 * a.numel() * 4 / t
 
 
-def op_overhead() -> float:
-    """Seconds per dispatched op of a forward and backward through 200 elementwise ops and small linears on
-    [64, 16] tensors, where the host's work (dispatch, autograd bookkeeping, allocation) is all there is."""
+def op_overhead(hw: HardwareProfile, dp_shard: int = 1) -> float:
+    """Seconds of host work per dispatched op: a float32 training step of the tiny preset's structure at toy
+    widths (``perfmodel.toy_config``: 32 wide, 2 heads), less what ``hw`` predicts for its matmuls, attention
+    and traffic, over the ops it dispatches. The toy step's own mix of module calls, autograd nodes, views and
+    small kernels is what the host pays per op in the model's steps; a chain of bare ops pays less than half.
+    With ``dp_shard`` > 1 the step runs under FSDP in the process group already initialized (the fake one:
+    :func:`op_overhead_rank`)."""
+    from ..model import get_preset, sequence_layout
+    from ..parallel import ParallelConfig
     from .analytic import count_dispatched_ops
+    from .perfmodel import toy_config, toy_training
 
-    x = torch.randn(64, 16, requires_grad=True)
-    lin = torch.nn.Linear(16, 16)
+    tiny = get_preset("tiny")
+    step, model, opt, batch, train = toy_training(tiny.model, False, True,
+                                                  ParallelConfig(dp_shard) if dp_shard > 1 else None)
+    t = _median_time(lambda: step(model, opt, batch, 1, train), repeats=15, warmup=2)
+    ops = count_dispatched_ops(lambda: step(model, opt, batch, 1, train))
+    toy, clip = toy_config(tiny.model), tiny.clip
+    lay = sequence_layout(toy, clip.latent_frames, clip.latent_height, clip.latent_width, clip.with_motion)
+    bare = HardwareProfile(**{**hw.__dict__, "op_overhead": 0.0, "op_overhead_sharded": 0.0, "rank_skew": 0.0,
+                              "elementwise_factor": 1.0})
+    pred = predict_training(toy, lay, Strategy(dp_shard, ac=False, dtype="float32"), bare, dp_shard)
+    return max(t - pred.compute - pred.other, 0.0) / ops  # no communication: the fake group's collectives are no-ops
 
-    def chain():
-        y = x
-        for _ in range(40):
-            y = torch.nn.functional.silu(lin(y) * 0.5 + y)
-        y.sum().backward()
 
-    n = count_dispatched_ops(chain)
-    return _median_time(chain, repeats=15, warmup=2) / n
+def op_overhead_rank(rank: int, world: int, hw: HardwareProfile, dp_shard: int = 2) -> float:
+    """Called by ``run_ranks(op_overhead_rank, 1, hw)``: :func:`op_overhead` as rank 0 of ``dp_shard`` FSDP ranks
+    under the fake process group (``HardwareProfile.op_overhead_sharded``)."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    dist.destroy_process_group()
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=dp_shard)
+    return op_overhead(hw, dp_shard)
 
 
 COLLECTIVE_SIZES = (2 ** 14, 2 ** 18, 2 ** 21, 2 ** 23)
 """Bytes per collective buffer in the sweep (16 KiB to 8 MiB)."""
+SKEW_WORK = (5, 20, 80, 320)
+"""Compute between two collectives in the rank-skew sweep, in 256 x 256 matmuls (about 0.4 ms each here)."""
+COLLECTIVE_WORK = 5
+"""Compute before each collective of the sweep, in the same matmuls: a step's collectives meet busy ranks."""
 
 
-def collective_rank(rank: int, world: int) -> list[tuple[str, int, float]]:
-    """(kind, bytes, median seconds) of all_gather, reduce_scatter, all_to_all and p2p on this process group."""
+def _loaded_extra(fn, work: int, iterations: int, repeats: int = 3) -> tuple[float, float]:
+    """(seconds of ``work`` matmuls, seconds ``fn`` adds after them) per iteration, medians over ``repeats``
+    loops with and without ``fn``; both ranks run the same loop, so a collective waits for the slower one."""
     import torch.distributed as dist
 
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+
+    def loop(with_fn: bool) -> float:
+        dist.barrier()
+        t0 = time.perf_counter()
+        for _ in range(iterations):
+            for _ in range(work):
+                a @ b
+            if with_fn:
+                fn()
+        return (time.perf_counter() - t0) / iterations
+
+    loop(True)
+    with_, without = [], []
+    for _ in range(repeats):
+        with_.append(loop(True))
+        without.append(loop(False))
+    base = statistics.median(without)
+    return base, statistics.median(with_) - base
+
+
+def collective_rank(rank: int, world: int) -> dict:
+    """Collectives as a training step meets them, between stretches of compute on every rank:
+
+    * ``skew``: (seconds of compute between two small all-reduces, seconds each all-reduce adds) for
+      ``SKEW_WORK``: on shared cores ranks drift apart, and a collective waits for the slowest in proportion
+      to the compute since the last one;
+    * ``collectives``: (kind, bytes, seconds added) of all_gather, reduce_scatter, all_to_all and p2p after
+      ``COLLECTIVE_WORK`` matmuls, across ``COLLECTIVE_SIZES``."""
+    import torch.distributed as dist
+
+    small = torch.zeros(256)
+    skew = [_loaded_extra(lambda: dist.all_reduce(small), w, max(3, 900 // w)) for w in SKEW_WORK]
     out = []
     peer = (rank + 1) % world
     for nbytes in COLLECTIVE_SIZES:
         n = nbytes // 4
-        full, shard = torch.randn(n), torch.randn(n // world)
+        full, shard, recv = torch.randn(n), torch.randn(n // world), torch.empty(n)
 
         def ag():
             dist.all_gather_into_tensor(full, shard)
@@ -152,7 +210,7 @@ def collective_rank(rank: int, world: int) -> list[tuple[str, int, float]]:
             dist.reduce_scatter_tensor(shard, full)
 
         def a2a():
-            dist.all_to_all_single(full.clone(), full)
+            dist.all_to_all_single(recv, full)
 
         def p2p():
             if rank == 0:
@@ -163,10 +221,34 @@ def collective_rank(rank: int, world: int) -> list[tuple[str, int, float]]:
                 dist.send(full, (rank - 1) % world)
 
         for kind, fn in (("all_gather", ag), ("reduce_scatter", rs), ("all_to_all", a2a), ("p2p", p2p)):
-            dist.barrier()
-            t = _median_time(fn, repeats=5)
-            out.append((kind, nbytes, t / 2 if kind == "p2p" else t))  # p2p: a round trip is two messages
-    return out
+            work, t = _loaded_extra(fn, COLLECTIVE_WORK, 8 if nbytes > 2 ** 20 else 20)
+            out.append((kind, nbytes, work, t / 2 if kind == "p2p" else t))  # p2p: a round trip is two messages
+    return {"skew": skew, "collectives": out}
+
+
+def _mean_over_ranks(results: list[dict]) -> dict:
+    """:func:`collective_rank`'s samples averaged over ranks: the faster rank waits, the slower does not."""
+    def mean_rows(rows):
+        return [tuple(statistics.mean(v) if isinstance(v[0], float) else v[0] for v in zip(*same))
+                for same in zip(*rows)]
+
+    return {k: mean_rows([r[k] for r in results]) for k in results[0]}
+
+
+def fit_skew(samples: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares of added = c + skew x compute over (compute, added) samples, relative error weighted:
+    (skew, c). Skew is the fraction of the compute between collectives that each waits for the slowest rank."""
+    a = torch.tensor([(1.0, w) for w, _ in samples], dtype=torch.float64)
+    y = torch.tensor([t for _, t in samples], dtype=torch.float64)
+    wt = 1 / y.abs().clamp_min(1e-6)
+    sol = torch.linalg.lstsq(a * wt[:, None], (y * wt)[:, None]).solution.flatten()
+    return max(0.0, float(sol[1])), float(sol[0])
+
+
+def collective_samples(raw: dict, skew: float) -> list[tuple[str, int, float]]:
+    """(kind, bytes, seconds) of each loaded collective less the rank skew its preceding compute brings."""
+    return [(kind, nbytes, max(t - (skew * work if kind != "p2p" else skew * work / 2), 1e-7))
+            for kind, nbytes, work, t in raw["collectives"]]
 
 
 def fit_link(samples: list[tuple[str, int, float]], world: int) -> tuple[Link, float]:
@@ -199,30 +281,40 @@ def calibrate_cpu(world: int = 2, timeout_s: float = 300.0) -> tuple[HardwarePro
     torch.set_num_threads(1)
     try:
         mm, at, at_bwd, bw = matmul_sweep(), attention_sweep(), attention_backward_sweep(), memory_bandwidth()
-        per_op = op_overhead()
+        loaded = _mean_over_ranks(run_ranks(collective_rank, world, timeout_s=timeout_s))
+        skew, _ = fit_skew(loaded["skew"])
+        coll = collective_samples(loaded, skew)
+        link, rms = fit_link(coll, world)
+        peak = max(r for _, r in mm + at + at_bwd)
+        today = _dt.date.today().isoformat()
+        where = f"measured by s2vbench calibrate on this machine, {today}"
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        prof = HardwareProfile(
+            name="cpu-gloo", peak_flops=peak, memory_bandwidth=bw, memory_capacity=float(ram), intra_node=link,
+            inter_node=link, host_link=bw, gpus_per_node=os.cpu_count() or 1, matmul=_curve(mm, peak),
+            attention=_curve(at, peak), attention_backward=_curve(at_bwd, peak), comm_overlaps_compute=False,
+            rank_skew=skew, sources={"peak_flops": f"{where}: the fastest float32 rate of the matmul and attention sweeps, one thread",
+                     "memory_bandwidth": f"{where}: c = a + b over 64 MiB", "memory_capacity": "os.sysconf",
+                     "intra_node": f"{where}: gloo, {world} ranks, least squares over {len(coll)} collectives "
+                                   f"after compute, less the rank skew (relative RMS residual {rms:.0%})",
+                     "rank_skew": f"{where}: gloo, {world} ranks, small all-reduces after 2 to 130 ms of compute, "
+                                  "least squares of the time each adds against the compute",
+                     "inter_node": "the same as intra_node (one host)", "host_link": "memory bandwidth (no device)",
+                     "gpus_per_node": "os.cpu_count()", "matmul": where, "attention": f"{where}: torch SDPA",
+                     "attention_backward": f"{where}: torch SDPA backward",
+                     "op_overhead": f"{where}: a training step at toy widths (32 wide, 2 heads) less its modelled "
+                                    "compute, per dispatched op, one thread",
+                     "op_overhead_sharded": f"{where}: the same step under FSDP on 2 ranks (fake process group)",
+                     "comm_overlaps_compute": "by construction, false: gloo's threads share the cores the ranks' "
+                                              "compute threads fill"})
+        per_op = op_overhead(prof)
+        per_op_sharded = run_ranks(op_overhead_rank, 1, prof, timeout_s=timeout_s)[0]
     finally:
         torch.set_num_threads(threads)
-    coll = run_ranks(collective_rank, world, timeout_s=timeout_s)[0]
-    link, rms = fit_link(coll, world)
-    peak = max(r for _, r in mm + at + at_bwd)
-    today = _dt.date.today().isoformat()
-    where = f"measured by s2vbench calibrate on this machine, {today}"
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    prof = HardwareProfile(
-        name="cpu-gloo", peak_flops=peak, memory_bandwidth=bw, memory_capacity=float(ram), intra_node=link,
-        inter_node=link, host_link=bw, gpus_per_node=os.cpu_count() or 1, matmul=_curve(mm, peak),
-        attention=_curve(at, peak), attention_backward=_curve(at_bwd, peak), comm_overlaps_compute=False,
-        op_overhead=per_op, sources={"peak_flops": f"{where}: the fastest float32 rate of the matmul and attention sweeps, one thread",
-                 "memory_bandwidth": f"{where}: c = a + b over 64 MiB", "memory_capacity": "os.sysconf",
-                 "intra_node": f"{where}: gloo, {world} ranks, least squares over {len(coll)} collectives "
-                               f"(relative RMS residual {rms:.0%})",
-                 "inter_node": "the same as intra_node (one host)", "host_link": "memory bandwidth (no device)",
-                 "gpus_per_node": "os.cpu_count()", "matmul": where, "attention": f"{where}: torch SDPA",
-                 "attention_backward": f"{where}: torch SDPA backward",
-                 "op_overhead": f"{where}: forward and backward of small elementwise ops and linears, one thread",
-                 "comm_overlaps_compute": "by construction, false: gloo's threads share the cores the ranks' compute threads fill"})
+    prof = HardwareProfile(**{**prof.__dict__, "op_overhead": per_op, "op_overhead_sharded": per_op_sharded})
     raw = {"matmul": mm, "attention": at, "attention_backward": at_bwd, "memory_bandwidth": bw,
-           "op_overhead": per_op, "collectives": coll, "link_rms": rms}
+           "op_overhead": per_op, "op_overhead_sharded": per_op_sharded, "collectives": coll, "link_rms": rms, "skew_samples": loaded["skew"],
+           "rank_skew": skew}
     return prof, raw
 
 
@@ -358,10 +450,15 @@ def calibration_markdown(hw: HardwareProfile, raw: dict, rows: list[ValidationRo
                       tablefmt="github"), "",
              (f"Attention backward is counted at {ATTENTION_BACKWARD_FLOPS}x the forward FLOPs (the scores are "
               "recomputed, then four more matmuls), matmul backward at 2x."), "",
-             (f"Memory bandwidth {hw.memory_bandwidth / 1e9:.1f} GB/s (c = a + b). Host overhead "
-              f"{hw.op_overhead * 1e6:.1f} us per dispatched op. gloo on 2 ranks: alpha "
-             f"{link.latency * 1e6:.0f} us, beta {link.bandwidth / 1e9:.2f} GB/s (least squares over "
-             f"{len(raw['collectives'])} collectives, relative RMS residual {raw['link_rms']:.0%})."), "",
+             (f"Memory bandwidth {hw.memory_bandwidth / 1e9:.1f} GB/s (c = a + b). Host overhead per dispatched "
+              f"op (a toy-width training step less its modelled compute): {hw.op_overhead * 1e6:.1f} us alone, "
+              f"{hw.op_overhead_sharded * 1e6:.1f} us under FSDP. gloo on 2 ranks that compute between "
+              f"collectives: rank skew {hw.rank_skew:.1%} of the compute between two collectives (small "
+              f"all-reduces after {', '.join(f'{w * 1e3:.0f}' for w, _ in raw['skew_samples'])} ms of compute "
+              f"added {', '.join(f'{t * 1e3:.1f}' for _, t in raw['skew_samples'])} ms); alpha "
+              f"{link.latency * 1e6:.0f} us, beta {link.bandwidth / 1e9:.2f} GB/s (least squares over "
+              f"{len(raw['collectives'])} collectives, skew taken out, relative RMS residual "
+              f"{raw['link_rms']:.0%})."), "",
              ("Validation (leave-one-out: each point's elementwise factor is fitted on the other counted points' "
               "compute-only times; "
              f"a point counts when its step-time IQR/median < {NOISE_LIMIT:.0%}):"), ""]

@@ -14,15 +14,17 @@ bandwidth term scales as (p - 1)/p of the buffer, the latency term as p - 1 step
   charged twice (a known optimism, largest where both are exposed).
 * A profile whose collectives share the compute cores (gloo on a CPU: ``comm_overlaps_compute`` false) hides
   nothing: every collective is exposed.
+* Ranks on shared, noisy cores drift apart, and each collective waits for the slowest: the profile's
+  ``rank_skew`` of a rank's work is charged as exposed (0 on GPU profiles).
 
 Backward costs twice the forward's FLOPs for matmuls and ``ATTENTION_BACKWARD_FLOPS`` times for fused
 attention, at the profile's backward efficiency.
 
-"Other" time is the optimizer's traffic over the parameter shard, the host's per-op overhead times the ops a
-step dispatches (CPU), and elementwise memory traffic (norms, RoPE, modulation, residuals: ``ELEMENTWISE_PASSES``
-float32 passes over each layer's [tokens, dim] activations, forward; backward twice that; plus the ring's
-merges and accumulators and Ulysses' packing) at the profile's fitted factor, and activation offload when
-asked for.
+"Other" time is the optimizer's traffic over the parameter shard, the host's per-op overhead (dearer under
+FSDP's DTensors) times the ops rank 0's step dispatches (CPU), and elementwise memory traffic (norms, RoPE,
+modulation, residuals: ``ELEMENTWISE_PASSES`` float32 passes over each layer's [tokens, dim] activations,
+forward; backward twice that; plus the ring's merges and accumulators and Ulysses' packing) at the profile's
+fitted factor, and activation offload when asked for.
 """
 
 from __future__ import annotations
@@ -299,30 +301,78 @@ def elementwise_seconds(cfg: WanS2VConfig, layout: SequenceLayout, micro: int, s
     return passes * pass_elements / hw.memory_bandwidth
 
 
-@functools.lru_cache(maxsize=32)
-def step_op_count(cfg: WanS2VConfig, ac: bool, with_motion: bool = True) -> tuple[int, int]:
-    """(ops per micro-batch's forward and backward, ops of the optimizer step) that one single-rank training
-    step dispatches, counted by running it on a copy of ``cfg`` with the same structure (layers, injections,
-    features, motion) at toy widths and 2 heads: the count depends on the structure, not the widths. Collectives,
-    FSDP's own copies, the context-parallel glue and autocast's casts are not in it."""
+def toy_config(cfg: WanS2VConfig, heads: int = 2) -> WanS2VConfig:
+    """``cfg``'s structure (layers, injections, audio, FramePack) at widths where the host's per-op cost is most
+    of a step: 16 per head, ``heads`` heads."""
+    return dataclasses.replace(cfg, dim=16 * heads, num_heads=heads, ffn_dim=32, text_dim=16, text_len=16,
+                               freq_dim=16, audio_dim=16)
+
+
+def toy_training(cfg: WanS2VConfig, ac: bool, with_motion: bool, parallel: ParallelConfig | None = None):
+    """(step function, model, optimizer, batch, train config) of a float32 step of :func:`toy_config` on the
+    tiny preset's clip, after a first step has created the optimizer state; ``parallel`` needs a process group
+    of its world size (the fake one will do)."""
     import torch
 
     from ..model import WanS2V, get_preset
     from ..model.flow import TrainConfig, make_optimizer, synthetic_batch, train_step
 
-    toy = dataclasses.replace(cfg, dim=32, num_heads=2, ffn_dim=32, text_dim=16, text_len=16, freq_dim=16,
-                              audio_dim=16)
+    toy = toy_config(cfg, max(2, parallel.ulysses if parallel is not None else 2))
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = WanS2V(toy)
+        step = train_step
+        if parallel is not None:
+            from ..parallel import parallelize
+            from ..parallel.train import parallel_train_step
+
+            parallelize(model, parallel, "cpu")
+            step = parallel_train_step
         train = TrainConfig(dtype="float32", activation_checkpointing=ac)
         opt = make_optimizer(model, train)
         batch = synthetic_batch(toy, dataclasses.replace(get_preset("tiny").clip, with_motion=with_motion), 1)
-        train_step(model, opt, batch, 0, train)  # the first step creates the optimizer state
-        counts = [count_dispatched_ops(lambda: train_step(model, opt, batch, 1, train)),
-                  count_dispatched_ops(lambda: train_step(model, opt, [batch, batch], 1, train))]
-    per_micro = counts[1] - counts[0]
-    return per_micro, counts[0] - per_micro
+        step(model, opt, batch, 0, train)
+    return step, model, opt, batch, train
+
+
+def _op_counts(cfg: WanS2VConfig, ac: bool, with_motion: bool, parallel: ParallelConfig | None) -> tuple[int, int]:
+    step, model, opt, batch, train = toy_training(cfg, ac, with_motion, parallel)
+    one = count_dispatched_ops(lambda: step(model, opt, batch, 1, train))
+    per_micro = count_dispatched_ops(lambda: step(model, opt, [batch, batch], 2, train)) - one
+    return per_micro, one - per_micro
+
+
+def op_count_rank(rank: int, world: int, cfg: WanS2VConfig, ac: bool, with_motion: bool,
+                  parallel: ParallelConfig) -> tuple[int, int]:
+    """Called by ``run_ranks(op_count_rank, 1, ...)``: rank 0 of ``parallel``'s world under the fake process
+    group (every collective a no-op of the right shapes), counting its step's ops."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    dist.destroy_process_group()
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=parallel.world_size)
+    return _op_counts(cfg, ac, with_motion, parallel)
+
+
+@functools.lru_cache(maxsize=32)
+def step_op_count(cfg: WanS2VConfig, ac: bool, with_motion: bool = True,
+                  degrees: tuple[int, int, int] = (1, 1, 1)) -> tuple[int, int]:
+    """(ops per micro-batch's forward and backward, ops of the optimizer step) that rank 0 of a training step
+    dispatches with ``degrees`` (dp_shard, ulysses, ring), counted by running the step on :func:`toy_config`
+    (as many heads as the Ulysses degree, at least 2): the count depends on the structure, not the widths.
+    Several ranks are counted in a subprocess under the fake process group, so FSDP's copies, DTensor's
+    optimizer and the context-parallel glue are in the count; collectives are not. Autocast's casts are not
+    in it. Raises PlanError when the toy step cannot be split so."""
+    if degrees == (1, 1, 1):
+        return _op_counts(cfg, ac, with_motion, None)
+    from ..parallel.launch import run_ranks
+
+    parallel = ParallelConfig(*degrees, ac=ac)
+    try:
+        return run_ranks(op_count_rank, 1, cfg, ac, with_motion, parallel, timeout_s=300)[0]
+    except Exception as e:  # noqa: BLE001 - the toy clip cannot be split this way: say so, not crash deep
+        raise PlanError(f"could not count the host's ops of dp_shard x ulysses x ring = {degrees} on the toy "
+                        f"model ({e}); use a profile with op_overhead 0 for this strategy") from e
 
 
 def context_parallel_comm(cfg: WanS2VConfig, layout: SequenceLayout, micro: int, st: Strategy,
@@ -401,6 +451,14 @@ def _check(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, global_batch
     return int(micro)
 
 
+def _charge_rank_skew(total: dict[str, float], exposed: dict[str, float], pred: Prediction,
+                      hw: HardwareProfile) -> None:
+    """Every stretch of a rank's work ends in a collective that waits for the slowest rank: the profile's
+    ``rank_skew`` of that work, exposed (on shared CPU cores; 0 on GPU profiles)."""
+    if hw.rank_skew > 0:
+        total["rank_skew"] = exposed["rank_skew"] = hw.rank_skew * (pred.compute + pred.other)
+
+
 def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw: HardwareProfile,
                      global_batch: int) -> Prediction:
     """One training iteration (``grad_accum`` micro-batches, then the optimizer step)."""
@@ -420,9 +478,10 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
     pred.other = pred.elementwise
     n_params = parameter_count(cfg)
     pred.other += OPTIMIZER_PASSES * 4 * n_params / st.world / hw.memory_bandwidth
-    if hw.op_overhead > 0:
-        per_micro, optimizer_ops = step_op_count(cfg, st.ac, layout.motion > 0)
-        pred.other += hw.op_overhead * (st.grad_accum * per_micro + optimizer_ops)
+    per_op = hw.op_overhead_sharded if st.world > 1 else hw.op_overhead
+    if per_op > 0:
+        per_micro, optimizer_ops = step_op_count(cfg, st.ac, layout.motion > 0, (st.dp_shard, st.ulysses, st.ring))
+        pred.other += per_op * (st.grad_accum * per_micro + optimizer_ops)
     act = activation_bytes(cfg, layout, micro, st.dtype, st.ac, st.ulysses, st.ring, parallelized=st.world > 1)
     pred.saved_activations = act.saved
     if st.offload_activations:
@@ -457,6 +516,8 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
         cp_exposed["fsdp_reduce_scatter"] = exp_rs
     if not hw.comm_overlaps_compute:
         cp_exposed = dict(cp_total)
+    if p > 1:
+        _charge_rank_skew(cp_total, cp_exposed, pred, hw)
     pred.comm_total, pred.comm_exposed = cp_total, cp_exposed
     pred.exposed_comm = sum(cp_exposed.values())
 
@@ -522,6 +583,8 @@ def predict_inference(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, h
         exposed = dict(total)
     pred.comm_total = {k: forwards * v for k, v in total.items()}
     pred.comm_exposed = {k: forwards * v for k, v in exposed.items()}
+    if st.cp > 1:
+        _charge_rank_skew(pred.comm_total, pred.comm_exposed, pred, hw)
     pred.exposed_comm = sum(pred.comm_exposed.values())
     pred.model_flops = forwards * forward_flops(cfg, layout).total  # the DiT's: MFU is the transformer's
     elem = 2 if st.dtype == "bfloat16" else 4

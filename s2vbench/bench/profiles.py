@@ -92,6 +92,12 @@ class HardwareProfile:
     op_overhead: float = 0.0
     """Seconds of host work per dispatched op that no device work hides: eager dispatch and autograd bookkeeping
     on a CPU (measured by calibration); 0 on GPU, where launches run ahead of the kernels."""
+    op_overhead_sharded: float = 0.0
+    """The same per op of a step under FSDP, whose DTensor parameters, unit hooks and DTensor optimizer make each
+    op dearer to dispatch (measured by calibration under the fake process group)."""
+    rank_skew: float = 0.0
+    """Fraction of the compute between two collectives that a collective also waits, on average, for the
+    slowest rank: ranks drifting apart on shared, noisy cores (measured by calibration); 0 on dedicated GPUs."""
     elementwise_factor: float = 1.0
     """Multiplier on the modelled elementwise traffic time, fitted on end-to-end compute-only steps by calibration;
     1 when never fitted."""
@@ -120,6 +126,8 @@ class HardwareProfile:
                                                            tuple(d["attention_backward"]["efficiency"]))),
                        comm_overlaps_compute=bool(d.get("comm_overlaps_compute", True)),
                        op_overhead=float(d.get("op_overhead", 0.0)),
+                       op_overhead_sharded=float(d.get("op_overhead_sharded", d.get("op_overhead", 0.0))),
+                       rank_skew=float(d.get("rank_skew", 0.0)),
                        elementwise_factor=float(d.get("elementwise_factor", 1.0)), sources=dict(d.get("sources", {})))
         except (KeyError, TypeError) as exc:
             raise ProfileError(f"hardware profile {d.get('name', '?')!r} is malformed ({exc!r}); see "
