@@ -205,14 +205,11 @@ def test_op_count_depends_on_structure_not_width():
 
 def op_count_worker(rank, world, degrees):
     """Rank 0 of a tiny job split by ``degrees`` under the fake process group: the ops its step dispatches."""
-    import torch.distributed as dist
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
     from s2vbench.parallel import ParallelConfig
+    from s2vbench.parallel.launch import join_fake_group
     from s2vbench.parallel.train import parallel_train_step
 
-    dist.destroy_process_group()
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=math.prod(degrees))
+    join_fake_group(math.prod(degrees))
     model, opt, batch, cfg = _training("tiny", get_preset("tiny").clip, False, parallel=ParallelConfig(*degrees))
     parallel_train_step(model, opt, batch, 0, cfg)
     return count_dispatched_ops(lambda: parallel_train_step(model, opt, batch, 1, cfg))
@@ -288,13 +285,10 @@ def test_activation_formula_against_saved_tensor_count(preset, clip, ac):
 
 def cp_saved_worker(rank, world, strategy, cp):
     """Rank 0 of a ``cp``-rank job under the fake process group: its saved-activation bytes."""
-    import torch.distributed as dist
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
     from s2vbench.bench.points import Point
+    from s2vbench.parallel.launch import join_fake_group
 
-    dist.destroy_process_group()
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=cp)
+    join_fake_group(cp)
     point = Point("small", cp, strategy, global_batch=1)
     return _measured_saved("small", point.clip(), False, point.batch_per_rank, point.parallel_config())
 

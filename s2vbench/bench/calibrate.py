@@ -7,8 +7,9 @@ collectives as a step does, small all-reduces after growing stretches of compute
 that compute each collective waits for the slower rank) and collectives across sizes (-> alpha and beta by
 least squares, the skew taken out). End-to-end steps are used only to validate, plus one fitted constant: a
 factor on the modelled elementwise traffic (norms, RoPE, modulation run far below memory bandwidth on one CPU
-thread), fitted on compute-only times. Its error is reported leave-one-out in the style of Calculon: each point is predicted with the factor fitted on the
-others. Only points whose step-time IQR/median is under 5% count; the others are listed as noisy.
+thread), fitted on compute-only times. Its error is reported leave-one-out in the style of Calculon: each
+point is predicted with the factor fitted on the others. Only points whose step-time IQR/median is under 5%
+count; the others are listed as noisy.
 """
 
 from __future__ import annotations
@@ -125,14 +126,14 @@ def op_overhead(hw: HardwareProfile, dp_shard: int = 1) -> float:
     from ..model import get_preset, sequence_layout
     from ..parallel import ParallelConfig
     from .analytic import count_dispatched_ops
-    from .perfmodel import toy_config, toy_training
+    from .perfmodel import toy_training
 
     tiny = get_preset("tiny")
     step, model, opt, batch, train = toy_training(tiny.model, False, True,
                                                   ParallelConfig(dp_shard) if dp_shard > 1 else None)
     t = _median_time(lambda: step(model, opt, batch, 1, train), repeats=15, warmup=2)
     ops = count_dispatched_ops(lambda: step(model, opt, batch, 1, train))
-    toy, clip = toy_config(tiny.model), tiny.clip
+    toy, clip = model.cfg, tiny.clip  # the clip toy_training runs (with motion)
     lay = sequence_layout(toy, clip.latent_frames, clip.latent_height, clip.latent_width, clip.with_motion)
     bare = HardwareProfile(**{**hw.__dict__, "op_overhead": 0.0, "op_overhead_sharded": 0.0, "rank_skew": 0.0,
                               "elementwise_factor": 1.0})
@@ -143,11 +144,9 @@ def op_overhead(hw: HardwareProfile, dp_shard: int = 1) -> float:
 def op_overhead_rank(rank: int, world: int, hw: HardwareProfile, dp_shard: int = 2) -> float:
     """Called by ``run_ranks(op_overhead_rank, 1, hw)``: :func:`op_overhead` as rank 0 of ``dp_shard`` FSDP ranks
     under the fake process group (``HardwareProfile.op_overhead_sharded``)."""
-    import torch.distributed as dist
-    from torch.testing._internal.distributed.fake_pg import FakeStore
+    from ..parallel.launch import join_fake_group
 
-    dist.destroy_process_group()
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=dp_shard)
+    join_fake_group(dp_shard)
     return op_overhead(hw, dp_shard)
 
 
@@ -293,12 +292,14 @@ def calibrate_cpu(world: int = 2, timeout_s: float = 300.0) -> tuple[HardwarePro
             name="cpu-gloo", peak_flops=peak, memory_bandwidth=bw, memory_capacity=float(ram), intra_node=link,
             inter_node=link, host_link=bw, gpus_per_node=os.cpu_count() or 1, matmul=_curve(mm, peak),
             attention=_curve(at, peak), attention_backward=_curve(at_bwd, peak), comm_overlaps_compute=False,
-            rank_skew=skew, sources={"peak_flops": f"{where}: the fastest float32 rate of the matmul and attention sweeps, one thread",
+            rank_skew=skew,
+            sources={"peak_flops": f"{where}: the fastest float32 rate of the matmul and attention sweeps, one thread",
                      "memory_bandwidth": f"{where}: c = a + b over 64 MiB", "memory_capacity": "os.sysconf",
                      "intra_node": f"{where}: gloo, {world} ranks, least squares over {len(coll)} collectives "
                                    f"after compute, less the rank skew (relative RMS residual {rms:.0%})",
-                     "rank_skew": f"{where}: gloo, {world} ranks, small all-reduces after 2 to 130 ms of compute, "
-                                  "least squares of the time each adds against the compute",
+                     "rank_skew": f"{where}: gloo, {world} ranks, small all-reduces after "
+                                  f"{loaded['skew'][0][0] * 1e3:.0f} to {loaded['skew'][-1][0] * 1e3:.0f} ms of "
+                                  "compute, least squares of the time each adds against the compute",
                      "inter_node": "the same as intra_node (one host)", "host_link": "memory bandwidth (no device)",
                      "gpus_per_node": "os.cpu_count()", "matmul": where, "attention": f"{where}: torch SDPA",
                      "attention_backward": f"{where}: torch SDPA backward",
@@ -313,8 +314,8 @@ def calibrate_cpu(world: int = 2, timeout_s: float = 300.0) -> tuple[HardwarePro
         torch.set_num_threads(threads)
     prof = HardwareProfile(**{**prof.__dict__, "op_overhead": per_op, "op_overhead_sharded": per_op_sharded})
     raw = {"matmul": mm, "attention": at, "attention_backward": at_bwd, "memory_bandwidth": bw,
-           "op_overhead": per_op, "op_overhead_sharded": per_op_sharded, "collectives": coll, "link_rms": rms, "skew_samples": loaded["skew"],
-           "rank_skew": skew}
+           "op_overhead": per_op, "op_overhead_sharded": per_op_sharded, "collectives": coll, "link_rms": rms,
+           "skew_samples": loaded["skew"], "rank_skew": skew}
     return prof, raw
 
 

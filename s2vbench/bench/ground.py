@@ -28,14 +28,11 @@ def ground_points(world: int = 8, on_gpu: bool = True) -> list[Point]:
 def ground_rank(rank: int, _world: int, point_dict: dict) -> dict:
     """Called by ``run_ranks(ground_rank, 1, ...)``: leave the 1-rank gloo group, join a fake group of the
     point's world size as rank 0, and run the point's steps."""
-    import torch.distributed as dist
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
+    from ..parallel.launch import join_fake_group
     from .worker import _device, _run_steps
 
     point = Point.from_dict(point_dict)
-    dist.destroy_process_group()
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=point.world)
+    join_fake_group(point.world)
     device = _device()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -346,11 +346,9 @@ def op_count_rank(rank: int, world: int, cfg: WanS2VConfig, ac: bool, with_motio
                   parallel: ParallelConfig) -> tuple[int, int]:
     """Called by ``run_ranks(op_count_rank, 1, ...)``: rank 0 of ``parallel``'s world under the fake process
     group (every collective a no-op of the right shapes), counting its step's ops."""
-    import torch.distributed as dist
-    from torch.testing._internal.distributed.fake_pg import FakeStore
+    from ..parallel.launch import join_fake_group
 
-    dist.destroy_process_group()
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=parallel.world_size)
+    join_fake_group(parallel.world_size)
     return _op_counts(cfg, ac, with_motion, parallel)
 
 
@@ -370,7 +368,7 @@ def step_op_count(cfg: WanS2VConfig, ac: bool, with_motion: bool = True,
     parallel = ParallelConfig(*degrees, ac=ac)
     try:
         return run_ranks(op_count_rank, 1, cfg, ac, with_motion, parallel, timeout_s=300)[0]
-    except Exception as e:  # noqa: BLE001 - the toy clip cannot be split this way: say so, not crash deep
+    except Exception as e:  # the toy clip cannot be split this way: say so, not crash deep
         raise PlanError(f"could not count the host's ops of dp_shard x ulysses x ring = {degrees} on the toy "
                         f"model ({e}); use a profile with op_overhead 0 for this strategy") from e
 

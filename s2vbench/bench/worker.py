@@ -187,11 +187,10 @@ def run_point_rank(rank: int, world: int, point_dict: dict) -> dict:
     real = _run_steps(point, device, timed=timed, count=True, trace_dir=point_dict.get("trace_dir"))
     compute = None
     if world > 1 and timed:
-        from torch.testing._internal.distributed.fake_pg import FakeStore
+        from ..parallel.launch import join_fake_group
 
         dist.barrier()
-        dist.destroy_process_group()
-        dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world)
+        join_fake_group(world, rank)
         compute = _run_steps(point, device, timed=True, count=False)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"rank": rank, "real": real, "compute": compute, "peak_rss": peak_rss_bytes(), "device_name": name}

@@ -59,6 +59,16 @@ def _worker(fn: Callable, rank: int, world_size: int, port: int, backend: str, t
                 pass
 
 
+def join_fake_group(world_size: int, rank: int = 0) -> None:
+    """Leave this process's group and join torch's "fake" one as ``rank`` of ``world_size``: every collective
+    returns at once with buffers of the right shapes, so one process does exactly one rank's compute."""
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world_size)
+
+
 def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any, backend: str = "gloo", timeout_s: float = 120.0,
               threads_per_rank: int = 1) -> list[Any]:
     """``fn(rank, world_size, *args)`` on ``world_size`` spawned processes; returns the per-rank results.
@@ -100,4 +110,4 @@ def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any, backend: str 
     return [out[r] for r in range(world_size)]
 
 
-__all__ = ["RankFailed", "free_port", "run_ranks"]
+__all__ = ["RankFailed", "free_port", "join_fake_group", "run_ranks"]
