@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 
 from s2vbench.bench.calibrate import (
+    _reduce_repeats,
     calibrate_cpu,
     collective_samples,
     fit_link,
@@ -14,7 +17,8 @@ from s2vbench.bench.calibrate import (
     validate,
 )
 from s2vbench.bench.points import Point
-from s2vbench.bench.profiles import load_profile
+from s2vbench.bench.perfmodel import collective_time
+from s2vbench.bench.profiles import Link, ProfileError, load_profile
 from s2vbench.bench.results import Metric, Record
 
 
@@ -24,10 +28,55 @@ def test_fit_link_recovers_alpha_and_beta():
     for nbytes in (2 ** 12, 2 ** 16, 2 ** 20, 2 ** 24):
         samples.append(("all_gather", nbytes, (world - 1) * alpha + (world - 1) / world * nbytes / beta))
         samples.append(("p2p", nbytes, alpha + nbytes / beta))
-    link, rms = fit_link(samples, world)
+    link, residual = fit_link(samples, world)
     assert link.latency == pytest.approx(alpha, rel=1e-6)
     assert link.bandwidth == pytest.approx(beta, rel=1e-6)
-    assert rms < 1e-9
+    assert residual["pooled"] < 1e-9 and residual["per_kind"] < 1e-9
+
+
+def test_fit_link_prices_each_kind_on_its_own():
+    world = 4
+    truth = {"all_gather": (4e9, 1e-4), "reduce_scatter": (2e9, 3e-4), "all_to_all": (3e9, 5e-5),
+             "p2p": (8e9, 2e-5)}
+    samples = []
+    for kind, (bw, lat) in truth.items():
+        for nbytes in (2 ** 14, 2 ** 18, 2 ** 21, 2 ** 23):
+            samples.append((kind, nbytes, collective_time(kind, nbytes, world, Link(bw, lat))))
+    link, residual = fit_link(samples, world)
+    for kind, (bw, lat) in truth.items():
+        assert link.cost(kind) == pytest.approx((bw, lat), rel=1e-6)
+        # the model charges each kind what was measured for it
+        assert collective_time(kind, 2 ** 20, world, link) == pytest.approx(
+            collective_time(kind, 2 ** 20, world, Link(bw, lat)), rel=1e-6)
+    # one pooled pair cannot fit four different kinds; a kind not measured costs the pooled pair
+    assert residual["per_kind"] < 1e-6 < 0.1 < residual["pooled"]
+    assert link.cost("all_reduce") == (link.bandwidth, link.latency)
+    # a noisy kind whose intercept would come out negative is fitted by its bandwidth term alone, not clamped
+    noisy = [("p2p", n, n / 1e9 * (0.5 if n == 2 ** 14 else 1.0)) for n in (2 ** 14, 2 ** 18, 2 ** 21, 2 ** 23)]
+    bw, lat = fit_link(noisy, world)[0].cost("p2p")
+    # with alpha 0, k = 1e9 / bw minimizes (2k - 1)^2 + 3 (k - 1)^2 over the relative errors: k = 5/7
+    assert lat == 0.0 and bw == pytest.approx(1e9 * 7 / 5, rel=1e-6)
+
+
+def test_link_rejects_malformed_kind_costs():
+    with pytest.raises(ProfileError, match="unknown collective kind 'broadcast'"):
+        Link(1e9, 1e-5, {"broadcast": (1e9, 1e-5)})
+    with pytest.raises(ProfileError, match="bandwidth bytes/s > 0"):
+        Link(1e9, 1e-5, {"p2p": (0.0, 1e-5)})
+    with pytest.raises(ProfileError, match="positive bandwidth"):
+        Link(-1.0, 1e-5)
+
+
+def test_calibration_rounds_combine_figure_by_figure():
+    rounds = [{"matmul": [(1e6, 10.0), (1e7, 20.0)], "loaded_collectives": [("p2p", 1024, 1e-3, t)],
+               "memory_bandwidth": bw} for t, bw in ((1.0, 5.0), (3.0, 1.0), (2.0, 9.0))]
+    median = _reduce_repeats(rounds, statistics.median)
+    assert median == {"matmul": [(1e6, 10.0), (1e7, 20.0)], "loaded_collectives": [("p2p", 1024, 1e-3, 2.0)],
+                      "memory_bandwidth": 5.0}
+    with pytest.raises(ValueError):  # rounds that measured different things are not combined
+        _reduce_repeats([{"matmul": [(1e6, 1.0)]}, {"matmul": [(1e6, 1.0), (1e7, 2.0)]}], statistics.median)
+    with pytest.raises(ValueError, match="positive integer"):
+        calibrate_cpu(rounds=0)
 
 
 def test_fit_skew_recovers_the_wait_per_second_of_compute():
@@ -36,8 +85,8 @@ def test_fit_skew_recovers_the_wait_per_second_of_compute():
     fitted, intercept = fit_skew(samples)
     assert fitted == pytest.approx(skew, rel=1e-6) and intercept == pytest.approx(c, rel=1e-6)
     # the collective sweep's samples lose the skew their preceding compute brought (half for a p2p round trip)
-    raw = {"collectives": [("all_gather", 1024, 2e-3, 1e-3 + skew * 2e-3), ("p2p", 1024, 2e-3, 1e-3 + skew * 1e-3)]}
-    assert [t for _, _, t in collective_samples(raw, skew)] == pytest.approx([1e-3, 1e-3])
+    loaded = [("all_gather", 1024, 2e-3, 1e-3 + skew * 2e-3), ("p2p", 1024, 2e-3, 1e-3 + skew * 1e-3)]
+    assert [t for _, _, t in collective_samples(loaded, skew)] == pytest.approx([1e-3, 1e-3])
     # ranks that never drift apart: no skew, never a negative one
     assert fit_skew([(w, 1e-3) for w in (2e-3, 8e-3, 3e-2)])[0] == pytest.approx(0.0, abs=1e-9)
     assert fit_skew([(w, 5e-3 - 0.01 * w) for w in (2e-3, 8e-3, 3e-2)])[0] == 0.0
@@ -87,13 +136,15 @@ def test_leave_one_out_fits_on_compute_only_times_and_skips_noisy_points():
 
 
 def test_cpu_calibration_measures_every_figure():
-    prof, raw = calibrate_cpu()
+    prof, raw = calibrate_cpu(rounds=1)
     assert prof.peak_flops > 1e8 and prof.memory_bandwidth > 1e8 and 0 < prof.op_overhead < 1e-3
     assert 0 < prof.op_overhead_sharded < 1e-3 and 0 <= prof.rank_skew < 1
     work = [w for w, _ in raw["skew_samples"]]
     assert len(work) == 4 and work == sorted(work) and work[-1] > 10 * work[0]
     assert prof.attention_backward is not None and not prof.comm_overlaps_compute
-    assert prof.intra_node.bandwidth > 1e6 and prof.intra_node.latency > 0
+    assert prof.intra_node.bandwidth > 1e6 and prof.intra_node.latency >= 0
+    assert set(prof.intra_node.kinds) == {"all_gather", "reduce_scatter", "all_to_all", "p2p"}
+    assert len(raw["rounds"]) == 1 and set(raw["rounds"][0]) >= {"op_overhead", "rank_skew", "latency_p2p"}
     assert all(0 < e <= 1.5 for e in prof.matmul.efficiency)
     assert {k for k, _, _ in raw["collectives"]} == {"all_gather", "reduce_scatter", "all_to_all", "p2p"}
     assert all(v.startswith(("measured", "the same", "memory", "os.", "by construction")) for v in prof.sources.values())
@@ -106,7 +157,7 @@ def test_calibrate_and_validate_writes_profile_and_report_section(tmp_path, monk
     from s2vbench.bench.profiles import HardwareProfile
 
     monkeypatch.setattr(cal, "validation_points", lambda: [Point("tiny", 1, "single", global_batch=1, steps=3)])
-    section = cal.calibrate_and_validate(tmp_path, [], progress=False)
+    section = cal.calibrate_and_validate(tmp_path, [], progress=False, rounds=1)
     assert "## Performance model: calibration and validation" in section
     assert "tiny/single/w1" in section and "Saved activations" in section
     doc = json.loads((tmp_path / "calibration.json").read_text())
@@ -115,7 +166,7 @@ def test_calibrate_and_validate_writes_profile_and_report_section(tmp_path, monk
     assert doc["summary"]["points"] == 1
     # a re-run resumes the validation points instead of timing them again
     before = (tmp_path / "validation.json").read_text()
-    cal.calibrate_and_validate(tmp_path, [], progress=False)
+    cal.calibrate_and_validate(tmp_path, [], progress=False, rounds=1)
     assert json.loads((tmp_path / "validation.json").read_text())["records"] == json.loads(before)["records"]
 
 
@@ -132,3 +183,50 @@ def test_leave_one_out_recovers_an_elementwise_factor():
     assert summary["counted"] == 4
     assert summary["elementwise_factor"] == pytest.approx(3.0, rel=1e-6)
     assert summary["time_max_abs_error"] == pytest.approx(0.0, abs=1e-9)
+
+
+def _synthetic_round(scale: float) -> dict:
+    """One calibration round's samples, as ``_measure_round`` returns them, every rate times ``scale``."""
+    sizes = (2 ** 14, 2 ** 18, 2 ** 21, 2 ** 23)
+    return {"matmul": [(1e6, 5e10 * scale), (1e9, 9e10 * scale)], "attention": [(1e7, 6e10 * scale)],
+            "attention_backward": [(1e7, 5e10 * scale)], "memory_bandwidth": 2e10 * scale,
+            "skew_samples": [(w, 1e-3 + 0.05 * w) for w in (2e-3, 8e-3, 3e-2, 0.12)],
+            "loaded_collectives": [(k, n, 2e-3, 1e-3 + 0.05 * 2e-3 + n / 1e9 / scale)
+                                   for k in ("all_gather", "reduce_scatter", "all_to_all", "p2p") for n in sizes]}
+
+
+def test_interrupted_calibration_resumes_from_its_finished_rounds(tmp_path, monkeypatch):
+    import json
+
+    import s2vbench.bench.calibrate as cal
+    import s2vbench.parallel.launch as launch
+
+    calls = []
+
+    def measure(world, timeout_s):
+        calls.append(world)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed during the second round
+        return _synthetic_round(float(len(calls)))
+
+    monkeypatch.setattr(cal, "_measure_round", measure)
+    monkeypatch.setattr(cal, "op_overhead", lambda hw: 7e-6)
+    monkeypatch.setattr(launch, "run_ranks", lambda fn, world, *a, **k: [14e-6])
+    checkpoint = tmp_path / "calibration_rounds.json"
+    with pytest.raises(KeyboardInterrupt):
+        cal.calibrate_cpu(rounds=3, checkpoint=checkpoint)
+    assert len(json.loads(checkpoint.read_text())["rounds"]) == 1  # the finished round was kept
+    prof, raw = cal.calibrate_cpu(rounds=3, checkpoint=checkpoint)
+    assert len(calls) == 4 and len(raw["rounds"]) == 3  # two more rounds measured, not three
+    assert prof.memory_bandwidth == pytest.approx(2e10 * 3)  # the median of the rounds' 1x, 3x and 4x
+    assert prof.op_overhead == 7e-6 and prof.op_overhead_sharded == 14e-6
+    assert prof.rank_skew == pytest.approx(0.05) and "median over 3 rounds" in prof.sources["rank_skew"]
+    spread = "\n".join(cal._spread_lines(raw["rounds"]))
+    assert "median of 3 independent calibration rounds" in spread
+    row = next(line for line in spread.splitlines() if "memory_bandwidth" in line)
+    assert [c.strip() for c in row.strip("|").split("|")][1:] == ["GB/s", "60", "20", "80", "100%"]
+    # a finished calibration re-run measures nothing; a checkpoint of another world size is refused
+    cal.calibrate_cpu(rounds=3, checkpoint=checkpoint)
+    assert len(calls) == 4
+    with pytest.raises(cal.CalibrationError, match="delete it"):
+        cal.calibrate_cpu(world=4, rounds=3, checkpoint=checkpoint)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from s2vbench.model import (ConfigError, InputError, WanS2V, attention, attention_backends, get_preset,
-                            register_attention_backend, sequence_layout)
+                            clip_layout, register_attention_backend, sequence_layout)
 from s2vbench.model.flow import synthetic_batch
 from s2vbench.model.rope import apply_rope, rope_cos_sin
 from s2vbench.model.sequence import rope_positions
@@ -183,8 +183,7 @@ def test_small_keeps_the_14b_attention_to_matmul_ratio():
     def ratio(name):
         p = get_preset(name)
         c = p.clip
-        return forward_flops(p.model, sequence_layout(p.model, c.latent_frames, c.latent_height, c.latent_width,
-                                                      c.with_motion)).attention_to_matmul
+        return forward_flops(p.model, clip_layout(p.model, c)).attention_to_matmul
 
     big = ratio("14b")  # its clip is the paper's 44,544-token one
     assert 1.2 < big < 1.6

@@ -38,7 +38,7 @@ from s2vbench.bench.profiles import (
 from s2vbench.model import WanS2V, get_preset
 from s2vbench.model.config import ClipShape
 from s2vbench.model.flow import TrainConfig, make_optimizer, synthetic_batch, train_step
-from s2vbench.model.sequence import sequence_layout
+from s2vbench.model.sequence import clip_layout
 
 LINK = Link(bandwidth=100e9, latency=10e-6)
 
@@ -46,7 +46,7 @@ LINK = Link(bandwidth=100e9, latency=10e-6)
 def _layout(preset: str, clip: ClipShape | None = None):
     p = get_preset(preset)
     c = clip or p.clip
-    return p.model, sequence_layout(p.model, c.latent_frames, c.latent_height, c.latent_width, c.with_motion)
+    return p.model, clip_layout(p.model, c)
 
 
 def test_collective_costs_by_hand():

@@ -11,15 +11,14 @@ from s2vbench.bench.points import TOKEN_TOLERANCE, Point, clip_for_tokens
 from s2vbench.bench.scaling import load_sweep, sweep_points
 from s2vbench.bench.sweep import point_record
 from s2vbench.bench.worker import run_point_rank
-from s2vbench.model import get_preset, sequence_layout
+from s2vbench.model import clip_layout, get_preset
 from s2vbench.parallel.launch import run_ranks
 
 SWEEPS = Path(__file__).resolve().parents[1] / "s2vbench" / "bench" / "sweeps"
 
 
 def _total(preset, clip):
-    return sequence_layout(get_preset(preset).model, clip.latent_frames, clip.latent_height, clip.latent_width,
-                           clip.with_motion).total
+    return clip_layout(get_preset(preset).model, clip).total
 
 
 @pytest.mark.parametrize("preset,tokens", [("tiny", 416), ("tiny", 1000), ("tiny", 5000), ("small", 10000),
@@ -27,7 +26,7 @@ def _total(preset, clip):
 def test_token_counts_become_valid_geometries(preset, tokens):
     base = get_preset(preset).clip
     clip = clip_for_tokens(preset, tokens)
-    actual = _total(preset, clip)  # sequence_layout validates it (patch and FramePack multiples)
+    actual = _total(preset, clip)  # clip_layout validates it (patch and FramePack multiples)
     assert abs(actual - tokens) <= TOKEN_TOLERANCE * tokens
     assert clip.latent_height % 8 == 0 and clip.latent_width % 8 == 0  # 64-pixel multiples
     assert clip.with_motion == base.with_motion and clip.text_tokens == base.text_tokens

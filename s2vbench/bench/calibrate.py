@@ -4,8 +4,10 @@ Calibration sees only microbenchmarks: matmuls and attention calls (forward and 
 (-> efficiency curves), a streaming add (-> memory bandwidth), a training step at toy widths, alone and under
 FSDP (-> host overhead per dispatched op, plain and sharded), and, on 2 ranks that compute between
 collectives as a step does, small all-reduces after growing stretches of compute (-> rank skew, the share of
-that compute each collective waits for the slower rank) and collectives across sizes (-> alpha and beta by
-least squares, the skew taken out). End-to-end steps are used only to validate, plus one fitted constant: a
+that compute each collective waits for the slower rank) and collectives across sizes (-> alpha and beta of
+each collective kind by least squares, the skew taken out). On a CPU the whole set runs in independent rounds
+and each figure is the median over them; the report quotes the spread. End-to-end steps are used only to
+validate, plus one fitted constant: a
 factor on the modelled elementwise traffic (norms, RoPE, modulation run far below memory bandwidth on one CPU
 thread), fitted on compute-only times. Its error is reported leave-one-out in the style of Calculon: each
 point is predicted with the factor fitted on the others. Only points whose step-time IQR/median is under 5%
@@ -36,11 +38,14 @@ NOISE_LIMIT = 0.05
 """Points whose step-time IQR/median exceeds this are not used for validation."""
 
 
-def _median_time(fn, repeats: int = 5, warmup: int = 1, cuda: bool = False) -> float:
+def _median_time(fn, repeats: int = 5, warmup: int = 1, cuda: bool = False, min_time: float = 0.05) -> float:
+    """Median seconds of ``fn`` over at least ``repeats`` calls and ``min_time`` seconds of them (at most 200
+    calls): a sub-millisecond call timed a handful of times catches one blip of a shared core as its whole
+    sample."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+    while len(times) < repeats or (sum(times) < min_time and len(times) < 200):
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -123,7 +128,7 @@ def op_overhead(hw: HardwareProfile, dp_shard: int = 1) -> float:
     small kernels is what the host pays per op in the model's steps; a chain of bare ops pays less than half.
     With ``dp_shard`` > 1 the step runs under FSDP in the process group already initialized (the fake one:
     :func:`op_overhead_rank`)."""
-    from ..model import get_preset, sequence_layout
+    from ..model import clip_layout, get_preset
     from ..parallel import ParallelConfig
     from .analytic import count_dispatched_ops
     from .perfmodel import toy_training
@@ -134,7 +139,7 @@ def op_overhead(hw: HardwareProfile, dp_shard: int = 1) -> float:
     t = _median_time(lambda: step(model, opt, batch, 1, train), repeats=15, warmup=2)
     ops = count_dispatched_ops(lambda: step(model, opt, batch, 1, train))
     toy, clip = model.cfg, tiny.clip  # the clip toy_training runs (with motion)
-    lay = sequence_layout(toy, clip.latent_frames, clip.latent_height, clip.latent_width, clip.with_motion)
+    lay = clip_layout(toy, clip)
     bare = HardwareProfile(**{**hw.__dict__, "op_overhead": 0.0, "op_overhead_sharded": 0.0, "rank_skew": 0.0,
                               "elementwise_factor": 1.0})
     pred = predict_training(toy, lay, Strategy(dp_shard, ac=False, dtype="float32"), bare, dp_shard)
@@ -225,13 +230,17 @@ def collective_rank(rank: int, world: int) -> dict:
     return {"skew": skew, "collectives": out}
 
 
-def _mean_over_ranks(results: list[dict]) -> dict:
-    """:func:`collective_rank`'s samples averaged over ranks: the faster rank waits, the slower does not."""
-    def mean_rows(rows):
-        return [tuple(statistics.mean(v) if isinstance(v[0], float) else v[0] for v in zip(*same))
-                for same in zip(*rows)]
-
-    return {k: mean_rows([r[k] for r in results]) for k in results[0]}
+def _reduce_repeats(repeats: list, reduce):
+    """Repeats of one measurement (over ranks or rounds), of the same structure, figure by figure: floats by
+    ``reduce``, labels (kinds, sizes in bytes) as they are."""
+    first = repeats[0]
+    if isinstance(first, float):
+        return reduce(repeats)
+    if isinstance(first, dict):
+        return {k: _reduce_repeats([r[k] for r in repeats], reduce) for k in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(_reduce_repeats(list(v), reduce) for v in zip(*repeats, strict=True))
+    return first
 
 
 def fit_skew(samples: list[tuple[float, float]]) -> tuple[float, float]:
@@ -244,78 +253,178 @@ def fit_skew(samples: list[tuple[float, float]]) -> tuple[float, float]:
     return max(0.0, float(sol[1])), float(sol[0])
 
 
-def collective_samples(raw: dict, skew: float) -> list[tuple[str, int, float]]:
-    """(kind, bytes, seconds) of each loaded collective less the rank skew its preceding compute brings."""
+def collective_samples(loaded: list[tuple[str, int, float, float]], skew: float) -> list[tuple[str, int, float]]:
+    """(kind, bytes, seconds) of each loaded collective of :func:`collective_rank` (kind, bytes, compute before
+    it, seconds it added) less the rank skew its preceding compute brings."""
     return [(kind, nbytes, max(t - (skew * work if kind != "p2p" else skew * work / 2), 1e-7))
-            for kind, nbytes, work, t in raw["collectives"]]
+            for kind, nbytes, work, t in loaded]
 
 
-def fit_link(samples: list[tuple[str, int, float]], world: int) -> tuple[Link, float]:
-    """Least-squares alpha and 1/beta over every sample (t = steps x alpha + moved bytes / beta), and the
-    relative RMS residual."""
-    rows, ts = [], []
+def _fit_alpha_beta(rows: list[tuple[float, float, float]]) -> tuple[float, float]:
+    """Non-negative (alpha, 1/beta) of t = steps x alpha + moved bytes / beta over (steps, moved, t) rows, by
+    least squares of the relative error: small messages matter as much as large ones."""
+    y = torch.tensor([t for _, _, t in rows], dtype=torch.float64)
+    w = 1 / y
+
+    def solve(cols: tuple[int, ...]) -> list[float]:
+        a = torch.tensor([[r[c] for c in cols] for r in rows], dtype=torch.float64)
+        return torch.linalg.lstsq(a * w[:, None], (y * w)[:, None]).solution.flatten().tolist()
+
+    alpha, inv_beta = solve((0, 1))
+    if alpha < 0:  # noise made the intercept negative: the bandwidth term alone
+        alpha, inv_beta = 0.0, solve((1,))[0]
+    elif inv_beta < 0:
+        alpha, inv_beta = solve((0,))[0], 0.0
+    return max(alpha, 0.0), max(inv_beta, 1e-13)
+
+
+def _squared_relative_errors(rows: list[tuple[float, float, float]], alpha: float, inv_beta: float) -> list[float]:
+    return [((s * alpha + m * inv_beta) / t - 1) ** 2 for s, m, t in rows]
+
+
+def fit_link(samples: list[tuple[str, int, float]], world: int) -> tuple[Link, dict[str, float]]:
+    """Alpha and beta of each collective kind on its own, and pooled over all kinds (what a kind not measured
+    costs), by least squares (t = steps x alpha + moved bytes / beta); and the relative RMS residual of each
+    fit over every sample ("pooled", "per_kind")."""
+    rows: dict[str, list[tuple[float, float, float]]] = {}
     for kind, nbytes, t in samples:
         steps, moved = (1, nbytes) if kind == "p2p" else (world - 1, (world - 1) / world * nbytes)
-        rows.append((steps, moved))
-        ts.append(t)
-    a = torch.tensor(rows, dtype=torch.float64)
-    y = torch.tensor(ts, dtype=torch.float64)
-    w = 1 / y  # relative error: small messages matter as much as large ones
-    sol = torch.linalg.lstsq(a * w[:, None], (y * w)[:, None]).solution.flatten()
-    alpha, inv_beta = max(float(sol[0]), 1e-7), max(float(sol[1]), 1e-13)
-    pred = a @ torch.tensor([alpha, inv_beta], dtype=torch.float64)
-    rms = float(torch.sqrt(torch.mean(((pred - y) / y) ** 2)))
-    return Link(bandwidth=1 / inv_beta, latency=alpha), rms
+        rows.setdefault(kind, []).append((steps, moved, t))
+    every = [r for kind_rows in rows.values() for r in kind_rows]
+    alpha, inv_beta = _fit_alpha_beta(every)
+    kinds = {kind: _fit_alpha_beta(kind_rows) for kind, kind_rows in rows.items() if len(kind_rows) >= 2}
+    own = [e for kind, (a, ib) in kinds.items() for e in _squared_relative_errors(rows[kind], a, ib)]
+    own += [e for kind, kind_rows in rows.items() if kind not in kinds
+            for e in _squared_relative_errors(kind_rows, alpha, inv_beta)]
+    residual = {"pooled": statistics.fmean(_squared_relative_errors(every, alpha, inv_beta)) ** 0.5,
+                "per_kind": statistics.fmean(own) ** 0.5}
+    link = Link(bandwidth=1 / inv_beta, latency=alpha, kinds={k: (1 / ib, a) for k, (a, ib) in kinds.items()})
+    return link, residual
 
 
 def _curve(samples: list[tuple[float, float]], peak: float) -> EfficiencyCurve:
     return EfficiencyCurve(tuple(f for f, _ in samples), tuple(min(1.5, r / peak) for _, r in samples))
 
 
-def calibrate_cpu(world: int = 2, timeout_s: float = 300.0) -> tuple[HardwareProfile, dict]:
-    """A profile of this CPU as the harness uses it (one thread per rank, gloo between ranks)."""
+CALIBRATION_ROUNDS = 3
+"""Independent rounds of the CPU calibration; the profile takes each figure's median over them."""
+
+
+def _measure_round(world: int, timeout_s: float) -> dict:
+    """One round of every CPU microbenchmark but the host's per-op cost (which needs a profile)."""
     from ..parallel.launch import run_ranks
 
+    mm, at, at_bwd, bw = matmul_sweep(), attention_sweep(), attention_backward_sweep(), memory_bandwidth()
+    loaded = _reduce_repeats(run_ranks(collective_rank, world, timeout_s=timeout_s), statistics.fmean)
+    return {"matmul": mm, "attention": at, "attention_backward": at_bwd, "memory_bandwidth": bw,
+            "skew_samples": loaded["skew"], "loaded_collectives": loaded["collectives"]}
+
+
+def _cpu_profile(m: dict, world: int, rounds: int = 1) -> tuple[HardwareProfile, dict]:
+    """The CPU profile of one round's samples or of their medians over rounds, and what was fitted to them
+    (rank skew, the collectives less the skew, the link fit's residuals)."""
+    skew, _ = fit_skew(m["skew_samples"])
+    coll = collective_samples(m["loaded_collectives"], skew)
+    link, residual = fit_link(coll, world)
+    peak = max(r for _, r in m["matmul"] + m["attention"] + m["attention_backward"])
+    today = _dt.date.today().isoformat()
+    where = f"measured by s2vbench calibrate on this machine, {today}"
+    rounds = f"median over {rounds} rounds" if rounds > 1 else "one round"
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    work = [w for w, _ in m["skew_samples"]]
+    prof = HardwareProfile(
+        name="cpu-gloo", peak_flops=peak, memory_bandwidth=m["memory_bandwidth"], memory_capacity=float(ram),
+        intra_node=link, inter_node=link, host_link=m["memory_bandwidth"], gpus_per_node=os.cpu_count() or 1,
+        matmul=_curve(m["matmul"], peak), attention=_curve(m["attention"], peak),
+        attention_backward=_curve(m["attention_backward"], peak), comm_overlaps_compute=False,
+        op_overhead=m.get("op_overhead", 0.0), op_overhead_sharded=m.get("op_overhead_sharded", 0.0),
+        rank_skew=skew,
+        sources={"peak_flops": f"{where}: the fastest float32 rate of the matmul and attention sweeps, one thread, "
+                               f"{rounds}",
+                 "memory_bandwidth": f"{where}: c = a + b over 64 MiB, {rounds}", "memory_capacity": "os.sysconf",
+                 "intra_node": f"{where}: gloo, {world} ranks, least squares per collective kind over its "
+                               f"{len(COLLECTIVE_SIZES)} sizes, each after compute, less the rank skew, {rounds} "
+                               f"(relative RMS residual {residual['per_kind']:.0%}; pooled over kinds "
+                               f"{residual['pooled']:.0%})",
+                 "rank_skew": f"{where}: gloo, {world} ranks, small all-reduces after {work[0] * 1e3:.0f} to "
+                              f"{work[-1] * 1e3:.0f} ms of compute, least squares of the time each adds against "
+                              f"the compute, {rounds}",
+                 "inter_node": "the same as intra_node (one host)", "host_link": "memory bandwidth (no device)",
+                 "gpus_per_node": "os.cpu_count()", "matmul": f"{where}, {rounds}",
+                 "attention": f"{where}: torch SDPA, {rounds}",
+                 "attention_backward": f"{where}: torch SDPA backward, {rounds}",
+                 "op_overhead": f"{where}: a training step at toy widths (32 wide, 2 heads) less its modelled "
+                                f"compute, per dispatched op, one thread, {rounds}",
+                 "op_overhead_sharded": f"{where}: the same step under FSDP on 2 ranks (fake process group), "
+                                        f"{rounds}",
+                 "comm_overlaps_compute": "by construction, false: gloo's threads share the cores the ranks' "
+                                          "compute threads fill"})
+    return prof, {"rank_skew": skew, "collectives": coll, "link_residual": residual}
+
+
+def _round_figures(prof: HardwareProfile) -> dict[str, float]:
+    """The figures of one round whose spread over rounds the report quotes."""
+    link = prof.intra_node
+    return {"peak_flops": prof.peak_flops, "memory_bandwidth": prof.memory_bandwidth,
+            "op_overhead": prof.op_overhead, "op_overhead_sharded": prof.op_overhead_sharded,
+            "rank_skew": prof.rank_skew, "latency": link.latency, "bandwidth": link.bandwidth,
+            **{f"latency_{k}": lat for k, (_, lat) in link.kinds.items()}}
+
+
+class CalibrationError(RuntimeError):
+    """A calibration that cannot run or resume as asked, with the fix."""
+
+
+def _finished_rounds(checkpoint, world: int) -> list[dict]:
+    """The rounds an interrupted calibration finished into ``checkpoint`` (none if it does not exist)."""
+    import json
+    from pathlib import Path
+
+    if checkpoint is None or not Path(checkpoint).is_file():
+        return []
+    try:
+        doc = json.loads(Path(checkpoint).read_text())
+        rounds = doc["rounds"]
+        ok = doc["world"] == world and isinstance(rounds, list) and all(isinstance(r, dict) for r in rounds)
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise CalibrationError(f"{checkpoint} is not a calibration of {world} ranks by this s2vbench; delete it to "
+                               f"calibrate afresh, or pass another output folder")
+    return rounds
+
+
+def calibrate_cpu(world: int = 2, rounds: int = CALIBRATION_ROUNDS, timeout_s: float = 300.0,
+                  checkpoint=None, progress: bool = False) -> tuple[HardwareProfile, dict]:
+    """A profile of this CPU as the harness uses it (one thread per rank, gloo between ranks): ``rounds``
+    independent rounds of every microbenchmark, each figure the median over them (a shared CPU drifts by tens
+    of percent between rounds minutes apart; the spread is in ``raw["rounds"]``). With a ``checkpoint`` file,
+    each finished round is written to it at once, and a calibration interrupted before its last round resumes
+    from the rounds there."""
+    from ..parallel.launch import run_ranks
+    from .results import atomic_write_json
+
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+        raise ValueError(f"calibration rounds must be a positive integer, not {rounds!r}")
+    measured = _finished_rounds(checkpoint, world)[:rounds]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        mm, at, at_bwd, bw = matmul_sweep(), attention_sweep(), attention_backward_sweep(), memory_bandwidth()
-        loaded = _mean_over_ranks(run_ranks(collective_rank, world, timeout_s=timeout_s))
-        skew, _ = fit_skew(loaded["skew"])
-        coll = collective_samples(loaded, skew)
-        link, rms = fit_link(coll, world)
-        peak = max(r for _, r in mm + at + at_bwd)
-        today = _dt.date.today().isoformat()
-        where = f"measured by s2vbench calibrate on this machine, {today}"
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        prof = HardwareProfile(
-            name="cpu-gloo", peak_flops=peak, memory_bandwidth=bw, memory_capacity=float(ram), intra_node=link,
-            inter_node=link, host_link=bw, gpus_per_node=os.cpu_count() or 1, matmul=_curve(mm, peak),
-            attention=_curve(at, peak), attention_backward=_curve(at_bwd, peak), comm_overlaps_compute=False,
-            rank_skew=skew,
-            sources={"peak_flops": f"{where}: the fastest float32 rate of the matmul and attention sweeps, one thread",
-                     "memory_bandwidth": f"{where}: c = a + b over 64 MiB", "memory_capacity": "os.sysconf",
-                     "intra_node": f"{where}: gloo, {world} ranks, least squares over {len(coll)} collectives "
-                                   f"after compute, less the rank skew (relative RMS residual {rms:.0%})",
-                     "rank_skew": f"{where}: gloo, {world} ranks, small all-reduces after "
-                                  f"{loaded['skew'][0][0] * 1e3:.0f} to {loaded['skew'][-1][0] * 1e3:.0f} ms of "
-                                  "compute, least squares of the time each adds against the compute",
-                     "inter_node": "the same as intra_node (one host)", "host_link": "memory bandwidth (no device)",
-                     "gpus_per_node": "os.cpu_count()", "matmul": where, "attention": f"{where}: torch SDPA",
-                     "attention_backward": f"{where}: torch SDPA backward",
-                     "op_overhead": f"{where}: a training step at toy widths (32 wide, 2 heads) less its modelled "
-                                    "compute, per dispatched op, one thread",
-                     "op_overhead_sharded": f"{where}: the same step under FSDP on 2 ranks (fake process group)",
-                     "comm_overlaps_compute": "by construction, false: gloo's threads share the cores the ranks' "
-                                              "compute threads fill"})
-        per_op = op_overhead(prof)
-        per_op_sharded = run_ranks(op_overhead_rank, 1, prof, timeout_s=timeout_s)[0]
+        while len(measured) < rounds:
+            if progress:
+                print(f"calibration round {len(measured) + 1}/{rounds}", flush=True)
+            m = _measure_round(world, timeout_s)
+            prof, _ = _cpu_profile(m, world)
+            m["op_overhead"] = op_overhead(prof)
+            m["op_overhead_sharded"] = run_ranks(op_overhead_rank, 1, prof, timeout_s=timeout_s)[0]
+            measured.append(m)
+            if checkpoint is not None:
+                atomic_write_json(checkpoint, {"world": world, "rounds": measured})
     finally:
         torch.set_num_threads(threads)
-    prof = HardwareProfile(**{**prof.__dict__, "op_overhead": per_op, "op_overhead_sharded": per_op_sharded})
-    raw = {"matmul": mm, "attention": at, "attention_backward": at_bwd, "memory_bandwidth": bw,
-           "op_overhead": per_op, "op_overhead_sharded": per_op_sharded, "collectives": coll, "link_rms": rms,
-           "skew_samples": loaded["skew"], "rank_skew": skew}
+    median = _reduce_repeats(measured, statistics.median)
+    prof, fitted = _cpu_profile(median, world, rounds)
+    raw = {**median, **fitted, "rounds": [_round_figures(_cpu_profile(m, world)[0]) for m in measured]}
     return prof, raw
 
 
@@ -325,12 +434,12 @@ def calibrate_cpu(world: int = 2, timeout_s: float = 300.0) -> tuple[HardwarePro
 def predict_record(record: Record, hw: HardwareProfile) -> Prediction:
     """The model's step time for a measured iteration record."""
     from ..model.config import ClipShape, get_preset
-    from ..model.sequence import sequence_layout
+    from ..model.sequence import clip_layout
 
     c = record.config
     cfg = get_preset(c["preset"]).model
     clip = ClipShape(**c["clip"])
-    lay = sequence_layout(cfg, clip.latent_frames, clip.latent_height, clip.latent_width, clip.with_motion)
+    lay = clip_layout(cfg, clip)
     deg = c["degrees"]
     st = Strategy(deg["dp_shard"], deg["ulysses"], deg["ring"], bool(c["ac"]), c["dtype"], int(c.get("grad_accum", 1)))
     return predict_training(cfg, lay, st, hw, int(c["global_batch"]))
@@ -435,6 +544,39 @@ def validate(records: list[Record], hw: HardwareProfile) -> tuple[list[Validatio
     return rows, summary
 
 
+def _link_table(link: Link, samples: list[tuple[str, int, float]]) -> str:
+    from tabulate import tabulate
+
+    sizes = sorted({n for _, n, _ in samples})
+    table = []
+    for kind, (bandwidth, latency) in sorted(link.kinds.items()):
+        by_size = {n: t for k, n, t in samples if k == kind}
+        table.append([kind, f"{latency * 1e6:.0f}", f"{bandwidth / 1e9:.2f}",
+                      *(f"{by_size[n] * 1e3:.2f}" if n in by_size else "" for n in sizes)])
+    return tabulate(table, ["collective", "alpha us", "beta GB/s",
+                            *(f"{n / 2 ** 10:.0f} KiB ms" for n in sizes)], tablefmt="github")
+
+
+def _spread_lines(rounds: list[dict[str, float]]) -> list[str]:
+    """The figures' spread over calibration rounds, as report lines (none for a single round)."""
+    from tabulate import tabulate
+
+    if len(rounds) < 2:
+        return []
+    units = {"peak_flops": (1e-9, "GFLOP/s"), "memory_bandwidth": (1e-9, "GB/s"), "bandwidth": (1e-9, "GB/s"),
+             "rank_skew": (100, "%")}
+    table = []
+    for key in rounds[0]:
+        values = [r[key] for r in rounds if key in r]
+        scale, unit = units.get(key, (1e6, "us"))
+        mid = statistics.median(values)
+        table.append([key, unit, f"{mid * scale:.2f}", f"{min(values) * scale:.2f}", f"{max(values) * scale:.2f}",
+                      f"{(max(values) - min(values)) / mid:.0%}" if mid else "n/a"])
+    return [f"Each figure is the median of {len(rounds)} independent calibration rounds; its spread over them:", "",
+            tabulate(table, ["figure", "unit", "median of rounds", "min", "max", "(max - min) / median"],
+                     tablefmt="github"), ""]
+
+
 def calibration_markdown(hw: HardwareProfile, raw: dict, rows: list[ValidationRow], summary: dict) -> str:
     from tabulate import tabulate
 
@@ -456,10 +598,12 @@ def calibration_markdown(hw: HardwareProfile, raw: dict, rows: list[ValidationRo
               f"{hw.op_overhead_sharded * 1e6:.1f} us under FSDP. gloo on 2 ranks that compute between "
               f"collectives: rank skew {hw.rank_skew:.1%} of the compute between two collectives (small "
               f"all-reduces after {', '.join(f'{w * 1e3:.0f}' for w, _ in raw['skew_samples'])} ms of compute "
-              f"added {', '.join(f'{t * 1e3:.1f}' for _, t in raw['skew_samples'])} ms); alpha "
-              f"{link.latency * 1e6:.0f} us, beta {link.bandwidth / 1e9:.2f} GB/s (least squares over "
-              f"{len(raw['collectives'])} collectives, skew taken out, relative RMS residual "
-              f"{raw['link_rms']:.0%})."), "",
+              f"added {', '.join(f'{t * 1e3:.1f}' for _, t in raw['skew_samples'])} ms). Collectives, each after "
+              f"compute, the skew taken out, alpha and beta by least squares per kind (relative RMS residual "
+              f"{raw['link_residual']['per_kind']:.0%}; one pair pooled over kinds: alpha "
+              f"{link.latency * 1e6:.0f} us, beta {link.bandwidth / 1e9:.2f} GB/s, residual "
+              f"{raw['link_residual']['pooled']:.0%}):"), "",
+             _link_table(link, raw["collectives"]), "", *_spread_lines(raw.get("rounds", [])),
              ("Validation (leave-one-out: each point's elementwise factor is fitted on the other counted points' "
               "compute-only times; "
              f"a point counts when its step-time IQR/median < {NOISE_LIMIT:.0%}):"), ""]
@@ -487,22 +631,25 @@ def calibration_markdown(hw: HardwareProfile, raw: dict, rows: list[ValidationRo
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["NOISE_LIMIT", "ValidationRow", "attention_backward_sweep", "calibrate_cpu", "calibration_markdown", "collective_rank", "fit_link",
+__all__ = ["CALIBRATION_ROUNDS", "NOISE_LIMIT", "CalibrationError", "ValidationRow", "attention_backward_sweep", "calibrate_cpu", "calibration_markdown", "collective_rank", "fit_link",
            "predict_record", "step_noise", "validate"]
 
 
 def validation_points() -> list:
     """End-to-end points at widths, lengths and world sizes the main job does not run (tiny is 1/4 the width
-    of small; the small clip at half its length), timed like the main job's points."""
+    of small; the small clip at half its length), timed like the main job's points. A tiny step takes under
+    0.3 s: 20 of them make its IQR/median a measure of its noise, not of three draws."""
     from .points import Point
 
-    return [Point("tiny", 1, "single", steps=5), Point("tiny", 2, "ulysses", steps=5),
+    return [Point("tiny", 1, "single", steps=20), Point("tiny", 2, "ulysses", steps=20),
             Point("small", 1, "single", global_batch=1, frames=16, steps=5)]
 
 
-def calibrate_and_validate(out, results_paths: list, progress: bool = True) -> str:
-    """Run the validation points and the CPU calibration; write ``validation.json`` and ``calibration.json``
-    into ``out``; return the report section."""
+def calibrate_and_validate(out, results_paths: list, progress: bool = True,
+                           rounds: int = CALIBRATION_ROUNDS) -> str:
+    """Run the validation points and the CPU calibration (``rounds`` rounds, each kept in
+    ``calibration_rounds.json`` as it finishes); write ``validation.json`` and ``calibration.json`` into
+    ``out``; return the report section. A re-run resumes both."""
     from pathlib import Path
 
     from .results import atomic_write_json, read_results
@@ -510,7 +657,7 @@ def calibrate_and_validate(out, results_paths: list, progress: bool = True) -> s
 
     out = Path(out)
     val = run_sweep(validation_points(), out / "validation.json", progress=progress)
-    prof, raw = calibrate_cpu()
+    prof, raw = calibrate_cpu(rounds=rounds, checkpoint=out / "calibration_rounds.json", progress=progress)
     records = [r for p in [*results_paths, val.path] for r in read_results(p)]
     rows, summary = validate(records, prof)
     prof = HardwareProfile(**{**prof.__dict__, "elementwise_factor": summary["elementwise_factor"]})
@@ -545,15 +692,21 @@ def add_arguments(p) -> None:
 
     p.add_argument("--out", type=Path, required=True, help="profile JSON to write")
     p.add_argument("--base", default="h100-sxm", help="on GPU: the datasheet profile to calibrate (default h100-sxm)")
+    p.add_argument("--rounds", type=int, default=CALIBRATION_ROUNDS,
+                   help=f"on CPU: independent calibration rounds, each figure their median (default "
+                        f"{CALIBRATION_ROUNDS}); finished rounds are kept in OUT's .rounds.json and resumed")
 
 
 def run(args) -> int:
     from .results import atomic_write_json
 
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds takes a positive integer, got {args.rounds}")
     if torch.cuda.is_available():
         prof, raw = calibrate_gpu(args.base)
     else:
-        prof, raw = calibrate_cpu()
+        prof, raw = calibrate_cpu(rounds=args.rounds, checkpoint=args.out.with_suffix(".rounds.json"),
+                                  progress=True)
     prof.save(args.out)
     atomic_write_json(args.out.with_suffix(".raw.json"), raw)
     print(f"{prof.name}: peak {prof.peak_flops / 1e12:.3f} TFLOP/s, memory {prof.memory_bandwidth / 1e9:.1f} GB/s, "

@@ -33,10 +33,20 @@ def _run(args: argparse.Namespace) -> int:
         from .calibrate import calibrate_and_validate
         from .results import atomic_write_text
 
-        section = calibrate_and_validate(out, [log.path], progress=not args.quiet)
+        section = calibrate_and_validate(out, [log.path], progress=not args.quiet, rounds=args.calibration_rounds)
         atomic_write_text(report, Path(report).read_text() + "\n" + section)
     print(f"results: {log.path}\nreport:  {report}")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"takes a positive integer, got {text!r}")
+    return value
 
 
 def _token_list(text: str | None) -> list[int | None]:
@@ -93,6 +103,8 @@ def _scaling(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .calibrate import CALIBRATION_ROUNDS
+
     parser = argparse.ArgumentParser(prog="s2vbench", description="Wan-S2V scaling benchmarks")
     sub = parser.add_subparsers(dest="command", required=True)
     p_model = sub.add_parser("model", help="parameter counts per group; a CPU forward for tiny/small")
@@ -105,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
                                                               "existing one is resumed")
     p_run.add_argument("--quiet", action="store_true", help="no progress bar")
     p_run.add_argument("--no-calibration", action="store_true",
-                       help="skip the performance model's calibration and validation (about 1.5 min)")
+                       help="skip the performance model's calibration and validation (about 2.5 min)")
+    p_run.add_argument("--calibration-rounds", type=_positive_int, default=CALIBRATION_ROUNDS,
+                       help=f"independent calibration rounds, each figure their median (default "
+                            f"{CALIBRATION_ROUNDS}, about 30 s each)")
     p_rep = sub.add_parser("report", help="markdown report with tables and plots from results files")
     p_rep.add_argument("results", nargs="+", type=Path)
     p_rep.add_argument("--out", type=Path, required=True, help="folder for report.md and its plots")

@@ -46,7 +46,7 @@ def ground_record(point: Point, result: dict, hw_name: str = "h100-sxm") -> Reco
     import statistics
 
     from ..model.config import get_preset
-    from ..model.sequence import sequence_layout
+    from ..model.sequence import clip_layout
     from .perfmodel import Strategy, predict_training
     from .profiles import load_profile
 
@@ -55,7 +55,7 @@ def ground_record(point: Point, result: dict, hw_name: str = "h100-sxm") -> Reco
     dp, u, r = point.degrees
     st = Strategy(dp, u, r, point.ac, point.dtype)
     small_cfg = get_preset(point.preset).model
-    lay = sequence_layout(small_cfg, clip.latent_frames, clip.latent_height, clip.latent_width, clip.with_motion)
+    lay = clip_layout(small_cfg, clip)
     measured = statistics.median(result["times"])
     reduced = predict_training(small_cfg, lay, st, hw, point.global_batch)
     full_cfg = get_preset("14b").model

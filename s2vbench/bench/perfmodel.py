@@ -1,8 +1,9 @@
 """The performance model: predicted time and memory of a Wan-S2V training iteration or sampled clip.
 
 Compute comes from the real shapes, op by op (``unit_ops``), each at the efficiency its size gets in the
-hardware profile. Communication is alpha-beta on the link each group crosses (``collective_time``): the
-bandwidth term scales as (p - 1)/p of the buffer, the latency term as p - 1 steps. Overlap rules:
+hardware profile. Communication is alpha-beta on the link each group crosses (``collective_time``), with each
+collective kind's own alpha and beta where the profile measured them: the bandwidth term scales as (p - 1)/p
+of the buffer, the latency term as p - 1 steps. Overlap rules:
 
 * FSDP: a layer's all-gather is prefetched behind the previous layer's compute (forward), its re-gather and
   the next layer's reduce-scatter behind the neighbouring layer's backward; the first gather and the last
@@ -37,6 +38,7 @@ from ..model.config import WanS2VConfig
 from ..model.sequence import SequenceLayout
 from ..parallel.mesh import ParallelConfig
 from .analytic import (
+    ForwardFlops,
     activation_bytes,
     count_dispatched_ops,
     forward_flops,
@@ -44,7 +46,7 @@ from .analytic import (
     meta_model,
     parameter_count,
 )
-from .profiles import HardwareProfile, Link
+from .profiles import COLLECTIVE_KINDS, HardwareProfile, Link
 
 ELEMENTWISE_PASSES = 40
 """Float32 [tokens, dim] reads plus writes per layer forward outside matmuls and attention (assumed: 3 norms,
@@ -99,6 +101,11 @@ class Strategy:
     @property
     def cp(self) -> int:
         return self.ulysses * self.ring
+
+    @property
+    def elem_bytes(self) -> int:
+        """Bytes per element of the compute dtype (the bf16 layers in flight, the exchanged activations)."""
+        return 2 if self.dtype == "bfloat16" else 4
 
     @property
     def world(self) -> int:
@@ -194,15 +201,15 @@ class Prediction:
 def collective_time(kind: str, nbytes: float, p: int, link: Link) -> float:
     """Seconds for one collective over p ranks of an ``nbytes`` buffer (the whole gathered/scattered buffer for
     all_gather/reduce_scatter, one rank's input for all_to_all, the message for p2p)."""
+    if kind not in COLLECTIVE_KINDS:
+        raise PlanError(f"unknown collective kind {kind!r}; known: {', '.join(COLLECTIVE_KINDS)}")
     if p <= 1 or nbytes <= 0:
         return 0.0
-    if kind in ("all_gather", "reduce_scatter", "all_to_all"):
-        return (p - 1) * link.latency + (p - 1) / p * nbytes / link.bandwidth
-    if kind == "all_reduce":  # ring all-reduce: a reduce-scatter then an all-gather
-        return 2 * ((p - 1) * link.latency + (p - 1) / p * nbytes / link.bandwidth)
+    bandwidth, latency = link.cost(kind)
     if kind == "p2p":
-        return link.latency + nbytes / link.bandwidth
-    raise PlanError(f"unknown collective kind {kind!r}")
+        return latency + nbytes / bandwidth
+    steps = 2 if kind == "all_reduce" and kind not in link.kinds else 1  # pooled: a reduce-scatter, an all-gather
+    return steps * ((p - 1) * latency + (p - 1) / p * nbytes / bandwidth)
 
 
 def group_link(hw: HardwareProfile, span: int) -> Link:
@@ -267,8 +274,8 @@ def _layers_flops(cfg: WanS2VConfig, layout: SequenceLayout) -> float:
     return sum(o.flops * o.calls for ops in unit_ops(cfg, layout, 1, 1, 1) for o in ops)
 
 
-def _layer_times(cfg: WanS2VConfig, layout: SequenceLayout, micro: int, st: Strategy,
-                 hw: HardwareProfile) -> tuple[list[float], list[float], list[float], float]:
+def _layer_times(cfg: WanS2VConfig, layout: SequenceLayout, micro: int, st: Strategy, hw: HardwareProfile,
+                 ff: ForwardFlops) -> tuple[list[float], list[float], list[float], float]:
     """Forward, backward and AC-recompute seconds of each FSDP unit on the most loaded rank, and the forward
     seconds of the matmuls outside the units (embeddings, audio encoder, FramePack, head: replicated on every
     rank; their backward is twice that). A parallelized job (world > 1) keeps the self-attention's outputs
@@ -278,7 +285,6 @@ def _layer_times(cfg: WanS2VConfig, layout: SequenceLayout, micro: int, st: Stra
     bwd = [sum(op_time(o, hw, backward=True) for o in ops) for ops in units]
     kept = {"self attention"} if st.world > 1 else set()
     recompute = [sum(op_time(o, hw) for o in ops if o.name not in kept) if st.ac else 0.0 for ops in units]
-    ff = forward_flops(cfg, layout)
     outside_flops = micro * max(0.0, ff.matmul + ff.cross_attention - _layers_flops(cfg, layout))
     return fwd, bwd, recompute, outside_flops / (hw.peak_flops * hw.matmul(outside_flops / 16))
 
@@ -289,7 +295,7 @@ def elementwise_seconds(cfg: WanS2VConfig, layout: SequenceLayout, micro: int, s
     layers' own (forward, and in training backward twice over plus the recompute), and the context-parallel
     glue (ring merges and accumulators, Ulysses packing) of one micro-batch. The glue is not recomputed under
     AC: checkpointing keeps the attention's outputs."""
-    elem = 2 if st.dtype == "bfloat16" else 4
+    elem = st.elem_bytes
     ac = training and st.ac
     passes = 4 * ELEMENTWISE_PASSES * ((3 if training else 1) + (1 if ac else 0))
     if st.ring > 1:
@@ -381,7 +387,7 @@ def context_parallel_comm(cfg: WanS2VConfig, layout: SequenceLayout, micro: int,
     override."""
     total: dict[str, float] = {}
     exposed: dict[str, float] = {}
-    elem = 2 if st.dtype == "bfloat16" else 4
+    elem = st.elem_bytes
     s_loc = -(-layout.total // st.cp)
     x = micro * s_loc * cfg.dim * elem  # one q/k/v/out tensor on this rank
     passes = 2 if training else 1
@@ -462,11 +468,11 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
     """One training iteration (``grad_accum`` micro-batches, then the optimizer step)."""
     micro = _check(cfg, layout, st, global_batch)
     pred = Prediction(st, layout.total, global_batch, capacity=hw.memory_capacity, peak_flops=hw.peak_flops)
-    elem = 2 if st.dtype == "bfloat16" else 4
+    elem = st.elem_bytes
 
     # compute per layer, forward and backward, and what lies outside the layers (replicated on every rank)
-    fwd_layers, bwd_layers, recompute, fwd_outside = _layer_times(cfg, layout, micro, st, hw)
     ff = forward_flops(cfg, layout)
+    fwd_layers, bwd_layers, recompute, fwd_outside = _layer_times(cfg, layout, micro, st, hw, ff)
     pred.compute = st.grad_accum * (sum(fwd_layers) + sum(bwd_layers) + 3 * fwd_outside + sum(recompute))
     pred.model_flops = global_batch * 3 * ff.total
 
@@ -567,7 +573,8 @@ def predict_inference(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, h
         raise PlanError("inference splits one clip over context-parallel ranks; use dp_shard=1")
     forwards = steps * (2 if cfg_scale else 1)
     pred = Prediction(st, layout.total, 1, capacity=hw.memory_capacity, peak_flops=hw.peak_flops)
-    fwd_layers, _, _, fwd_outside = _layer_times(cfg, layout, 1, Strategy(1, st.ulysses, st.ring, False), hw)
+    ff = forward_flops(cfg, layout)
+    fwd_layers, _, _, fwd_outside = _layer_times(cfg, layout, 1, Strategy(1, st.ulysses, st.ring, False), hw, ff)
     pred.compute = forwards * (sum(fwd_layers) + fwd_outside)
     if encoders:
         pred.encoders, how = encoder_seconds(cfg, layout, hw)
@@ -584,9 +591,8 @@ def predict_inference(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, h
     if st.cp > 1:
         _charge_rank_skew(pred.comm_total, pred.comm_exposed, pred, hw)
     pred.exposed_comm = sum(pred.comm_exposed.values())
-    pred.model_flops = forwards * forward_flops(cfg, layout).total  # the DiT's: MFU is the transformer's
-    elem = 2 if st.dtype == "bfloat16" else 4
-    pred.memory = {"params": parameter_count(cfg) * elem,
+    pred.model_flops = forwards * ff.total  # the DiT's: MFU is the transformer's
+    pred.memory = {"params": parameter_count(cfg) * st.elem_bytes,
                    "activations": 4 * 4 * cfg.dim * -(-layout.total // st.cp)}
     return pred
 

@@ -6,7 +6,7 @@ import dataclasses
 import math
 from dataclasses import asdict, dataclass
 
-from ..model import ClipShape, get_preset, sequence_layout
+from ..model import ClipShape, clip_layout, get_preset, sequence_layout
 from ..parallel import ParallelConfig
 from ..parallel.local_attention import BACKENDS as LOCAL_BACKENDS
 
@@ -213,8 +213,7 @@ class Point:
             if px is not None and (px <= 0 or px % 8):
                 raise ValueError(f"{what} must be a positive multiple of 8 pixels (the VAE stride), got {px}")
         c = self.clip()
-        layout = sequence_layout(get_preset(self.preset).model, c.latent_frames, c.latent_height, c.latent_width,
-                                 c.with_motion)
+        layout = clip_layout(get_preset(self.preset).model, c)
         self.parallel_config().validate(self.world, get_preset(self.preset).model.num_heads, layout.total)
 
     @classmethod

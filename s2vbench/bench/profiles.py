@@ -49,6 +49,10 @@ class EfficiencyCurve:
         return self.efficiency[i - 1] * (1 - w) + self.efficiency[i] * w
 
 
+COLLECTIVE_KINDS = ("all_gather", "reduce_scatter", "all_to_all", "all_reduce", "p2p")
+"""The collectives the model charges (``perfmodel.collective_time``)."""
+
+
 @dataclass(frozen=True)
 class Link:
     """Alpha-beta cost of one hop class: t = latency per step + bytes / bandwidth."""
@@ -57,6 +61,27 @@ class Link:
     """Achievable bytes/s per GPU in one direction."""
     latency: float
     """Seconds per algorithm step (alpha)."""
+    kinds: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """(bandwidth, latency) of a collective kind measured on its own: each kind runs its own algorithm (gloo's
+    reduce-scatter, for one, costs about twice its all-gather), so one pooled alpha and beta misprice them. Kinds
+    not listed cost the pooled figures above."""
+
+    def __post_init__(self) -> None:
+        for kind, pair in self.kinds.items():
+            if kind not in COLLECTIVE_KINDS:
+                raise ProfileError(f"a link cost for unknown collective kind {kind!r}; known: "
+                                   f"{', '.join(COLLECTIVE_KINDS)}")
+            if len(pair) != 2 or not (pair[0] > 0 and pair[1] >= 0):
+                raise ProfileError(f"the link cost of {kind} must be (bandwidth bytes/s > 0, latency s >= 0), "
+                                   f"not {pair!r}")
+        if not (self.bandwidth > 0 and self.latency >= 0):
+            raise ProfileError(f"a link needs a positive bandwidth and a non-negative latency: "
+                               f"{self.bandwidth!r} B/s, {self.latency!r} s")
+
+    def cost(self, kind: str) -> tuple[float, float]:
+        """(bandwidth bytes/s, latency s) of one collective kind on this link."""
+        bandwidth, latency = self.kinds.get(kind, (self.bandwidth, self.latency))
+        return float(bandwidth), float(latency)
 
 
 @dataclass(frozen=True)
@@ -156,6 +181,7 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
 
 
 __all__ = [
+    "COLLECTIVE_KINDS",
     "PROFILE_DIR",
     "EfficiencyCurve",
     "HardwareProfile",

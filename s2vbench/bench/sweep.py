@@ -11,7 +11,7 @@ import re
 import statistics
 from pathlib import Path
 
-from ..model import get_preset, sequence_layout
+from ..model import clip_layout, get_preset
 from ..parallel.launch import RankFailed, run_ranks
 from .analytic import CommVolume, forward_flops, fsdp_comm_volume, training_state_bytes, training_step_comm_volume
 from .hardware import bf16_peak_tflops
@@ -36,8 +36,7 @@ def _median_max_over_ranks(per_rank: list[list[float]]) -> tuple[float, list[flo
 def point_record(point: Point, results: list[dict]) -> Record:
     preset = get_preset(point.preset)
     clip = point.clip()
-    layout = sequence_layout(preset.model, clip.latent_frames, clip.latent_height, clip.latent_width,
-                             clip.with_motion)
+    layout = clip_layout(preset.model, clip)
     fwd = forward_flops(preset.model, layout).total
     train_flops = 3 * fwd * point.global_batch
     recompute = (fwd * point.global_batch) if point.ac else 0.0

@@ -12,7 +12,7 @@ from tabulate import tabulate
 from .config import PRESETS, Preset, get_preset
 from .flow import synthetic_batch
 from .model import WanS2V
-from .sequence import sequence_layout
+from .sequence import clip_layout
 
 CPU_FORWARD_PRESETS = ("tiny", "small")
 
@@ -50,8 +50,7 @@ def describe(name: str, forward: bool = True, seed: int = 0) -> str:
     lines = [f"preset {name}: {preset.description}", tabulate(rows, headers=["group", "parameters", "share"],
                                                                  colalign=("left", "right", "right"))]
     clip = preset.clip
-    layout = sequence_layout(preset.model, clip.latent_frames, clip.latent_height, clip.latent_width,
-                             clip.with_motion)
+    layout = clip_layout(preset.model, clip)
     lines.append(f"clip: {clip.infer_frames} frames of {8 * clip.latent_height}x{8 * clip.latent_width} px -> latent "
                  f"{clip.latent_frames}x{clip.latent_height}x{clip.latent_width}; tokens noisy {layout.noisy:,} + "
                  f"ref {layout.ref:,} + motion {layout.motion:,} = {layout.total:,}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import WanS2VConfig
+from .config import ClipShape, WanS2VConfig
 
 # FramePack projector kernels (= strides) on the latent, newest bucket first: 1x, 2x and 4x compression.
 FRAMEPACK_KERNELS: tuple[tuple[int, int, int], ...] = ((1, 2, 2), (2, 4, 4), (4, 8, 8))
@@ -86,6 +86,11 @@ def sequence_layout(cfg: WanS2VConfig, latent_frames: int, latent_height: int, l
     return SequenceLayout(grid, motion_grids)
 
 
+
+def clip_layout(cfg: WanS2VConfig, clip: ClipShape) -> SequenceLayout:
+    """The token layout of a clip's latent geometry (validated as :func:`sequence_layout` validates it)."""
+    return sequence_layout(cfg, clip.latent_frames, clip.latent_height, clip.latent_width, clip.with_motion)
+
 def _grid_positions(t: list[int], h: list[int], w: list[int]) -> torch.Tensor:
     tt, hh, ww = torch.meshgrid(torch.tensor(t), torch.tensor(h), torch.tensor(w), indexing="ij")
     return torch.stack([tt.reshape(-1), hh.reshape(-1), ww.reshape(-1)], dim=1)
@@ -126,4 +131,4 @@ def audio_latent_frames(infer_frames: int, motion_frames: int) -> int:
 
 
 __all__ = ["FRAMEPACK_COMPRESSION", "FRAMEPACK_KERNELS", "InputError", "MOTION", "NOISY", "REF", "SequenceLayout",
-           "audio_conv_lengths", "audio_latent_frames", "rope_positions", "sequence_layout"]
+           "audio_conv_lengths", "audio_latent_frames", "clip_layout", "rope_positions", "sequence_layout"]
