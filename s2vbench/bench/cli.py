@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                                                               "existing one is resumed")
     p_run.add_argument("--quiet", action="store_true", help="no progress bar")
     p_run.add_argument("--no-calibration", action="store_true",
-                       help="skip the performance model's calibration and validation (about 2.5 min)")
+                       help="skip the performance model's calibration and validation (about 2 min)")
     p_run.add_argument("--calibration-rounds", type=_positive_int, default=CALIBRATION_ROUNDS,
                        help=f"independent calibration rounds, each figure their median (default "
                             f"{CALIBRATION_ROUNDS}, about 30 s each)")
