@@ -92,7 +92,8 @@ def test_fit_skew_recovers_the_wait_per_second_of_compute():
     assert fit_skew([(w, 5e-3 - 0.01 * w) for w in (2e-3, 8e-3, 3e-2)])[0] == 0.0
 
 
-def _record(point: Point, steps: list[float], compute: float | None = None) -> Record:
+def _record(point: Point, steps: list[float], compute: float | None = None,
+            inference: list[float] | None = None) -> Record:
     from s2vbench.model import get_preset
 
     cfg = point.to_dict()
@@ -103,6 +104,9 @@ def _record(point: Point, steps: list[float], compute: float | None = None) -> R
     metrics = [Metric("step_time", sorted_steps[len(steps) // 2], "s", "test", stats=stats)]
     if compute is not None:
         metrics.append(Metric("compute_time", compute, "s", "test"))
+    if inference is not None:
+        metrics.append(Metric("inference_step_time", sorted(inference)[len(inference) // 2], "s", "test",
+                              stats={f"step{i}": t for i, t in enumerate(inference)}))
     return Record("iteration", point.name, cfg, metrics)
 
 
@@ -164,6 +168,8 @@ def test_calibrate_and_validate_writes_profile_and_report_section(tmp_path, monk
     prof = HardwareProfile.from_dict(doc["profile"])
     assert prof.name == "cpu-gloo" and prof.op_overhead > 0 and prof.elementwise_factor >= 0
     assert doc["summary"]["points"] == 1
+    # the run's calibration.json is itself a profile `predict --hw` takes
+    assert load_profile(tmp_path / "calibration.json") == prof
     # a re-run resumes the validation points instead of timing them again
     before = (tmp_path / "validation.json").read_text()
     cal.calibrate_and_validate(tmp_path, [], progress=False, rounds=1)
@@ -230,3 +236,36 @@ def test_interrupted_calibration_resumes_from_its_finished_rounds(tmp_path, monk
     assert len(calls) == 4
     with pytest.raises(cal.CalibrationError, match="delete it"):
         cal.calibrate_cpu(world=4, rounds=3, checkpoint=checkpoint)
+
+
+def test_one_rank_inference_is_validated_beside_training():
+    from s2vbench.bench.calibrate import predict_inference_record
+
+    hw = load_profile("h100-sxm")
+    points = [Point("tiny", 1, "single", global_batch=1, inference=True),
+              Point("small", 1, "single", global_batch=2, inference=True), Point("small", 2, "ulysses", inference=True)]
+    records = []
+    for p in points:
+        probe = _record(p, [1.0] * 3)
+        train, inf = predict_record(probe, hw), predict_inference_record(probe, hw)
+        # both workloads' elementwise traffic runs 3x slower than modelled
+        records.append(_record(p, [train.time + 2 * train.elementwise] * 3,
+                               compute=None if p.world == 1 else train.time - train.exposed_comm + 2 * train.elementwise,
+                               inference=[inf.time + 2 * inf.elementwise] * 5))
+    rows, summary = validate(records, hw)
+    names = [r.name for r in rows]
+    # a CFG-step row for each one-rank record; none for the 2-rank one (its weights stay FSDP-sharded)
+    assert names == [points[0].name, f"{points[0].name} (CFG step)", points[1].name, f"{points[1].name} (CFG step)",
+                     points[2].name]
+    assert summary["counted"] == 5 and summary["elementwise_factor"] == pytest.approx(3.0, rel=1e-6)
+    assert all(abs(r.error) < 1e-6 for r in rows)
+    # the CFG step of the batch-2 record is predicted for its 2 clips
+    assert predict_inference_record(records[1], hw).model_flops == pytest.approx(
+        2 * predict_inference_record(_record(Point("small", 1, "single", global_batch=1), [1.0]), hw).model_flops)
+    # an inference model error shows in its row alone; noisy inference steps do not count
+    records[0] = _record(points[0], [records[0].metric("step_time").value] * 3,
+                         inference=[2 * records[0].metric("inference_step_time").value] * 5)
+    rows, _ = validate(records, hw)
+    assert rows[1].error == pytest.approx(-0.5, abs=0.02) and abs(rows[0].error) < 0.02
+    records[0] = _record(points[0], [1.0] * 3, inference=[1.0, 1.5, 3.0, 1.0, 2.0])
+    assert not validate(records, hw)[0][1].counted

@@ -25,6 +25,7 @@ from s2vbench.bench.perfmodel import (
     op_time,
     predict_inference,
     predict_training,
+    forward_op_count,
     step_op_count,
     unit_ops,
 )
@@ -201,6 +202,31 @@ def test_op_count_depends_on_structure_not_width():
     one = predict_training(p.model, lay, Strategy(ac=False, dtype="float32"), hw, global_batch=2)
     two = predict_training(p.model, lay, Strategy(ac=False, dtype="float32", grad_accum=2), hw, global_batch=2)
     assert two.other - two.elementwise - (one.other - one.elementwise) == pytest.approx(1e-5 * per_micro)
+
+
+def test_inference_charges_the_host_per_forward_and_scales_with_the_batch():
+    # the toy's no-grad forward dispatches what the real tiny preset's does
+    p = get_preset("tiny")
+    ops = forward_op_count(p.model, True)
+    model, _, batch, _ = _training("tiny", p.clip, False)
+    t = torch.full((1,), 500.0)
+    with torch.no_grad():
+        real = count_dispatched_ops(lambda: model.forward_tokens(batch.latents, t, batch.context, batch.ref_latents,
+                                                                 batch.audio_input, batch.motion_latents,
+                                                                 batch.cond_states))
+    assert ops == real
+    cfg, lay = _layout("tiny")
+    st = Strategy(ac=False, dtype="float32")
+    base, hosted = _flat_profile(), _flat_profile(op_overhead=1e-5)
+    plain = predict_inference(cfg, lay, st, base, steps=3, encoders=False)
+    slow = predict_inference(cfg, lay, st, hosted, steps=3, encoders=False)
+    assert slow.other - plain.other == pytest.approx(3 * 2 * 1e-5 * ops)  # 3 steps of 2 forwards (CFG)
+    two = predict_inference(cfg, lay, st, base, steps=3, encoders=False, batch=2)
+    assert two.model_flops == pytest.approx(2 * plain.model_flops)
+    assert two.elementwise == pytest.approx(2 * plain.elementwise)
+    assert two.compute == pytest.approx(2 * plain.compute)  # flat efficiency: linear in the batch
+    with pytest.raises(PlanError, match="positive number of clips"):
+        predict_inference(cfg, lay, st, base, batch=0)
 
 
 def op_count_worker(rank, world, degrees):

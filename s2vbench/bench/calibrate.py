@@ -29,6 +29,7 @@ from .perfmodel import (
     PlanError,
     Prediction,
     Strategy,
+    predict_inference,
     predict_training,
 )
 from .profiles import EfficiencyCurve, HardwareProfile, Link
@@ -431,23 +432,35 @@ def calibrate_cpu(world: int = 2, rounds: int = CALIBRATION_ROUNDS, timeout_s: f
 # ---- validation ---------------------------------------------------------------------------------------
 
 
-def predict_record(record: Record, hw: HardwareProfile) -> Prediction:
-    """The model's step time for a measured iteration record."""
+def _record_setup(record: Record):
+    """(model config, layout, strategy) of a measured record."""
     from ..model.config import ClipShape, get_preset
     from ..model.sequence import clip_layout
 
     c = record.config
     cfg = get_preset(c["preset"]).model
-    clip = ClipShape(**c["clip"])
-    lay = clip_layout(cfg, clip)
     deg = c["degrees"]
     st = Strategy(deg["dp_shard"], deg["ulysses"], deg["ring"], bool(c["ac"]), c["dtype"], int(c.get("grad_accum", 1)))
-    return predict_training(cfg, lay, st, hw, int(c["global_batch"]))
+    return cfg, clip_layout(cfg, ClipShape(**c["clip"])), st
 
 
-def step_noise(record: Record) -> float | None:
-    """IQR / median of the record's timed steps (None with fewer than 3)."""
-    steps = step_times(record)
+def predict_record(record: Record, hw: HardwareProfile) -> Prediction:
+    """The model's step time for a measured iteration record."""
+    cfg, lay, st = _record_setup(record)
+    return predict_training(cfg, lay, st, hw, int(record.config["global_batch"]))
+
+
+def predict_inference_record(record: Record, hw: HardwareProfile) -> Prediction:
+    """The model's time for one of a record's measured CFG denoising steps: 2 no-grad forwards of the rank's
+    batch, without the encoders (the harness times the DiT alone)."""
+    cfg, lay, st = _record_setup(record)
+    return predict_inference(cfg, lay, Strategy(1, st.ulysses, st.ring, False, st.dtype), hw, steps=1,
+                             encoders=False, batch=int(record.config["global_batch"]))
+
+
+def step_noise(record: Record, metric: str = "step_time") -> float | None:
+    """IQR / median of the record's timed steps of ``metric`` (None with fewer than 3)."""
+    steps = step_times(record, metric)
     if len(steps) < 3:
         return None
     q = statistics.quantiles(steps, n=4, method="inclusive")
@@ -500,7 +513,8 @@ def _fit_elementwise_factor(rows: list[ValidationRow]) -> float:
 
 
 def validate(records: list[Record], hw: HardwareProfile) -> tuple[list[ValidationRow], dict]:
-    """Leave-one-out validation of step time, and of saved activations, on measured iteration records."""
+    """Leave-one-out validation of step time, and of saved activations, on measured iteration records; of the
+    time of a CFG denoising step too, where a one-rank record timed inference."""
     rows = []
     base = HardwareProfile(**{**hw.__dict__, "elementwise_factor": 1.0})
     for r in records:
@@ -527,6 +541,15 @@ def validate(records: list[Record], hw: HardwareProfile) -> tuple[list[Validatio
         except KeyError:
             pass
         rows.append(row)
+        if step_times(r, "inference_step_time") and r.config["degrees"] == {"dp_shard": 1, "ulysses": 1, "ring": 1}:
+            # one rank only: the harness's multi-rank inference keeps FSDP's sharded weights, the model's inference
+            # replicated ones
+            inf = predict_inference_record(r, base)
+            measured = r.metric("inference_step_time").value
+            noise = step_noise(r, "inference_step_time")
+            rows.append(ValidationRow(f"{r.name} (CFG step)", measured, inf.time, inf.elementwise, noise=noise,
+                                      counted=noise is not None and noise < NOISE_LIMIT,
+                                      compute_measured=measured))
     counted = [row for row in rows if row.counted]
     for row in rows:
         others = [o for o in counted if o is not row]
@@ -638,11 +661,12 @@ __all__ = ["CALIBRATION_ROUNDS", "NOISE_LIMIT", "CalibrationError", "ValidationR
 def validation_points() -> list:
     """End-to-end points at widths, lengths and world sizes the main job does not run (tiny is 1/4 the width
     of small; the small clip at half its length), timed like the main job's points. A tiny step takes under
-    0.3 s: 20 of them make its IQR/median a measure of its noise, not of three draws."""
+    0.3 s: 20 of them make its IQR/median a measure of its noise, not of three draws. The one-rank points also
+    time CFG denoising steps, to validate the inference model."""
     from .points import Point
 
-    return [Point("tiny", 1, "single", steps=20), Point("tiny", 2, "ulysses", steps=20),
-            Point("small", 1, "single", global_batch=1, frames=16, steps=5)]
+    return [Point("tiny", 1, "single", steps=20, inference=True), Point("tiny", 2, "ulysses", steps=20),
+            Point("small", 1, "single", global_batch=1, frames=16, steps=5, inference=True)]
 
 
 def calibrate_and_validate(out, results_paths: list, progress: bool = True,

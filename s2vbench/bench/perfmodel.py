@@ -341,15 +341,27 @@ def toy_training(cfg: WanS2VConfig, ac: bool, with_motion: bool, parallel: Paral
     return step, model, opt, batch, train
 
 
-def _op_counts(cfg: WanS2VConfig, ac: bool, with_motion: bool, parallel: ParallelConfig | None) -> tuple[int, int]:
+def _op_counts(cfg: WanS2VConfig, ac: bool, with_motion: bool,
+               parallel: ParallelConfig | None) -> tuple[int, int, int]:
+    """(ops per micro-batch's forward and backward, ops of the optimizer step, ops of one no-grad forward) of
+    the toy step."""
+    import torch
+
     step, model, opt, batch, train = toy_training(cfg, ac, with_motion, parallel)
     one = count_dispatched_ops(lambda: step(model, opt, batch, 1, train))
     per_micro = count_dispatched_ops(lambda: step(model, opt, [batch, batch], 2, train)) - one
-    return per_micro, one - per_micro
+    t = torch.full((batch.latents.shape[0],), 500.0)
+    model.eval()
+    with torch.no_grad():
+        forward = count_dispatched_ops(lambda: model.forward_tokens(
+            batch.latents, t, batch.context, batch.ref_latents, batch.audio_input, batch.motion_latents,
+            batch.cond_states))
+    model.train()
+    return per_micro, one - per_micro, forward
 
 
 def op_count_rank(rank: int, world: int, cfg: WanS2VConfig, ac: bool, with_motion: bool,
-                  parallel: ParallelConfig) -> tuple[int, int]:
+                  parallel: ParallelConfig) -> tuple[int, int, int]:
     """Called by ``run_ranks(op_count_rank, 1, ...)``: rank 0 of ``parallel``'s world under the fake process
     group (every collective a no-op of the right shapes), counting its step's ops."""
     from ..parallel.launch import join_fake_group
@@ -359,6 +371,20 @@ def op_count_rank(rank: int, world: int, cfg: WanS2VConfig, ac: bool, with_motio
 
 
 @functools.lru_cache(maxsize=32)
+def _rank0_op_counts(cfg: WanS2VConfig, ac: bool, with_motion: bool,
+                     degrees: tuple[int, int, int]) -> tuple[int, int, int]:
+    if degrees == (1, 1, 1):
+        return _op_counts(cfg, ac, with_motion, None)
+    from ..parallel.launch import run_ranks
+
+    parallel = ParallelConfig(*degrees, ac=ac)
+    try:
+        return tuple(run_ranks(op_count_rank, 1, cfg, ac, with_motion, parallel, timeout_s=300)[0])
+    except Exception as e:  # the toy clip cannot be split this way: say so, not crash deep
+        raise PlanError(f"could not count the host's ops of dp_shard x ulysses x ring = {degrees} on the toy "
+                        f"model ({e}); use a profile with op_overhead 0 for this strategy") from e
+
+
 def step_op_count(cfg: WanS2VConfig, ac: bool, with_motion: bool = True,
                   degrees: tuple[int, int, int] = (1, 1, 1)) -> tuple[int, int]:
     """(ops per micro-batch's forward and backward, ops of the optimizer step) that rank 0 of a training step
@@ -367,16 +393,15 @@ def step_op_count(cfg: WanS2VConfig, ac: bool, with_motion: bool = True,
     Several ranks are counted in a subprocess under the fake process group, so FSDP's copies, DTensor's
     optimizer and the context-parallel glue are in the count; collectives are not. Autocast's casts are not
     in it. Raises PlanError when the toy step cannot be split so."""
-    if degrees == (1, 1, 1):
-        return _op_counts(cfg, ac, with_motion, None)
-    from ..parallel.launch import run_ranks
+    per_micro, optimizer, _ = _rank0_op_counts(cfg, ac, with_motion, degrees)
+    return per_micro, optimizer
 
-    parallel = ParallelConfig(*degrees, ac=ac)
-    try:
-        return run_ranks(op_count_rank, 1, cfg, ac, with_motion, parallel, timeout_s=300)[0]
-    except Exception as e:  # the toy clip cannot be split this way: say so, not crash deep
-        raise PlanError(f"could not count the host's ops of dp_shard x ulysses x ring = {degrees} on the toy "
-                        f"model ({e}); use a profile with op_overhead 0 for this strategy") from e
+
+def forward_op_count(cfg: WanS2VConfig, with_motion: bool = True, ulysses: int = 1, ring: int = 1) -> int:
+    """Ops that rank 0 dispatches in one no-grad forward of the DiT (one of the two forwards of a CFG step),
+    counted as :func:`step_op_count` counts (with context parallelism, on the harness's parallelized toy:
+    FSDP's unsharding copies are in it)."""
+    return _rank0_op_counts(cfg, False, with_motion, (1, ulysses, ring))[2]
 
 
 def context_parallel_comm(cfg: WanS2VConfig, layout: SequenceLayout, micro: int, st: Strategy,
@@ -566,24 +591,35 @@ def encoder_seconds(cfg: WanS2VConfig, layout: SequenceLayout, hw: HardwareProfi
 
 
 def predict_inference(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw: HardwareProfile,
-                      steps: int = 40, cfg_scale: bool = True, encoders: bool = True) -> Prediction:
+                      steps: int = 40, cfg_scale: bool = True, encoders: bool = True,
+                      batch: int = 1) -> Prediction:
     """One sampled clip: ``steps`` denoising steps of 2 forwards (CFG) on all ranks together (dp_shard 1), plus
-    the clip's VAE and audio encoding (``encoders``; the official loop runs them on every rank)."""
+    the clip's VAE and audio encoding (``encoders``; the official loop runs them on every rank). ``batch``
+    clips sampled together (the official loop samples one); the host's per-op overhead is charged per
+    forward."""
     if st.dp_shard != 1:
         raise PlanError("inference splits one clip over context-parallel ranks; use dp_shard=1")
+    if not isinstance(batch, int) or batch < 1:
+        raise PlanError(f"inference batch {batch!r} must be a positive number of clips")
     forwards = steps * (2 if cfg_scale else 1)
-    pred = Prediction(st, layout.total, 1, capacity=hw.memory_capacity, peak_flops=hw.peak_flops)
+    pred = Prediction(st, layout.total, batch, capacity=hw.memory_capacity, peak_flops=hw.peak_flops)
     ff = forward_flops(cfg, layout)
-    fwd_layers, _, _, fwd_outside = _layer_times(cfg, layout, 1, Strategy(1, st.ulysses, st.ring, False), hw, ff)
+    fwd_layers, _, _, fwd_outside = _layer_times(cfg, layout, batch, Strategy(1, st.ulysses, st.ring, False), hw,
+                                                 ff)
     pred.compute = forwards * (sum(fwd_layers) + fwd_outside)
     if encoders:
         pred.encoders, how = encoder_seconds(cfg, layout, hw)
+        pred.encoders *= batch
         pred.compute += pred.encoders
-        pred.notes.append(f"compute includes {pred.encoders:.2f} s of {how}")
-    pred.elementwise = forwards * elementwise_seconds(cfg, layout, 1, st, hw, training=False) * hw.elementwise_factor
+        pred.notes.append(f"compute includes {pred.encoders:.2f} s of {how}" + (f", x{batch} clips" if batch > 1
+                                                                                else ""))
+    pred.elementwise = forwards * elementwise_seconds(cfg, layout, batch, st, hw, training=False) * \
+        hw.elementwise_factor
     pred.other = pred.elementwise
+    if hw.op_overhead > 0:
+        pred.other += forwards * hw.op_overhead * forward_op_count(cfg, layout.motion > 0, st.ulysses, st.ring)
     # weights are replicated (no FSDP gathers, no gradients): only the forward's context-parallel exchanges
-    total, exposed = context_parallel_comm(cfg, layout, 1, st, hw, pred.notes, training=False)
+    total, exposed = context_parallel_comm(cfg, layout, batch, st, hw, pred.notes, training=False)
     if not hw.comm_overlaps_compute:
         exposed = dict(total)
     pred.comm_total = {k: forwards * v for k, v in total.items()}
@@ -591,9 +627,9 @@ def predict_inference(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, h
     if st.cp > 1:
         _charge_rank_skew(pred.comm_total, pred.comm_exposed, pred, hw)
     pred.exposed_comm = sum(pred.comm_exposed.values())
-    pred.model_flops = forwards * ff.total  # the DiT's: MFU is the transformer's
+    pred.model_flops = forwards * batch * ff.total  # the DiT's: MFU is the transformer's
     pred.memory = {"params": parameter_count(cfg) * st.elem_bytes,
-                   "activations": 4 * 4 * cfg.dim * -(-layout.total // st.cp)}
+                   "activations": batch * 4 * 4 * cfg.dim * -(-layout.total // st.cp)}
     return pred
 
 
@@ -613,6 +649,7 @@ __all__ = [
     "context_parallel_comm",
     "elementwise_seconds",
     "encoder_seconds",
+    "forward_op_count",
     "fsdp_unit_params",
     "group_link",
     "injection_ops",

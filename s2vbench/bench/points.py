@@ -181,7 +181,8 @@ class Point:
             geometry = f"/tok{self.tokens}-{c.infer_frames}f-{8 * c.latent_height}x{8 * c.latent_width}"
         accum = f"-ga{self.grad_accum}" if self.grad_accum > 1 else ""
         extra = "".join(f"/{tag}" for tag, on in (("compile", self.compile),
-                                                  (self.attention_backend, self.attention_backend != "torch"))
+                                                  (self.attention_backend, self.attention_backend != "torch"),
+                                                  ("inference", self.inference))
                         if on)
         return (f"{self.preset}/{self.strategy}/w{self.world}/dp{dp}-u{u}-r{r}/{self.dtype}/ac{int(self.ac)}"
                 f"/gb{self.global_batch}{accum}{geometry}{extra}")

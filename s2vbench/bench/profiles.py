@@ -170,14 +170,18 @@ def shipped_profiles() -> list[str]:
 
 
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
-    """A shipped profile by name (``h100-sxm``, ``h200``, ``a100-80gb``) or a JSON file of one."""
+    """A shipped profile by name (``h100-sxm``, ``h200``, ``a100-80gb``), a JSON file of one, or the
+    ``calibration.json`` of ``s2vbench run`` (its fitted CPU profile)."""
     path = Path(name_or_path)
     if not path.suffix:
         path = PROFILE_DIR / f"{name_or_path}.json"
     if not path.is_file():
         raise ProfileError(f"no hardware profile {str(name_or_path)!r}; shipped: {', '.join(shipped_profiles())}, "
                            f"or pass a JSON file written by `s2vbench calibrate`")
-    return HardwareProfile.from_dict(json.loads(path.read_text()))
+    doc = json.loads(path.read_text())
+    if isinstance(doc, dict) and "name" not in doc and isinstance(doc.get("profile"), dict):
+        doc = doc["profile"]  # the calibration.json of `s2vbench run`: its fitted profile
+    return HardwareProfile.from_dict(doc)
 
 
 __all__ = [

@@ -87,10 +87,11 @@ class Record:
         raise KeyError(f"record {self.name!r} has no metric {name!r}; it has {[m.name for m in self.metrics]}")
 
 
-def step_times(record: Record) -> list[float]:
-    """The timed steps (s) of a record's measured ``step_time``, in step order; [] when it has none."""
+def step_times(record: Record, metric: str = "step_time") -> list[float]:
+    """The timed steps (s) of a record's measured ``metric`` (``step_time``, ``inference_step_time``), in step
+    order; [] when it has none."""
     try:
-        m = record.metric("step_time")
+        m = record.metric(metric)
     except KeyError:
         return []
     if m.value is None:

@@ -67,7 +67,8 @@ def point_record(point: Point, results: list[dict]) -> Record:
             metrics.append(Metric("inference_step_time", inf, "s",
                                   "one CFG denoising step (2 no-grad forwards of the rank's batch), slowest rank, "
                                   "median, warm-up excluded",
-                                  stats={"min": min(inf_steps), "max": max(inf_steps), "n": len(inf_steps)}))
+                                  stats={"min": min(inf_steps), "max": max(inf_steps), "n": len(inf_steps),
+                                         **{f"step{i}": t for i, t in enumerate(inf_steps)}}))
         metrics.append(Metric("samples_per_s_per_device", point.global_batch / step / point.world, "samples/s",
                               "global batch / step_time / ranks"))
         metrics.append(Metric("tokens_per_s_per_device", point.global_batch * layout.total / step / point.world,
@@ -165,8 +166,9 @@ def failure_record(point: Point, error: BaseException) -> Record:
                   tags=[status], notes=text[-4000:])
 
 
-def run_sweep(points: list[Point], results_path: Path, timeout_s: float = 1800.0, progress: bool = True
+def run_sweep(points: list[Point], results_path: str | Path, timeout_s: float = 1800.0, progress: bool = True
               ) -> ResultsLog:
+    results_path = Path(results_path)
     for p in points:
         p.validate()
     log = ResultsLog(results_path)
