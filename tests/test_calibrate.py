@@ -18,7 +18,7 @@ from s2vbench.bench.calibrate import (
 )
 from s2vbench.bench.points import Point
 from s2vbench.bench.perfmodel import collective_time
-from s2vbench.bench.profiles import Link, ProfileError, load_profile
+from s2vbench.bench.profiles import HardwareProfile, Link, ProfileError, load_profile
 from s2vbench.bench.results import Metric, Record
 
 
@@ -58,6 +58,25 @@ def test_fit_link_prices_each_kind_on_its_own():
     assert lat == 0.0 and bw == pytest.approx(1e9 * 7 / 5, rel=1e-6)
 
 
+def test_link_kind_costs_survive_a_json_round_trip(tmp_path):
+    hw = load_profile("h100-sxm")
+    link = Link(2e9, 1e-4, {"p2p": (8e9, 2e-5), "all_reduce": (3e9, 5e-5)})
+    prof = HardwareProfile(**{**hw.__dict__, "intra_node": link})
+    back = load_profile(prof.save(tmp_path / "p.json"))
+    assert back == prof and back.intra_node.cost("p2p") == (8e9, 2e-5)
+    # a kind's pair prices the whole collective: a measured all_reduce is charged once, the pooled pair twice
+    p, n = 4, 2 ** 20
+    assert collective_time("all_reduce", n, p, link) == pytest.approx(3 * 5e-5 + 3 / 4 * n / 3e9)
+    assert collective_time("all_reduce", n, p, Link(2e9, 1e-4)) == pytest.approx(2 * (3 * 1e-4 + 3 / 4 * n / 2e9))
+
+
+def test_fit_link_rejects_samples_it_cannot_fit():
+    with pytest.raises(ValueError, match="seconds > 0"):
+        fit_link([("p2p", 1024, 0.0), ("p2p", 2048, 1e-3)], 2)
+    with pytest.raises(ValueError, match="got none"):
+        fit_link([], 2)
+
+
 def test_link_rejects_malformed_kind_costs():
     with pytest.raises(ProfileError, match="unknown collective kind 'broadcast'"):
         Link(1e9, 1e-5, {"broadcast": (1e9, 1e-5)})
@@ -65,6 +84,8 @@ def test_link_rejects_malformed_kind_costs():
         Link(1e9, 1e-5, {"p2p": (0.0, 1e-5)})
     with pytest.raises(ProfileError, match="positive bandwidth"):
         Link(-1.0, 1e-5)
+    with pytest.raises(ProfileError, match="bandwidth bytes/s > 0"):
+        Link(1e9, 1e-5, {"p2p": 5})
 
 
 def test_calibration_rounds_combine_figure_by_figure():
@@ -73,8 +94,14 @@ def test_calibration_rounds_combine_figure_by_figure():
     median = _reduce_repeats(rounds, statistics.median)
     assert median == {"matmul": [(1e6, 10.0), (1e7, 20.0)], "loaded_collectives": [("p2p", 1024, 1e-3, 2.0)],
                       "memory_bandwidth": 5.0}
-    with pytest.raises(ValueError):  # rounds that measured different things are not combined
-        _reduce_repeats([{"matmul": [(1e6, 1.0)]}, {"matmul": [(1e6, 1.0), (1e7, 2.0)]}], statistics.median)
+    # rounds that measured different things are not combined, and the error says where they differ
+    with pytest.raises(ValueError, match=r"rounds.matmul: .*different numbers of samples"):
+        _reduce_repeats([{"matmul": [(1e6, 1.0)]}, {"matmul": [(1e6, 1.0), (1e7, 2.0)]}], statistics.median, "rounds")
+    with pytest.raises(ValueError, match=r"rounds.loaded\[0\]\[1\]: .*different labels"):
+        _reduce_repeats([{"loaded": [("p2p", 1024, 1.0)]}, {"loaded": [("p2p", 2048, 3.0)]}], statistics.median,
+                        "rounds")
+    with pytest.raises(ValueError, match="different figures"):
+        _reduce_repeats([{"a": 1.0}, {"b": 1.0}], statistics.median)
     with pytest.raises(ValueError, match="positive integer"):
         calibrate_cpu(rounds=0)
 
@@ -158,7 +185,6 @@ def test_calibrate_and_validate_writes_profile_and_report_section(tmp_path, monk
     import json
 
     import s2vbench.bench.calibrate as cal
-    from s2vbench.bench.profiles import HardwareProfile
 
     monkeypatch.setattr(cal, "validation_points", lambda: [Point("tiny", 1, "single", global_batch=1, steps=3)])
     section = cal.calibrate_and_validate(tmp_path, [], progress=False, rounds=1)
@@ -226,9 +252,9 @@ def test_interrupted_calibration_resumes_from_its_finished_rounds(tmp_path, monk
     assert len(calls) == 4 and len(raw["rounds"]) == 3  # two more rounds measured, not three
     assert prof.memory_bandwidth == pytest.approx(2e10 * 3)  # the median of the rounds' 1x, 3x and 4x
     assert prof.op_overhead == 7e-6 and prof.op_overhead_sharded == 14e-6
-    assert prof.rank_skew == pytest.approx(0.05) and "median over 3 rounds" in prof.sources["rank_skew"]
+    assert prof.rank_skew == pytest.approx(0.05) and "medians over 3 rounds" in prof.sources["rank_skew"]
     spread = "\n".join(cal._spread_lines(raw["rounds"]))
-    assert "median of 3 independent calibration rounds" in spread
+    assert "ran 3 independent rounds" in spread
     row = next(line for line in spread.splitlines() if "memory_bandwidth" in line)
     assert [c.strip() for c in row.strip("|").split("|")][1:] == ["GB/s", "60", "20", "80", "100%"]
     # a finished calibration re-run measures nothing; a checkpoint of another world size is refused
@@ -236,6 +262,12 @@ def test_interrupted_calibration_resumes_from_its_finished_rounds(tmp_path, monk
     assert len(calls) == 4
     with pytest.raises(cal.CalibrationError, match="delete it"):
         cal.calibrate_cpu(world=4, rounds=3, checkpoint=checkpoint)
+    # ... and so is one from another machine
+    doc = json.loads(checkpoint.read_text())
+    doc["key"]["host"] = "elsewhere"
+    checkpoint.write_text(json.dumps(doc))
+    with pytest.raises(cal.CalibrationError, match="this machine"):
+        cal.calibrate_cpu(rounds=3, checkpoint=checkpoint)
 
 
 def test_one_rank_inference_is_validated_beside_training():

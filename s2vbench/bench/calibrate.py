@@ -32,7 +32,7 @@ from .perfmodel import (
     predict_inference,
     predict_training,
 )
-from .profiles import EfficiencyCurve, HardwareProfile, Link
+from .profiles import COLLECTIVE_KINDS, EfficiencyCurve, HardwareProfile, Link
 from .results import Record, step_times
 
 NOISE_LIMIT = 0.05
@@ -40,8 +40,8 @@ NOISE_LIMIT = 0.05
 
 
 def _median_time(fn, repeats: int = 5, warmup: int = 1, cuda: bool = False, min_time: float = 0.05) -> float:
-    """Median seconds of ``fn`` over at least ``repeats`` calls and ``min_time`` seconds of them (at most 200
-    calls): a sub-millisecond call timed a handful of times catches one blip of a shared core as its whole
+    """Median seconds of ``fn`` over ``repeats`` calls, and more (up to 200 in all) until they add up to
+    ``min_time``: a sub-millisecond call timed a handful of times catches one blip of a shared core as its whole
     sample."""
     for _ in range(warmup):
         fn()
@@ -231,16 +231,23 @@ def collective_rank(rank: int, world: int) -> dict:
     return {"skew": skew, "collectives": out}
 
 
-def _reduce_repeats(repeats: list, reduce):
+def _reduce_repeats(repeats: list, reduce, where: str = "samples"):
     """Repeats of one measurement (over ranks or rounds), of the same structure, figure by figure: floats by
-    ``reduce``, labels (kinds, sizes in bytes) as they are."""
+    ``reduce``; labels (kinds, sizes in bytes) must agree. Raises ValueError naming the first place where the
+    repeats measured different things."""
     first = repeats[0]
     if isinstance(first, float):
         return reduce(repeats)
     if isinstance(first, dict):
-        return {k: _reduce_repeats([r[k] for r in repeats], reduce) for k in first}
+        if any(not isinstance(r, dict) or r.keys() != first.keys() for r in repeats):
+            raise ValueError(f"{where}: the repeats measured different figures")
+        return {k: _reduce_repeats([r[k] for r in repeats], reduce, f"{where}.{k}") for k in first}
     if isinstance(first, (list, tuple)):
-        return type(first)(_reduce_repeats(list(v), reduce) for v in zip(*repeats, strict=True))
+        if any(not isinstance(r, (list, tuple)) or len(r) != len(first) for r in repeats):
+            raise ValueError(f"{where}: the repeats measured different numbers of samples")
+        return type(first)(_reduce_repeats(list(v), reduce, f"{where}[{i}]") for i, v in enumerate(zip(*repeats)))
+    if any(r != first for r in repeats):
+        raise ValueError(f"{where}: the repeats measured at different labels ({first!r}, ...)")
     return first
 
 
@@ -287,6 +294,8 @@ def fit_link(samples: list[tuple[str, int, float]], world: int) -> tuple[Link, d
     """Alpha and beta of each collective kind on its own, and pooled over all kinds (what a kind not measured
     costs), by least squares (t = steps x alpha + moved bytes / beta); and the relative RMS residual of each
     fit over every sample ("pooled", "per_kind")."""
+    if not samples or any(not t > 0 or nbytes <= 0 for _, nbytes, t in samples):
+        raise ValueError("fit_link needs (kind, bytes > 0, seconds > 0) samples; got none, or a zero or negative one")
     rows: dict[str, list[tuple[float, float, float]]] = {}
     for kind, nbytes, t in samples:
         steps, moved = (1, nbytes) if kind == "p2p" else (world - 1, (world - 1) / world * nbytes)
@@ -321,16 +330,16 @@ def _measure_round(world: int, timeout_s: float) -> dict:
             "skew_samples": loaded["skew"], "loaded_collectives": loaded["collectives"]}
 
 
-def _cpu_profile(m: dict, world: int, rounds: int = 1) -> tuple[HardwareProfile, dict]:
-    """The CPU profile of one round's samples or of their medians over rounds, and what was fitted to them
-    (rank skew, the collectives less the skew, the link fit's residuals)."""
+def _cpu_profile(m: dict, world: int, rounds: int = 1, dates: str | None = None) -> tuple[HardwareProfile, dict]:
+    """The CPU profile of one round's samples or of their medians over rounds (measured on ``dates``, default
+    today), and what was fitted to them (rank skew, the collectives less the skew, the link fit's in-sample
+    residuals)."""
     skew, _ = fit_skew(m["skew_samples"])
     coll = collective_samples(m["loaded_collectives"], skew)
     link, residual = fit_link(coll, world)
     peak = max(r for _, r in m["matmul"] + m["attention"] + m["attention_backward"])
-    today = _dt.date.today().isoformat()
-    where = f"measured by s2vbench calibrate on this machine, {today}"
-    rounds = f"median over {rounds} rounds" if rounds > 1 else "one round"
+    where = f"measured by s2vbench calibrate on this machine, {dates or _dt.date.today().isoformat()}"
+    rounds = f"from the samples' medians over {rounds} rounds" if rounds > 1 else "one round"
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     work = [w for w, _ in m["skew_samples"]]
     prof = HardwareProfile(
@@ -345,8 +354,8 @@ def _cpu_profile(m: dict, world: int, rounds: int = 1) -> tuple[HardwareProfile,
                  "memory_bandwidth": f"{where}: c = a + b over 64 MiB, {rounds}", "memory_capacity": "os.sysconf",
                  "intra_node": f"{where}: gloo, {world} ranks, least squares per collective kind over its "
                                f"{len(COLLECTIVE_SIZES)} sizes, each after compute, less the rank skew, {rounds} "
-                               f"(relative RMS residual {residual['per_kind']:.0%}; pooled over kinds "
-                               f"{residual['pooled']:.0%})",
+                               f"(in-sample relative RMS residual {residual['per_kind']:.0%}; one pair pooled "
+                               f"over kinds {residual['pooled']:.0%})",
                  "rank_skew": f"{where}: gloo, {world} ranks, small all-reduces after {work[0] * 1e3:.0f} to "
                               f"{work[-1] * 1e3:.0f} ms of compute, least squares of the time each adds against "
                               f"the compute, {rounds}",
@@ -369,45 +378,61 @@ def _round_figures(prof: HardwareProfile) -> dict[str, float]:
     return {"peak_flops": prof.peak_flops, "memory_bandwidth": prof.memory_bandwidth,
             "op_overhead": prof.op_overhead, "op_overhead_sharded": prof.op_overhead_sharded,
             "rank_skew": prof.rank_skew, "latency": link.latency, "bandwidth": link.bandwidth,
-            **{f"latency_{k}": lat for k, (_, lat) in link.kinds.items()}}
+            **{f"latency_{k}": lat for k, (_, lat) in link.kinds.items()},
+            **{f"bandwidth_{k}": bw for k, (bw, _) in link.kinds.items()}}
 
 
 class CalibrationError(RuntimeError):
     """A calibration that cannot run or resume as asked, with the fix."""
 
 
-def _finished_rounds(checkpoint, world: int) -> list[dict]:
-    """The rounds an interrupted calibration finished into ``checkpoint`` (none if it does not exist)."""
+def _checkpoint_key(world: int) -> dict:
+    """What a checkpoint's rounds must share with this calibration to be resumed: the machine and the sweeps."""
+    import platform
+
+    return {"world": world, "host": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "collective_sizes": list(COLLECTIVE_SIZES), "skew_work": list(SKEW_WORK),
+            "collective_work": COLLECTIVE_WORK}
+
+
+def _finished_rounds(checkpoint, world: int) -> tuple[list[dict], list[str]]:
+    """(rounds, the UTC time each was measured) that an interrupted calibration finished into ``checkpoint``
+    (none if it does not exist)."""
     import json
     from pathlib import Path
 
     if checkpoint is None or not Path(checkpoint).is_file():
-        return []
+        return [], []
     try:
         doc = json.loads(Path(checkpoint).read_text())
-        rounds = doc["rounds"]
-        ok = doc["world"] == world and isinstance(rounds, list) and all(isinstance(r, dict) for r in rounds)
+        rounds, times = doc["rounds"], doc["measured_utc"]
+        ok = (doc["key"] == _checkpoint_key(world) and isinstance(rounds, list) and len(times) == len(rounds)
+              and all(isinstance(r, dict) for r in rounds))
     except (ValueError, KeyError, TypeError):
         ok = False
     if not ok:
-        raise CalibrationError(f"{checkpoint} is not a calibration of {world} ranks by this s2vbench; delete it to "
-                               f"calibrate afresh, or pass another output folder")
-    return rounds
+        raise CalibrationError(f"{checkpoint} holds no calibration rounds of {world} ranks with this machine, "
+                               f"torch and sweeps; delete it to calibrate afresh, or pass another output")
+    return rounds, times
 
 
 def calibrate_cpu(world: int = 2, rounds: int = CALIBRATION_ROUNDS, timeout_s: float = 300.0,
                   checkpoint=None, progress: bool = False) -> tuple[HardwareProfile, dict]:
     """A profile of this CPU as the harness uses it (one thread per rank, gloo between ranks): ``rounds``
     independent rounds of every microbenchmark, each figure the median over them (a shared CPU drifts by tens
-    of percent between rounds minutes apart; the spread is in ``raw["rounds"]``). With a ``checkpoint`` file,
-    each finished round is written to it at once, and a calibration interrupted before its last round resumes
-    from the rounds there."""
+    of percent between rounds minutes apart; the spread is in ``raw["rounds"]``). Fitted figures (rank skew,
+    alpha and beta) are fitted to the samples' medians. With a ``checkpoint`` file, each finished round is
+    written to it at once, and a calibration interrupted before its last round resumes from the rounds there
+    (on the same machine, torch and sweeps)."""
     from ..parallel.launch import run_ranks
     from .results import atomic_write_json
 
     if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
         raise ValueError(f"calibration rounds must be a positive integer, not {rounds!r}")
-    measured = _finished_rounds(checkpoint, world)[:rounds]
+    measured, times = _finished_rounds(checkpoint, world)
+    measured, times = measured[:rounds], times[:rounds]
+    if measured and progress:
+        print(f"calibration: resuming {len(measured)} finished round(s) from {checkpoint}", flush=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -419,13 +444,21 @@ def calibrate_cpu(world: int = 2, rounds: int = CALIBRATION_ROUNDS, timeout_s: f
             m["op_overhead"] = op_overhead(prof)
             m["op_overhead_sharded"] = run_ranks(op_overhead_rank, 1, prof, timeout_s=timeout_s)[0]
             measured.append(m)
+            times.append(_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
             if checkpoint is not None:
-                atomic_write_json(checkpoint, {"world": world, "rounds": measured})
+                atomic_write_json(checkpoint, {"key": _checkpoint_key(world), "measured_utc": times,
+                                               "rounds": measured})
     finally:
         torch.set_num_threads(threads)
-    median = _reduce_repeats(measured, statistics.median)
-    prof, fitted = _cpu_profile(median, world, rounds)
-    raw = {**median, **fitted, "rounds": [_round_figures(_cpu_profile(m, world)[0]) for m in measured]}
+    try:
+        median = _reduce_repeats(measured, statistics.median, "rounds")
+    except ValueError as e:
+        raise CalibrationError(f"the calibration rounds cannot be combined ({e}); delete {checkpoint} to "
+                               f"calibrate afresh") from None
+    days = sorted({t[:10] for t in times})
+    prof, fitted = _cpu_profile(median, world, rounds, days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}")
+    raw = {**median, **fitted, "measured_utc": times,
+           "rounds": [_round_figures(_cpu_profile(m, world)[0]) for m in measured]}
     return prof, raw
 
 
@@ -587,7 +620,7 @@ def _spread_lines(rounds: list[dict[str, float]]) -> list[str]:
     if len(rounds) < 2:
         return []
     units = {"peak_flops": (1e-9, "GFLOP/s"), "memory_bandwidth": (1e-9, "GB/s"), "bandwidth": (1e-9, "GB/s"),
-             "rank_skew": (100, "%")}
+             "rank_skew": (100, "%"), **{f"bandwidth_{k}": (1e-9, "GB/s") for k in COLLECTIVE_KINDS}}
     table = []
     for key in rounds[0]:
         values = [r[key] for r in rounds if key in r]
@@ -595,8 +628,10 @@ def _spread_lines(rounds: list[dict[str, float]]) -> list[str]:
         mid = statistics.median(values)
         table.append([key, unit, f"{mid * scale:.2f}", f"{min(values) * scale:.2f}", f"{max(values) * scale:.2f}",
                       f"{(max(values) - min(values)) / mid:.0%}" if mid else "n/a"])
-    return [f"Each figure is the median of {len(rounds)} independent calibration rounds; its spread over them:", "",
-            tabulate(table, ["figure", "unit", "median of rounds", "min", "max", "(max - min) / median"],
+    return [(f"The calibration ran {len(rounds)} independent rounds. Measured figures are their medians; fitted "
+             "ones (rank skew, alpha, beta) are fitted to the samples' medians, so they need not equal the median "
+             "of the rounds' own fits below. The spread of each round's own figure:"), "",
+            tabulate(table, ["figure", "unit", "median of the rounds' own", "min", "max", "(max - min) / median"],
                      tablefmt="github"), ""]
 
 
@@ -622,7 +657,7 @@ def calibration_markdown(hw: HardwareProfile, raw: dict, rows: list[ValidationRo
               f"collectives: rank skew {hw.rank_skew:.1%} of the compute between two collectives (small "
               f"all-reduces after {', '.join(f'{w * 1e3:.0f}' for w, _ in raw['skew_samples'])} ms of compute "
               f"added {', '.join(f'{t * 1e3:.1f}' for _, t in raw['skew_samples'])} ms). Collectives, each after "
-              f"compute, the skew taken out, alpha and beta by least squares per kind (relative RMS residual "
+              f"compute, the skew taken out, alpha and beta by least squares per kind (in-sample relative RMS residual "
               f"{raw['link_residual']['per_kind']:.0%}; one pair pooled over kinds: alpha "
               f"{link.latency * 1e6:.0f} us, beta {link.bandwidth / 1e9:.2f} GB/s, residual "
               f"{raw['link_residual']['pooled']:.0%}):"), "",
@@ -654,8 +689,9 @@ def calibration_markdown(hw: HardwareProfile, raw: dict, rows: list[ValidationRo
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["CALIBRATION_ROUNDS", "NOISE_LIMIT", "CalibrationError", "ValidationRow", "attention_backward_sweep", "calibrate_cpu", "calibration_markdown", "collective_rank", "fit_link",
-           "predict_record", "step_noise", "validate"]
+__all__ = ["CALIBRATION_ROUNDS", "NOISE_LIMIT", "CalibrationError", "ValidationRow", "attention_backward_sweep",
+           "calibrate_cpu", "calibration_markdown", "collective_rank", "fit_link", "predict_record", "step_noise",
+           "validate"]
 
 
 def validation_points() -> list:
@@ -716,26 +752,29 @@ def add_arguments(p) -> None:
 
     p.add_argument("--out", type=Path, required=True, help="profile JSON to write")
     p.add_argument("--base", default="h100-sxm", help="on GPU: the datasheet profile to calibrate (default h100-sxm)")
-    p.add_argument("--rounds", type=int, default=CALIBRATION_ROUNDS,
+    from .cli import positive_int
+
+    p.add_argument("--rounds", type=positive_int, default=CALIBRATION_ROUNDS,
                    help=f"on CPU: independent calibration rounds, each figure their median (default "
-                        f"{CALIBRATION_ROUNDS}); finished rounds are kept in OUT's .rounds.json and resumed")
+                        f"{CALIBRATION_ROUNDS}); an interrupted calibration's finished rounds are kept in OUT's "
+                        f".rounds.json and resumed")
 
 
 def run(args) -> int:
     from .results import atomic_write_json
 
-    if args.rounds < 1:
-        raise SystemExit(f"--rounds takes a positive integer, got {args.rounds}")
+    checkpoint = args.out.with_suffix(".rounds.json")
     if torch.cuda.is_available():
         prof, raw = calibrate_gpu(args.base)
     else:
-        prof, raw = calibrate_cpu(rounds=args.rounds, checkpoint=args.out.with_suffix(".rounds.json"),
-                                  progress=True)
+        prof, raw = calibrate_cpu(rounds=args.rounds, checkpoint=checkpoint, progress=True)
     prof.save(args.out)
     atomic_write_json(args.out.with_suffix(".raw.json"), raw)
+    checkpoint.unlink(missing_ok=True)  # finished: the next `calibrate --out` here measures afresh
     print(f"{prof.name}: peak {prof.peak_flops / 1e12:.3f} TFLOP/s, memory {prof.memory_bandwidth / 1e9:.1f} GB/s, "
           f"link {prof.intra_node.bandwidth / 1e9:.2f} GB/s + {prof.intra_node.latency * 1e6:.0f} us -> {args.out}")
     return 0
 
 
-__all__ += ["add_arguments", "calibrate_and_validate", "calibrate_gpu", "run", "validation_points"]
+__all__ += ["add_arguments", "calibrate_and_validate", "calibrate_gpu", "predict_inference_record", "run",
+            "validation_points"]

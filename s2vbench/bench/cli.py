@@ -39,7 +39,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--quiet", action="store_true", help="no progress bar")
     p_run.add_argument("--no-calibration", action="store_true",
                        help="skip the performance model's calibration and validation (about 2 min)")
-    p_run.add_argument("--calibration-rounds", type=_positive_int, default=CALIBRATION_ROUNDS,
+    p_run.add_argument("--calibration-rounds", type=positive_int, default=CALIBRATION_ROUNDS,
                        help=f"independent calibration rounds, each figure their median (default "
                             f"{CALIBRATION_ROUNDS}, about 30 s each)")
     p_rep = sub.add_parser("report", help="markdown report with tables and plots from results files")

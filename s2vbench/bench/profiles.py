@@ -63,25 +63,33 @@ class Link:
     """Seconds per algorithm step (alpha)."""
     kinds: dict[str, tuple[float, float]] = field(default_factory=dict)
     """(bandwidth, latency) of a collective kind measured on its own: each kind runs its own algorithm (gloo's
-    reduce-scatter, for one, costs about twice its all-gather), so one pooled alpha and beta misprice them. Kinds
-    not listed cost the pooled figures above."""
+    reduce-scatter, for one, costs about twice its all-gather), so one pooled alpha and beta misprice them. A
+    kind's pair prices the whole collective as t = (p - 1) alpha + (p - 1)/p bytes / bandwidth (p2p: alpha +
+    bytes / bandwidth), all_reduce included: its pair covers both of its phases, where the pooled pair charges
+    an all_reduce twice. Kinds not listed cost the pooled figures above."""
 
     def __post_init__(self) -> None:
-        for kind, pair in self.kinds.items():
+        kinds = {}
+        for kind, pair in dict(self.kinds).items():
             if kind not in COLLECTIVE_KINDS:
                 raise ProfileError(f"a link cost for unknown collective kind {kind!r}; known: "
                                    f"{', '.join(COLLECTIVE_KINDS)}")
-            if len(pair) != 2 or not (pair[0] > 0 and pair[1] >= 0):
+            try:
+                bandwidth, latency = (float(v) for v in pair)
+            except (TypeError, ValueError):
+                bandwidth, latency = -1.0, -1.0
+            if not (bandwidth > 0 and latency >= 0):
                 raise ProfileError(f"the link cost of {kind} must be (bandwidth bytes/s > 0, latency s >= 0), "
                                    f"not {pair!r}")
+            kinds[kind] = (bandwidth, latency)
+        object.__setattr__(self, "kinds", kinds)  # a JSON round trip gives lists: one form, so profiles compare
         if not (self.bandwidth > 0 and self.latency >= 0):
             raise ProfileError(f"a link needs a positive bandwidth and a non-negative latency: "
                                f"{self.bandwidth!r} B/s, {self.latency!r} s")
 
     def cost(self, kind: str) -> tuple[float, float]:
         """(bandwidth bytes/s, latency s) of one collective kind on this link."""
-        bandwidth, latency = self.kinds.get(kind, (self.bandwidth, self.latency))
-        return float(bandwidth), float(latency)
+        return self.kinds.get(kind, (float(self.bandwidth), float(self.latency)))
 
 
 @dataclass(frozen=True)
