@@ -38,7 +38,7 @@ from s2vbench.bench.profiles import (
 )
 from s2vbench.model import WanS2V, get_preset
 from s2vbench.model.config import ClipShape
-from s2vbench.model.flow import TrainConfig, make_optimizer, synthetic_batch, train_step
+from s2vbench.model.flow import TrainConfig, batch_forward, make_optimizer, synthetic_batch, train_step
 from s2vbench.model.sequence import clip_layout
 
 LINK = Link(bandwidth=100e9, latency=10e-6)
@@ -211,9 +211,7 @@ def test_inference_charges_the_host_per_forward_and_scales_with_the_batch():
     model, _, batch, _ = _training("tiny", p.clip, False)
     t = torch.full((1,), 500.0)
     with torch.no_grad():
-        real = count_dispatched_ops(lambda: model.forward_tokens(batch.latents, t, batch.context, batch.ref_latents,
-                                                                 batch.audio_input, batch.motion_latents,
-                                                                 batch.cond_states))
+        real = count_dispatched_ops(lambda: batch_forward(model, batch, t))
     assert ops == real
     cfg, lay = _layout("tiny")
     st = Strategy(ac=False, dtype="float32")

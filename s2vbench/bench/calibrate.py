@@ -251,14 +251,20 @@ def _reduce_repeats(repeats: list, reduce, where: str = "samples"):
     return first
 
 
+def _relative_lstsq(columns: list[list[float]], y: list[float], floor: float = 0.0) -> list[float]:
+    """Least squares of y against the columns, each row weighted by 1 / max(|y|, floor): relative errors, so
+    small samples matter as much as large ones."""
+    a = torch.tensor(columns, dtype=torch.float64).T
+    t = torch.tensor(y, dtype=torch.float64)
+    w = 1 / t.abs().clamp_min(floor)
+    return torch.linalg.lstsq(a * w[:, None], (t * w)[:, None]).solution.flatten().tolist()
+
+
 def fit_skew(samples: list[tuple[float, float]]) -> tuple[float, float]:
     """Least squares of added = c + skew x compute over (compute, added) samples, relative error weighted:
     (skew, c). Skew is the fraction of the compute between collectives that each waits for the slowest rank."""
-    a = torch.tensor([(1.0, w) for w, _ in samples], dtype=torch.float64)
-    y = torch.tensor([t for _, t in samples], dtype=torch.float64)
-    wt = 1 / y.abs().clamp_min(1e-6)
-    sol = torch.linalg.lstsq(a * wt[:, None], (y * wt)[:, None]).solution.flatten()
-    return max(0.0, float(sol[1])), float(sol[0])
+    c, skew = _relative_lstsq([[1.0] * len(samples), [w for w, _ in samples]], [t for _, t in samples], 1e-6)
+    return max(0.0, skew), c
 
 
 def collective_samples(loaded: list[tuple[str, int, float, float]], skew: float) -> list[tuple[str, int, float]]:
@@ -271,12 +277,9 @@ def collective_samples(loaded: list[tuple[str, int, float, float]], skew: float)
 def _fit_alpha_beta(rows: list[tuple[float, float, float]]) -> tuple[float, float]:
     """Non-negative (alpha, 1/beta) of t = steps x alpha + moved bytes / beta over (steps, moved, t) rows, by
     least squares of the relative error: small messages matter as much as large ones."""
-    y = torch.tensor([t for _, _, t in rows], dtype=torch.float64)
-    w = 1 / y
 
     def solve(cols: tuple[int, ...]) -> list[float]:
-        a = torch.tensor([[r[c] for c in cols] for r in rows], dtype=torch.float64)
-        return torch.linalg.lstsq(a * w[:, None], (y * w)[:, None]).solution.flatten().tolist()
+        return _relative_lstsq([[r[c] for r in rows] for c in cols], [r[2] for r in rows])
 
     alpha, inv_beta = solve((0, 1))
     if alpha < 0:  # noise made the intercept negative: the bandwidth term alone
@@ -491,6 +494,11 @@ def predict_inference_record(record: Record, hw: HardwareProfile) -> Prediction:
                              encoders=False, batch=int(record.config["global_batch"]))
 
 
+def _quiet(noise: float | None) -> bool:
+    """Whether a point whose steps have this IQR/median counts in the validation."""
+    return noise is not None and noise < NOISE_LIMIT
+
+
 def step_noise(record: Record, metric: str = "step_time") -> float | None:
     """IQR / median of the record's timed steps of ``metric`` (None with fewer than 3)."""
     steps = step_times(record, metric)
@@ -562,7 +570,7 @@ def validate(records: list[Record], hw: HardwareProfile) -> tuple[list[Validatio
             continue
         noise = step_noise(r)
         row = ValidationRow(r.name, m.value, pred.time, pred.elementwise, noise=noise,
-                            counted=noise is not None and noise < NOISE_LIMIT, comm_model=pred.exposed_comm)
+                            counted=_quiet(noise), comm_model=pred.exposed_comm)
         try:
             row.compute_measured = r.metric("compute_time").value
         except KeyError:
@@ -581,7 +589,7 @@ def validate(records: list[Record], hw: HardwareProfile) -> tuple[list[Validatio
             measured = r.metric("inference_step_time").value
             noise = step_noise(r, "inference_step_time")
             rows.append(ValidationRow(f"{r.name} (CFG step)", measured, inf.time, inf.elementwise, noise=noise,
-                                      counted=noise is not None and noise < NOISE_LIMIT,
+                                      counted=_quiet(noise),
                                       compute_measured=measured))
     counted = [row for row in rows if row.counted]
     for row in rows:

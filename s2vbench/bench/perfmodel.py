@@ -347,15 +347,15 @@ def _op_counts(cfg: WanS2VConfig, ac: bool, with_motion: bool,
     the toy step."""
     import torch
 
+    from ..model.flow import batch_forward
+
     step, model, opt, batch, train = toy_training(cfg, ac, with_motion, parallel)
     one = count_dispatched_ops(lambda: step(model, opt, batch, 1, train))
     per_micro = count_dispatched_ops(lambda: step(model, opt, [batch, batch], 2, train)) - one
     t = torch.full((batch.latents.shape[0],), 500.0)
     model.eval()
     with torch.no_grad():
-        forward = count_dispatched_ops(lambda: model.forward_tokens(
-            batch.latents, t, batch.context, batch.ref_latents, batch.audio_input, batch.motion_latents,
-            batch.cond_states))
+        forward = count_dispatched_ops(lambda: batch_forward(model, batch, t))
     model.train()
     return per_micro, one - per_micro, forward
 

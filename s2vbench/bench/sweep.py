@@ -33,6 +33,11 @@ def _median_max_over_ranks(per_rank: list[list[float]]) -> tuple[float, list[flo
     return statistics.median(steps), steps
 
 
+def _step_stats(steps: list[float]) -> dict[str, float]:
+    """min, max, n and each timed step (``step0``, ...) of a metric: what ``results.step_times`` reads back."""
+    return {"min": min(steps), "max": max(steps), "n": len(steps), **{f"step{i}": t for i, t in enumerate(steps)}}
+
+
 def point_record(point: Point, results: list[dict]) -> Record:
     preset = get_preset(point.preset)
     clip = point.clip()
@@ -50,9 +55,7 @@ def point_record(point: Point, results: list[dict]) -> Record:
         step, steps = _median_max_over_ranks([r["real"]["times"] for r in results])
         how = (f"per step the slowest rank (perf_counter on CPU, CUDA events on GPU), median over {point.steps} "
                f"timed steps; {point.warmup} warm-up step(s) excluded")
-        stats = {"min": min(steps), "max": max(steps), "n": len(steps), "warmup": point.warmup}
-        stats.update({f"step{i}": t for i, t in enumerate(steps)})
-        metrics.append(Metric("step_time", step, "s", how, stats=stats))
+        metrics.append(Metric("step_time", step, "s", how, stats={**_step_stats(steps), "warmup": point.warmup}))
         if results[0]["compute"] is not None:
             compute, _ = _median_max_over_ranks([r["compute"]["times"] for r in results])
             metrics.append(Metric("compute_time", compute, "s",
@@ -67,8 +70,7 @@ def point_record(point: Point, results: list[dict]) -> Record:
             metrics.append(Metric("inference_step_time", inf, "s",
                                   "one CFG denoising step (2 no-grad forwards of the rank's batch), slowest rank, "
                                   "median, warm-up excluded",
-                                  stats={"min": min(inf_steps), "max": max(inf_steps), "n": len(inf_steps),
-                                         **{f"step{i}": t for i, t in enumerate(inf_steps)}}))
+                                  stats=_step_stats(inf_steps)))
         metrics.append(Metric("samples_per_s_per_device", point.global_batch / step / point.world, "samples/s",
                               "global batch / step_time / ranks"))
         metrics.append(Metric("tokens_per_s_per_device", point.global_batch * layout.total / step / point.world,

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from ..model import WanS2V, get_preset
-from ..model.flow import S2VBatch, TrainConfig, make_optimizer, synthetic_batch, train_step
+from ..model.flow import S2VBatch, TrainConfig, batch_forward, make_optimizer, synthetic_batch, train_step
 from ..parallel import parallelize
 from ..parallel.comm import collective_seconds, count_comm
 from ..parallel.train import data_parallel_sample_indices, parallel_train_step
@@ -52,7 +52,6 @@ def _time_inference(model: WanS2V, batch: S2VBatch, point: Point, timer: StepTim
     """Seconds per denoising step: the conditional and the unconditional (silent audio) forward of CFG."""
     model.eval()
     t = torch.full((batch.latents.shape[0],), 500.0, device=batch.latents.device)
-    args = (batch.latents, t, batch.context, batch.ref_latents)
     times: list[float] = []
     autocast = torch.autocast(batch.latents.device.type, dtype=torch.bfloat16, enabled=point.dtype == "bfloat16")
     with torch.no_grad(), autocast:
@@ -60,7 +59,7 @@ def _time_inference(model: WanS2V, batch: S2VBatch, point: Point, timer: StepTim
             sink: list[float] = times if i >= point.warmup else []
             with timer.time(sink):
                 for audio in (batch.audio_input, batch.audio_input * 0):
-                    model.forward_tokens(*args, audio, batch.motion_latents, batch.cond_states)
+                    batch_forward(model, batch, t, audio)
     model.train()
     return times
 

@@ -103,6 +103,14 @@ class FlowLoss:
         return self.loss_sum / (self.num_tokens * self.elements_per_token)
 
 
+def batch_forward(model: WanS2V, batch: S2VBatch, t: torch.Tensor, audio_input: torch.Tensor | None = None):
+    """``model.forward_tokens`` on the batch's clean latents at timesteps ``t`` (the batch's audio, or
+    ``audio_input``): one of a sampler's forwards, as the harness times and counts it."""
+    return model.forward_tokens(batch.latents, t, batch.context, batch.ref_latents,
+                                batch.audio_input if audio_input is None else audio_input, batch.motion_latents,
+                                batch.cond_states)
+
+
 def flow_matching_loss(model: WanS2V, batch: S2VBatch, seed: int, step: int, shift: float = 3.0) -> FlowLoss:
     """Noise the batch with its own (seed, step, sample index) draws and score the model's velocity on the
     noisy tokens of its sequence window (all of them, unless context parallelism shards the sequence)."""
@@ -207,6 +215,6 @@ def train_step(model: WanS2V, optimizer: torch.optim.Optimizer, batch: S2VBatch 
 
 
 __all__ = ["FlowLoss", "NUM_TRAIN_TIMESTEPS", "S2VBatch", "StepStats", "TrainConfig", "accumulate_gradients",
-           "draw_noise_and_time", "scale_gradients",
+           "batch_forward", "draw_noise_and_time", "scale_gradients",
            "flow_matching_loss", "make_optimizer", "sample_generator", "shift_timestep", "synthetic_batch",
            "train_step"]
