@@ -27,14 +27,18 @@ def test_ranges_are_matched_to_their_launches_first_in_first_out():
         _event("c10d::_allgather_base_", 12, 13),
         _event("gloo:all_reduce", 11, 41),  # gloo's reduce-scatter of one flat tensor is an all-reduce
         _event("gloo:all_gather", 20, 22),
-        _event("c10d::allreduce_", 50, 51),
+        own := _event("s2vbench::all_reduce", 49, 54),
+        _event("c10d::allreduce_", 50, 51, parent=own),  # ours, the loss all-reduce
         _event("gloo:all_reduce", 52, 53),
+        _event("c10d::allreduce_", 55, 56),  # FSDP2's, under HSDP: outside our range
+        _event("gloo:all_reduce", 57, 61),
         _event("c10d::alltoall_base_", 60, 61, device_us=7e6),  # NCCL: the kernel time attached to the launch
     ]
     got = collective_seconds(events)
     assert got["fsdp_all_gather"] == {"seconds": (10 + 2) / 1e6, "calls": 2, "launched": 2}
     assert got["fsdp_reduce_scatter"] == {"seconds": 30 / 1e6, "calls": 1, "launched": 1}
     assert got["all_reduce"] == {"seconds": 1 / 1e6, "calls": 1, "launched": 1}
+    assert got["hsdp_all_reduce"] == {"seconds": 4 / 1e6, "calls": 1, "launched": 1}
     assert got["all_to_all"] == {"seconds": 7.0, "calls": 1, "launched": 1}
     assert collective_seconds([_event("c10d::_allgather_base_", 0, 1)])["fsdp_all_gather"]["calls"] == 0
 

@@ -17,7 +17,7 @@ from s2vbench.bench.sweep import run_sweep
 
 def test_two_process_gloo_sweep_end_to_end(tmp_path):
     points = [Point("tiny", 1, "single", steps=2, inference=True), Point("tiny", 2, "ulysses", steps=2, inference=True),
-              Point("tiny", 2, "ring", steps=2, ac=True, grad_accum=2)]
+              Point("tiny", 2, "ring", steps=2, ac=True, grad_accum=2), Point("tiny", 2, "fsdp", steps=2, dp_replicate=2)]
     log = run_sweep(points, tmp_path / "results.json", progress=False)
     recs = {r.name: r for r in read_results(log.path)}
     assert list(recs) == [p.name for p in points]
@@ -32,13 +32,18 @@ def test_two_process_gloo_sweep_end_to_end(tmp_path):
             if m.name.startswith("comm_"):
                 assert m.value == m.stats["analytic"], (p.name, m.name)
     assert {m.name for m in recs[points[1].name].metrics} >= {"comm_all_to_all", "comm_fsdp_all_gather"}
+    # HSDP of two one-rank groups: nothing sharded, only the gradient all-reduce crosses between them
+    hsdp = {m.name: m for m in recs[points[3].name].metrics}
+    assert hsdp["comm_hsdp_all_reduce"].value > 0 and "comm_fsdp_all_gather" not in hsdp
+    busy = hsdp["collective_time_hsdp_all_reduce"]  # FSDP2's all-reduces, told apart from the loss all-reduce
+    assert busy.value > 0 and "torch.profiler" in busy.how and busy.stats["calls"] == hsdp["comm_hsdp_all_reduce"].stats["calls"]
     for p in points[:2]:  # inference: CFG denoising steps, timed like training steps
         inf = recs[p.name].metric("inference_step_time")
         assert inf.unit == "s" and inf.value > 0 and inf.stats["n"] == 2
     assert recs[points[2].name].metric("tflops_per_device").stats["recompute_flops_share"] == pytest.approx(0.25)
     report = write_report([log.path], tmp_path / "report")
     text = report.read_text()
-    assert "| ulysses" in text and "speed-up" in text and "tiny/single/w1" in text
+    assert "| ulysses" in text and "speed-up" in text and "tiny/single/w1" in text and "| fsdp x2 HSDP" in text
     for png in ("speedup.png", "exposed_comm.png", "step_times.png", "memory.png"):
         assert (tmp_path / "report" / png).stat().st_size > 1000, png
 
@@ -51,6 +56,16 @@ def test_strategy_degrees_and_validation():
         Point("tiny", 2, "fsdp", global_batch=3).validate()
     with pytest.raises(ValueError, match="valid degrees"):
         Point("tiny", 3, "ulysses").validate()
+    # HSDP: the strategy runs inside each replica group
+    hsdp = Point("tiny", 4, "ulysses", dp_replicate=2)
+    assert hsdp.degrees == (1, 2, 1) and hsdp.dp == 2 and hsdp.batch_per_rank == 1 and "/rep2-dp1-u2-r1/" in hsdp.name
+    assert hsdp.parallel_config().world_size == 4
+    with pytest.raises(ValueError, match="choose a divisor of 4"):
+        Point("tiny", 4, "fsdp", dp_replicate=3).validate()
+    with pytest.raises(ValueError, match="cannot be replicated"):
+        Point("tiny", 4, "single", dp_replicate=2).validate()
+    with pytest.raises(ValueError, match="positive integer"):
+        Point("tiny", 2, "fsdp", dp_replicate=0).validate()
 
 
 def _records(path):
@@ -62,7 +77,9 @@ def _records(path):
 
 def test_resume_after_kill_9_during_a_timed_step(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "s2vbench", "run", "--preset", "tiny", "--steps", "30", "--out", str(out), "--quiet"]
+    # the sweep's resume only: the calibration stage's own resume is tested in test_calibrate
+    cmd = [sys.executable, "-m", "s2vbench", "run", "--preset", "tiny", "--steps", "30", "--out", str(out),
+           "--no-calibration", "--quiet"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while len(_records(out / "results.json")) < 1 and time.monotonic() < deadline:

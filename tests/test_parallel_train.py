@@ -41,18 +41,22 @@ def test_fsdp_usp_gradients_equal_the_single_process_run():
                 assert (got[name] - g).norm() <= 1e-9 * g.norm(), (clip, name)
 
 
-def train_worker(rank, world, dp, u, r, ac, steps):
+def train_worker(rank, world, rep, dp, u, r, ac, steps):
+    from torch.distributed.tensor import DTensor
+
     from s2vbench.model.flow import TrainConfig, make_optimizer
     from s2vbench.parallel import ParallelConfig, parallelize
     from s2vbench.parallel.train import data_parallel_sample_indices, parallel_train_step
 
     model = tiny_model(torch.float64)
-    pm = parallelize(model, ParallelConfig(dp_shard=dp, ulysses=u, ring=r, ac=ac))
+    pm = parallelize(model, ParallelConfig(dp_shard=dp, ulysses=u, ring=r, ac=ac, dp_replicate=rep))
+    p0 = next(p for p in model.parameters() if isinstance(p, DTensor))
+    assert p0.device_mesh.ndim == (2 if rep > 1 else 1)  # HSDP: replicated over dim 0, sharded over dim 1
     cfg = TrainConfig(lr=1e-3, seed=7)
     opt = make_optimizer(model, cfg)
     losses = []
     for step in range(steps):
-        idx = data_parallel_sample_indices(step, pm.dp_rank, dp, 1)
+        idx = data_parallel_sample_indices(step, pm.dp_rank, rep * dp, 1)
         losses.append(parallel_train_step(model, opt, sample_batch(idx, torch.float64), step, cfg).loss)
     return {n: p.full_tensor() for n, p in model.named_parameters()}, losses
 
@@ -71,13 +75,14 @@ def single_train(dp, steps):
     return {n: p.detach() for n, p in model.named_parameters()}, losses
 
 
-def test_three_adamw_steps_with_ac_fsdp_usp_and_an_uneven_length():
-    for dp, u, r in ((1, 2, 2), (2, 2, 1)):
-        want, want_losses = single_train(dp, 3)
-        for params, losses in run_ranks(train_worker, 4, dp, u, r, True, 3, timeout_s=300):
-            assert max(abs(a - b) for a, b in zip(losses, want_losses)) < 1e-10, (dp, u, r, losses, want_losses)
+def test_three_adamw_steps_with_ac_fsdp_usp_hsdp_and_an_uneven_length():
+    # (dp_replicate, dp_shard, ulysses, ring); the last: two HSDP replica groups, each Ulysses over 2 ranks
+    for rep, dp, u, r in ((1, 1, 2, 2), (1, 2, 2, 1), (2, 1, 2, 1)):
+        want, want_losses = single_train(rep * dp, 3)
+        for params, losses in run_ranks(train_worker, 4, rep, dp, u, r, True, 3, timeout_s=300):
+            assert max(abs(a - b) for a, b in zip(losses, want_losses)) < 1e-10, (rep, dp, u, r, losses, want_losses)
             for name, p in want.items():
-                assert (params[name] - p).norm() <= 1e-9 * p.norm() + 1e-12, (dp, u, r, name)
+                assert (params[name] - p).norm() <= 1e-9 * p.norm() + 1e-12, (rep, dp, u, r, name)
         moved = sum(float((want[n] - p0.detach()).norm()) for n, p0 in tiny_model(torch.float64).named_parameters())
         assert moved > 0  # the steps really changed the parameters
 

@@ -26,6 +26,7 @@ from s2vbench.bench.perfmodel import (
     predict_inference,
     predict_training,
     forward_op_count,
+    fsdp_unit_params,
     step_op_count,
     unit_ops,
 )
@@ -130,6 +131,36 @@ def test_overlap_rules_bound_the_exposed_time():
         predict_training(cfg, lay, Strategy(dp_shard=8), base, global_batch=4)
     with pytest.raises(PlanError, match="divide the 40 attention heads"):
         predict_training(cfg, lay, Strategy(dp_shard=1, ulysses=16), base, global_batch=1)
+
+
+def test_hsdp_by_hand():
+    # 4 replica groups of one node each (Ulysses 8): state sharded over the node, gradients all-reduced across
+    cfg, lay = _layout("14b")
+    hw = load_profile("h100-sxm")
+    n = parameter_count(cfg)
+    hsdp = predict_training(cfg, lay, Strategy(ulysses=8, ac=True, dp_replicate=4), hw, global_batch=4)
+    node = predict_training(cfg, lay, Strategy(ulysses=8, ac=True), hw, global_batch=1)
+    flat = predict_training(cfg, lay, Strategy(dp_shard=4, ulysses=8, ac=True), hw, global_batch=4)
+    assert hsdp.strategy.world == 32 and hsdp.strategy.label.startswith("rep4-dp1-u8")
+    assert hsdp.memory["params"] == pytest.approx(4 * n / 8) and flat.memory["params"] == pytest.approx(4 * n / 32)
+    units, root = fsdp_unit_params(cfg)
+    want = sum(collective_time("all_reduce", u * 4 / 8, 4, hw.inter_node) for u in [*units, root])
+    assert hsdp.comm_total["hsdp_all_reduce"] == pytest.approx(want)
+    # inside a group, the same gathers and reduce-scatters as one node alone, on NVLink
+    for kind in ("fsdp_all_gather", "fsdp_reduce_scatter", "all_to_all"):
+        assert hsdp.comm_total[kind] == pytest.approx(node.comm_total[kind]), kind
+    assert "hsdp_all_reduce" not in node.comm_total and "hsdp_all_reduce" not in flat.comm_total
+    # FSDP over all 32 ranks gathers across nodes: slower than HSDP's gathers inside one
+    assert flat.comm_total["fsdp_all_gather"] > 3 * hsdp.comm_total["fsdp_all_gather"]
+    assert 0 <= hsdp.comm_exposed["hsdp_all_reduce"] <= hsdp.comm_total["hsdp_all_reduce"]
+    # FSDP2 reduces the gradients on every micro-batch's backward, HSDP's all-reduce with them
+    two = predict_training(cfg, lay, Strategy(ulysses=8, ac=True, dp_replicate=4, grad_accum=2), hw, global_batch=8)
+    for kind in ("fsdp_reduce_scatter", "hsdp_all_reduce", "fsdp_all_gather"):
+        assert two.comm_total[kind] == pytest.approx(2 * hsdp.comm_total[kind]), kind
+    with pytest.raises(PlanError, match="multiple of 4"):
+        predict_training(cfg, lay, Strategy(ulysses=8, dp_replicate=4), hw, global_batch=2)
+    with pytest.raises(PlanError, match="dp_replicate"):
+        predict_training(cfg, lay, Strategy(ulysses=8, dp_replicate=0), hw, global_batch=2)
 
 
 def _flat_profile(**overrides) -> HardwareProfile:
@@ -340,6 +371,11 @@ def test_plan_shows_every_rank_and_rejects_bad_configs(tmp_path):
     # padding: 44,544 tokens over 3 x ... is not possible (heads), so use ring 5: 8,909 per rank, 1 padding token
     padded = describe_plan(Workload("14b", 48, 1024, 768, 1), Strategy(1, 1, 5), load_profile("h100-sxm"))
     assert "(1 padding)" in padded
+    # HSDP: 2 replica groups of dp_shard 2 x Ulysses 2; rank 7 is replica 1, dp index 3, the clip's second chunk
+    hsdp = describe_plan(Workload("14b", 48, 1024, 768, 4), Strategy(2, 2, 1, dp_replicate=2), load_profile("h100-sxm"))
+    row7 = next(line for line in hsdp.splitlines() if line.startswith("|      7 |"))
+    assert [c.strip() for c in row7.split("|")[1:8]] == ["7", "0", "1", "3", "0", "1", "[22,272, 44,544)"]
+    assert "replicated across the 2 groups (HSDP)" in hsdp
     plan.write_text('preset = "14b"\nframes = 50\n')
     with pytest.raises(PlanError, match="multiple of 4"):
         load_plan(plan)[0].model()

@@ -51,11 +51,14 @@ def test_sbatch_template_renders_valid_bash(tmp_path):
 
 def test_shipped_sweeps_parse():
     points, notes, name = load_sweep(SWEEPS / "paper_8gpu.toml")
-    assert name == "paper-8gpu" and len(points) == 14  # usp needs two factors > 1: not at 1 or 2 GPUs
+    # fsdp, ulysses and ring at 2, 4 and 8 GPUs, usp at 4 and 8 (it needs two factors > 1), and one point at
+    # 1 GPU: there the three strategies are the same one-rank run, so it runs once
+    assert name == "paper-8gpu" and len(points) == 3 * 3 + 2 + 1
     assert any("usp at 2 GPUs" in n for n in notes)
+    assert sum("the same ranks and degrees as 14b/fsdp/w1/" in n for n in notes) == 2
     assert {p.world for p in points} == {1, 2, 4, 8} and all(p.preset == "14b" and p.ac for p in points)
     smoke, _, _ = load_sweep(SWEEPS / "cpu_smoke.toml")
-    assert len(smoke) == 2 * (1 + 3 + 3)  # ac on/off x (single at 1; fsdp, ulysses, ring at 1 and 2)
+    assert len(smoke) == 2 * (1 + 3)  # ac on/off x (single at 1; fsdp, ulysses, ring at 2)
 
 
 def test_weak_scaling_grows_the_batch_with_data_parallelism():

@@ -146,13 +146,16 @@ __all__ += ["CommVolume", "attention_comm_volume", "training_step_comm_volume"]
 
 
 def fsdp_comm_volume(cfg: WanS2VConfig, world: int, param_bytes: int, reduce_bytes: int,
-                     with_motion: bool = True) -> dict[str, CommVolume]:
-    """FSDP2's per-rank traffic in one training step with the units of ``parallel.parallelize``.
+                     with_motion: bool = True, replicate: int = 1) -> dict[str, CommVolume]:
+    """FSDP2's per-rank traffic in one micro-batch's forward and backward with the units of
+    ``parallel.parallelize``, sharded over ``world`` ranks (one HSDP replica group when ``replicate`` > 1).
 
     Each unit's shard is the sum over its parameters of ceil(dim0 / world) * (other dims): FSDP2 pads dim 0
     to a multiple of the world size. Non-root units are all-gathered in the forward and again in the backward
     (resharded after forward); the root once. Every unit's gradients are reduce-scattered once, leaving out
-    parameters that got none (FramePack's projectors on a clip without motion)."""
+    parameters that got none (FramePack's projectors on a clip without motion); under HSDP each reduced shard
+    is then all-reduced across the replica groups (the payload, once). A one-rank group has no gathers or
+    reduce-scatters."""
     from ..parallel.parallelize import fsdp_units
 
     model = meta_model(cfg)
@@ -169,8 +172,13 @@ def fsdp_comm_volume(cfg: WanS2VConfig, world: int, param_bytes: int, reduce_byt
     root_with_grad = shard([p for p in root_params if id(p) not in unused])
     gather = (2 * sum(shards) + root) * param_bytes * (world - 1)
     scatter = (sum(shards) + root_with_grad) * reduce_bytes * (world - 1)
-    return {"fsdp_all_gather": CommVolume(2 * len(units) + 1, gather),
-            "fsdp_reduce_scatter": CommVolume(len(units) + 1, scatter)}
+    out = {}
+    if world > 1:  # a one-rank shard group (HSDP of whole replicas) gathers and scatters nothing
+        out = {"fsdp_all_gather": CommVolume(2 * len(units) + 1, gather),
+               "fsdp_reduce_scatter": CommVolume(len(units) + 1, scatter)}
+    if replicate > 1:
+        out["hsdp_all_reduce"] = CommVolume(len(units) + 1, (sum(shards) + root_with_grad) * reduce_bytes)
+    return out
 
 
 __all__ += ["fsdp_comm_volume"]

@@ -476,7 +476,8 @@ def _record_setup(record: Record):
     c = record.config
     cfg = get_preset(c["preset"]).model
     deg = c["degrees"]
-    st = Strategy(deg["dp_shard"], deg["ulysses"], deg["ring"], bool(c["ac"]), c["dtype"], int(c.get("grad_accum", 1)))
+    st = Strategy(deg["dp_shard"], deg["ulysses"], deg["ring"], bool(c["ac"]), c["dtype"], int(c.get("grad_accum", 1)),
+                  dp_replicate=int(c.get("dp_replicate", 1)))
     return cfg, clip_layout(cfg, ClipShape(**c["clip"])), st
 
 
@@ -574,7 +575,7 @@ def validate(records: list[Record], hw: HardwareProfile) -> tuple[list[Validatio
         try:
             row.compute_measured = r.metric("compute_time").value
         except KeyError:
-            if r.config["degrees"] == {"dp_shard": 1, "ulysses": 1, "ring": 1}:
+            if r.config["world"] == 1:
                 row.compute_measured = m.value  # one rank: no collectives, the step is compute-only
         try:
             row.act_measured = r.metric("saved_activations").value
@@ -582,7 +583,7 @@ def validate(records: list[Record], hw: HardwareProfile) -> tuple[list[Validatio
         except KeyError:
             pass
         rows.append(row)
-        if step_times(r, "inference_step_time") and r.config["degrees"] == {"dp_shard": 1, "ulysses": 1, "ring": 1}:
+        if step_times(r, "inference_step_time") and r.config["world"] == 1:
             # one rank only: the harness's multi-rank inference keeps FSDP's sharded weights, the model's inference
             # replicated ones
             inf = predict_inference_record(r, base)

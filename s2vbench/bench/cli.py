@@ -62,6 +62,16 @@ def _token_list(text: str | None) -> list[int | None]:
     return values
 
 
+def _replicas(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v <= 0 for v in values):
+        raise SystemExit(f"--dp-replicate takes comma-separated positive integers, got {text!r}")
+    return values
+
+
 def _scaling(args: argparse.Namespace, argv: list[str]) -> int:
     import json
 
@@ -83,7 +93,7 @@ def _scaling(args: argparse.Namespace, argv: list[str]) -> int:
                                      attention_backend=args.attention_backend, frames=args.frames,
                                      height=args.height, width=args.width, trace=args.trace,
                                      grad_accum=args.grad_accum, inference=args.inference, compile=args.compile,
-                                     tokens=_token_list(args.tokens))
+                                     tokens=_token_list(args.tokens), dp_replicate=_replicas(args.dp_replicate))
     if args.sbatch:
         rest = [a for a in argv if a != "--sbatch"]
         print(render_sbatch(f"s2vbench-{name}", args.nodes, args.gpus_per_node, ["python", "-m", "s2vbench", *rest]))
@@ -146,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     p_sc.add_argument("--frames", type=int, default=None, help="video frames per clip (default: the preset's)")
     p_sc.add_argument("--height", type=int, default=None, help="pixel height (default: the preset's)")
     p_sc.add_argument("--width", type=int, default=None, help="pixel width (default: the preset's)")
+    p_sc.add_argument("--dp-replicate", default="1",
+                      help="comma-separated HSDP replica-group counts: each strategy runs on GPUs / dp_replicate "
+                           "ranks, replicated across the groups (default 1: no replication)")
     p_sc.add_argument("--trace", action="store_true", help="a Chrome trace of one step of rank 0 per point")
     p_sc.add_argument("--inference", action="store_true", help="also time CFG denoising steps (2 forwards)")
     p_sc.add_argument("--steps", type=int, default=3)

@@ -84,7 +84,7 @@ class Strategy:
     degrees plus what only the model needs (dtype, accumulation, offload)."""
 
     dp_shard: int = 1
-    """Data-parallel degree (FSDP shards over all dp_shard x ring x ulysses ranks)."""
+    """Data-parallel degree inside a replica group (FSDP shards over its dp_shard x ring x ulysses ranks)."""
     ulysses: int = 1
     """Ulysses degree (inner, consecutive ranks)."""
     ring: int = 1
@@ -97,10 +97,22 @@ class Strategy:
     """Micro-batches per step on each data-parallel replica."""
     offload_activations: bool = False
     """Move saved activations to host memory during forward and back during backward (a baseline's cost)."""
+    dp_replicate: int = 1
+    """HSDP replica groups (outermost): the sharding above is replicated, gradients all-reduced across groups."""
 
     @property
     def cp(self) -> int:
         return self.ulysses * self.ring
+
+    @property
+    def dp(self) -> int:
+        """Data-parallel degree: replicas that see different clips."""
+        return self.dp_replicate * self.dp_shard
+
+    @property
+    def shard_group(self) -> int:
+        """Ranks one parameter is sharded over (FSDP's gathers and reduce-scatters run inside it)."""
+        return self.dp_shard * self.cp
 
     @property
     def elem_bytes(self) -> int:
@@ -109,16 +121,16 @@ class Strategy:
 
     @property
     def world(self) -> int:
-        return self.dp_shard * self.cp
+        return self.dp_replicate * self.shard_group
 
     def parallel_config(self) -> ParallelConfig:
         """The degrees as the real job's configuration (one validation for both)."""
-        return ParallelConfig(self.dp_shard, self.ulysses, self.ring, self.ac)
+        return ParallelConfig(self.dp_shard, self.ulysses, self.ring, self.ac, dp_replicate=self.dp_replicate)
 
     @property
     def label(self) -> str:
-        parts = [f"dp{self.dp_shard}"] + ([f"u{self.ulysses}"] if self.ulysses > 1 else []) + \
-                ([f"r{self.ring}"] if self.ring > 1 else [])
+        parts = ([f"rep{self.dp_replicate}"] if self.dp_replicate > 1 else []) + [f"dp{self.dp_shard}"] + \
+                ([f"u{self.ulysses}"] if self.ulysses > 1 else []) + ([f"r{self.ring}"] if self.ring > 1 else [])
         extra = (["ac"] if self.ac else []) + (["offload"] if self.offload_activations else []) + \
                 ([f"ga{self.grad_accum}"] if self.grad_accum > 1 else [])
         return "-".join(parts + extra)
@@ -471,12 +483,12 @@ def _check(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, global_batch
         raise PlanError(f"Strategy.grad_accum={st.grad_accum!r} must be a positive integer")
     if st.dtype not in ("bfloat16", "float32"):
         raise PlanError(f"dtype {st.dtype!r}: choose bfloat16 or float32")
-    per_replica = global_batch / st.dp_shard
+    per_replica = global_batch / st.dp
     micro = per_replica / st.grad_accum
     if micro != int(micro) or micro < 1:
-        raise PlanError(f"global batch {global_batch} does not split into {st.dp_shard} data-parallel replicas x "
+        raise PlanError(f"global batch {global_batch} does not split into {st.dp} data-parallel replicas x "
                         f"{st.grad_accum} micro-batches of whole clips; use a global batch that is a multiple of "
-                        f"{st.dp_shard * st.grad_accum}")
+                        f"{st.dp * st.grad_accum}")
     return int(micro)
 
 
@@ -506,10 +518,11 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
     pred.elementwise = st.grad_accum * elementwise * hw.elementwise_factor
     pred.other = pred.elementwise
     n_params = parameter_count(cfg)
-    pred.other += OPTIMIZER_PASSES * 4 * n_params / st.world / hw.memory_bandwidth
+    pred.other += OPTIMIZER_PASSES * 4 * n_params / st.shard_group / hw.memory_bandwidth
     per_op = hw.op_overhead_sharded if st.world > 1 else hw.op_overhead
     if per_op > 0:
-        per_micro, optimizer_ops = step_op_count(cfg, st.ac, layout.motion > 0, (st.dp_shard, st.ulysses, st.ring))
+        # HSDP dispatches as FSDP over its data-parallel ranks, plus one all-reduce per unit (not counted)
+        per_micro, optimizer_ops = step_op_count(cfg, st.ac, layout.motion > 0, (st.dp, st.ulysses, st.ring))
         pred.other += per_op * (st.grad_accum * per_micro + optimizer_ops)
     act = activation_bytes(cfg, layout, micro, st.dtype, st.ac, st.ulysses, st.ring, parallelized=st.world > 1)
     pred.saved_activations = act.saved
@@ -525,27 +538,39 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
     cp_total = {k: v * st.grad_accum for k, v in cp_total.items()}
     cp_exposed = {k: v * st.grad_accum for k, v in cp_exposed.items()}
 
-    # FSDP: gathers per micro-batch (forward and backward), one reduce-scatter per step
+    # FSDP inside a replica group: gathers in forward and backward, and a reduce-scatter in backward, for every
+    # micro-batch (FSDP2 syncs gradients on every backward; the model's grads stay sharded); with HSDP each
+    # unit's reduced shard is then all-reduced across the replica groups, behind the same backward
     units, root = fsdp_unit_params(cfg)
-    p = st.world
-    if p > 1:
+    p, rep = st.shard_group, st.dp_replicate
+    if p > 1 or rep > 1:
         link = group_link(hw, p)
+        across = group_link(hw, st.world)  # the replica groups' ranks lie p apart: the widest span
         ag = [collective_time("all_gather", u * elem, p, link) for u in units]
         rs = [collective_time("reduce_scatter", u * 4, p, link) for u in units]
+        ar = [collective_time("all_reduce", u * 4 / p, rep, across) for u in units]
         ag_root = collective_time("all_gather", root * elem, p, link)
         rs_root = collective_time("reduce_scatter", root * 4, p, link)
+        ar_root = collective_time("all_reduce", root * 4 / p, rep, across)
         exp_f = ag_root + ag[0] + sum(max(0.0, ag[i] - fwd_layers[i - 1]) for i in range(1, len(units)))
         layer_bwd = [b + r for b, r in zip(bwd_layers, recompute)]
         exp_b = ag[-1] + sum(max(0.0, ag[i] - layer_bwd[i + 1]) for i in range(len(units) - 1))
-        # reduce-scatters run once per step, on the last micro-batch's backward
-        exp_rs = rs[0] + rs_root + sum(max(0.0, rs[i] - layer_bwd[i - 1]) for i in range(1, len(units)))
-        cp_total["fsdp_all_gather"] = st.grad_accum * (2 * sum(ag) + ag_root)
-        cp_exposed["fsdp_all_gather"] = st.grad_accum * (exp_f + exp_b)
-        cp_total["fsdp_reduce_scatter"] = sum(rs) + rs_root
-        cp_exposed["fsdp_reduce_scatter"] = exp_rs
+        # a unit's gradient reduction hides behind the backward of the unit before it; the first unit's and the
+        # root's come after the last backward compute. A unit's reduce-scatter and all-reduce are charged one
+        # after the other (an upper bound: FSDP2 may run unit i's all-reduce beside unit i-1's reduce-scatter)
+        red = [a + b for a, b in zip(rs, ar)]
+        exp_red = red[0] + rs_root + ar_root + sum(max(0.0, red[i] - layer_bwd[i - 1]) for i in range(1, len(units)))
+        shares = (sum(rs) + rs_root, sum(ar) + ar_root)
+        if p > 1:
+            cp_total["fsdp_all_gather"] = st.grad_accum * (2 * sum(ag) + ag_root)
+            cp_exposed["fsdp_all_gather"] = st.grad_accum * (exp_f + exp_b)
+        for kind, share in zip(("fsdp_reduce_scatter", "hsdp_all_reduce"), shares):
+            if share > 0:  # the exposed reduction split in proportion to each kind's total
+                cp_total[kind] = st.grad_accum * share
+                cp_exposed[kind] = st.grad_accum * exp_red * share / sum(shares)
     if not hw.comm_overlaps_compute:
         cp_exposed = dict(cp_total)
-    if p > 1:
+    if st.world > 1:
         _charge_rank_skew(cp_total, cp_exposed, pred, hw)
     pred.comm_total, pred.comm_exposed = cp_total, cp_exposed
     pred.exposed_comm = sum(cp_exposed.values())
@@ -553,7 +578,7 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
     # memory per rank
     n_params = sum(units) + root
     pred.memory = {"params": 4 * n_params / p, "grads": 4 * n_params / p, "optimizer": 8 * n_params / p}
-    if p > 1:
+    if p > 1 or rep > 1:
         pred.memory["gathered"] = (2 * max(units) + root) * elem + max(units) * 4
     elif st.dtype == "bfloat16":
         pred.memory["gathered"] = 0.0
@@ -597,8 +622,9 @@ def predict_inference(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, h
     the clip's VAE and audio encoding (``encoders``; the official loop runs them on every rank). ``batch``
     clips sampled together (the official loop samples one); the host's per-op overhead is charged per
     forward."""
-    if st.dp_shard != 1:
-        raise PlanError("inference splits one clip over context-parallel ranks; use dp_shard=1")
+    if st.dp != 1:
+        raise PlanError(f"inference splits one clip over context-parallel ranks; use dp_shard=1 and "
+                        f"dp_replicate=1 (got {st.dp_shard} and {st.dp_replicate})")
     if not isinstance(batch, int) or batch < 1:
         raise PlanError(f"inference batch {batch!r} must be a positive number of clips")
     forwards = steps * (2 if cfg_scale else 1)

@@ -119,23 +119,28 @@ def describe_plan(work: Workload, st: Strategy, hw: HardwareProfile) -> str:
     lines = [(f"workload: {work.preset}, {work.frames} frames of {work.width}x{work.height}, "
              f"{lay.total:,} tokens per clip (noisy {lay.noisy:,} + ref {lay.ref:,} + motion {lay.motion:,}), "
              f"{work.global_batch} clip(s) per iteration"),
-             (f"mesh: dp_shard {st.dp_shard} x ring {st.ring} x ulysses {st.ulysses} = {st.world} ranks on "
-             f"{-(-st.world // hw.gpus_per_node)} node(s) of {hw.gpus_per_node} ({hw.name}); FSDP shards over all "
-             f"{st.world}; AC {'on' if st.ac else 'off'}; {st.dtype}"),
+             (f"mesh: {f'dp_replicate {st.dp_replicate} x ' if st.dp_replicate > 1 else ''}dp_shard {st.dp_shard} x "
+              f"ring {st.ring} x ulysses {st.ulysses} = {st.world} ranks on {-(-st.world // hw.gpus_per_node)} "
+              f"node(s) of {hw.gpus_per_node} ({hw.name}); FSDP shards over "
+              + (f"each group of {st.shard_group} consecutive ranks, replicated across the {st.dp_replicate} groups "
+                 f"(HSDP)" if st.dp_replicate > 1 else f"all {st.world}")
+              + f"; AC {'on' if st.ac else 'off'}; {st.dtype}"),
              (f"sequence: padded to {local * cp:,} tokens ({local * cp - lay.total} padding), {local:,} per "
              f"context-parallel rank"), ""]
     rows = []
-    shard = parameter_count(cfg) / st.world
+    shard = parameter_count(cfg) / st.shard_group
     for rank in range(st.world):
-        dp, rest = divmod(rank, cp)
+        dp, rest = divmod(rank, cp)  # replica-major: the data-parallel index is replica x dp_shard + shard
         ring, uly = divmod(rest, st.ulysses)
         chunk = ring * st.ulysses + uly
         start, end = chunk * local, (chunk + 1) * local
         pad = max(0, end - max(start, lay.total))
-        rows.append([rank, rank // hw.gpus_per_node, dp, ring, uly, f"[{start:,}, {min(end, lay.total):,})", pad,
-                     f"{shard / 1e6:,.1f}"])
-    lines.append(tabulate(rows, ["rank", "node", "dp", "ring", "ulysses", "tokens", "padding", "param shard (M)"],
-                          tablefmt="github"))
+        replica = [dp // st.dp_shard] if st.dp_replicate > 1 else []
+        rows.append([rank, rank // hw.gpus_per_node, *replica, dp, ring, uly,
+                     f"[{start:,}, {min(end, lay.total):,})", pad, f"{shard / 1e6:,.1f}"])
+    head = ["rank", "node", *(["replica"] if st.dp_replicate > 1 else []), "dp", "ring", "ulysses", "tokens",
+            "padding", "param shard (M)"]
+    lines.append(tabulate(rows, head, tablefmt="github"))
     lines += ["", "predicted memory per rank (GB): " + ", ".join(f"{k} {_fmt_gb(v)}" for k, v in pred.memory.items())
               + f"; total {_fmt_gb(pred.memory_total)} of {_fmt_gb(hw.memory_capacity)}"
               + ("" if pred.fits else "  ** DOES NOT FIT **"),
@@ -187,9 +192,11 @@ def claim_table(work: Workload, gpus: int, hw: HardwareProfile) -> tuple[list[li
 def scaling_curves(work: Workload, hw: HardwareProfile, gpus: list[int]) -> dict[str, list[tuple[int, Prediction]]]:
     """Predicted curves with USP (Ulysses inside a node, ring across nodes):
     strong: 64 clips per iteration, 8-way context parallel per clip, data parallel across groups;
-    weak: one clip per 8 GPUs; sequence: one clip over all GPUs."""
+    weak: one clip per 8 GPUs; both with FSDP over all ranks, and as HSDP (FSDP inside each 8-GPU group,
+    replicated across the groups); sequence: one clip over all GPUs."""
     cfg, lay = work.model()
-    out: dict[str, list[tuple[int, Prediction]]] = {"strong (64 clips)": [], "weak (1 clip / 8 GPUs)": [],
+    out: dict[str, list[tuple[int, Prediction]]] = {"strong (64 clips)": [], "strong HSDP (64 clips)": [],
+                                                    "weak (1 clip / 8 GPUs)": [], "weak HSDP (1 clip / 8 GPUs)": [],
                                                     "sequence (1 clip)": []}
     for n in gpus:
         u = min(n, hw.gpus_per_node, 8)
@@ -201,8 +208,13 @@ def scaling_curves(work: Workload, hw: HardwareProfile, gpus: list[int]) -> dict
                 out["strong (64 clips)"].append(
                     (n, predict_training(cfg, lay, Strategy(cp_groups, 8, 1, ac=True, grad_accum=64 // cp_groups),
                                          hw, 64)))
+                out["strong HSDP (64 clips)"].append(
+                    (n, predict_training(cfg, lay, Strategy(1, 8, 1, ac=True, grad_accum=64 // cp_groups,
+                                                            dp_replicate=cp_groups), hw, 64)))
             out["weak (1 clip / 8 GPUs)"].append(
                 (n, predict_training(cfg, lay, Strategy(cp_groups, 8, 1, ac=True), hw, cp_groups)))
+            out["weak HSDP (1 clip / 8 GPUs)"].append(
+                (n, predict_training(cfg, lay, Strategy(1, 8, 1, ac=True, dp_replicate=cp_groups), hw, cp_groups)))
         if n // u <= lay.total:
             out["sequence (1 clip)"].append((n, predict_training(cfg, lay, Strategy(1, u, n // u, ac=True), hw, 1)))
     return out
@@ -220,9 +232,11 @@ def plot_curves(curves: dict[str, list[tuple[int, Prediction]]], path: Path, tit
             continue
         n = [g for g, _ in pts]
         thr = [p.global_batch / p.time for _, p in pts]
-        ax1.plot(n, thr, marker="o", label=name)
+        # strong and weak curves of one sharding coincide per clip: strong ones dashed and hollow, so both show
+        style = {"ls": "--", "marker": "s", "mfc": "none", "ms": 8} if name.startswith("strong") else {"marker": "o"}
+        ax1.plot(n, thr, label=name, **style)
         ax1.plot(n, [thr[0] * g / n[0] for g in n], ls=":", color=ax1.lines[-1].get_color(), alpha=0.6)
-        ax2.plot(n, [p.exposed_comm / p.time for _, p in pts], marker="o", label=name)
+        ax2.plot(n, [p.exposed_comm / p.time for _, p in pts], label=name, **style)
     ax1.set(xscale="log", yscale="log", xlabel="GPUs", ylabel="clips/s (dotted: ideal)", title="throughput")
     ax2.axhline(0.1, color="grey", ls="--", lw=0.8)
     ax2.set(xscale="log", xlabel="GPUs", ylabel="exposed communication / step time",

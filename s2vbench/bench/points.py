@@ -11,9 +11,9 @@ from ..parallel import ParallelConfig
 from ..parallel.local_attention import BACKENDS as LOCAL_BACKENDS
 
 STRATEGIES = ("single", "fsdp", "ulysses", "ring", "usp")
+"""single: one rank; fsdp: data parallel with sharding; ulysses / ring: context parallel; usp: both."""
 TOKEN_TOLERANCE = 0.05
 """A requested token count is met by a clip geometry whose token count is within this relative distance."""
-"""single: one rank; fsdp: data parallel with sharding; ulysses / ring: context parallel; usp: both."""
 
 
 def strategy_degrees(strategy: str, world: int) -> tuple[int, int, int]:
@@ -143,6 +143,9 @@ class Point:
     tokens: int | None = None
     """Requested sequence tokens instead of frames/height/width: the clip is the preset's, resized to the
     nearest valid geometry (see :func:`clip_for_tokens`); the record keeps both counts."""
+    dp_replicate: int = 1
+    """HSDP replica groups: the strategy runs on world / dp_replicate ranks, replicated this many times
+    (gradients all-reduced across the groups); 1 is plain FSDP over all ranks."""
 
     def clip(self) -> ClipShape:
         """The preset's clip with this point's frames and resolution (or the geometry of its token count)."""
@@ -156,11 +159,28 @@ class Point:
 
     @property
     def degrees(self) -> tuple[int, int, int]:
-        return strategy_degrees(self.strategy, self.world)
+        """(dp_shard, ulysses, ring) inside one replica group."""
+        if not isinstance(self.dp_replicate, int) or isinstance(self.dp_replicate, bool) or self.dp_replicate < 1:
+            raise ValueError(f"dp_replicate must be a positive integer, got {self.dp_replicate!r}")
+        if self.world % self.dp_replicate:
+            raise ValueError(f"dp_replicate {self.dp_replicate} does not divide the {self.world} ranks into equal "
+                             f"replica groups; choose a divisor of {self.world}")
+        try:
+            return strategy_degrees(self.strategy, self.world // self.dp_replicate)
+        except ValueError as e:
+            if self.dp_replicate == 1:
+                raise
+            raise ValueError(f"{e} (the ranks of one of {self.dp_replicate} HSDP replica groups of "
+                             f"{self.world} ranks)") from None
+
+    @property
+    def dp(self) -> int:
+        """Data-parallel degree: ranks (groups) that see different clips."""
+        return self.dp_replicate * self.degrees[0]
 
     @property
     def batch_per_rank(self) -> int:
-        dp = self.degrees[0]
+        dp = self.dp
         if self.global_batch % dp:
             raise ValueError(f"global batch {self.global_batch} does not split over {dp} data-parallel ranks")
         return self.global_batch // dp
@@ -184,12 +204,14 @@ class Point:
                                                   (self.attention_backend, self.attention_backend != "torch"),
                                                   ("inference", self.inference))
                         if on)
-        return (f"{self.preset}/{self.strategy}/w{self.world}/dp{dp}-u{u}-r{r}/{self.dtype}/ac{int(self.ac)}"
+        hsdp = f"rep{self.dp_replicate}-" if self.dp_replicate > 1 else ""
+        return (f"{self.preset}/{self.strategy}/w{self.world}/{hsdp}dp{dp}-u{u}-r{r}/{self.dtype}/ac{int(self.ac)}"
                 f"/gb{self.global_batch}{accum}{geometry}{extra}")
 
     def parallel_config(self) -> ParallelConfig:
         dp, u, r = self.degrees
-        return ParallelConfig(dp_shard=dp, ulysses=u, ring=r, ac=self.ac, attention_backend=self.attention_backend)
+        return ParallelConfig(dp_shard=dp, ulysses=u, ring=r, ac=self.ac, attention_backend=self.attention_backend,
+                              dp_replicate=self.dp_replicate)
 
     def validate(self) -> None:
         get_preset(self.preset)
@@ -199,6 +221,9 @@ class Point:
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
         if self.steps < 1 or self.warmup < 0:
             raise ValueError(f"need steps >= 1 and warmup >= 0, got {self.steps} and {self.warmup}")
+        if self.strategy == "single" and self.dp_replicate != 1:
+            raise ValueError("strategy 'single' runs on one rank and cannot be replicated; for replicated data "
+                             "parallelism use strategy 'fsdp' with dp_replicate")
         _ = self.micro_batch
         if self.compile and self.warmup < 1:
             raise ValueError("a compiled point needs at least one warm-up step (warmup >= 1) to absorb "

@@ -26,11 +26,17 @@ def _comm_time(r: Record, kind: str, bytes_metric) -> tuple[float | None, str]:
     try:
         m = r.metric(f"collective_time_{kind}")
     except KeyError:  # results from before per-kind times: FSDP's read 0 but were never measured
-        if kind.startswith("fsdp_"):
+        if kind.startswith(("fsdp_", "hsdp_")):
             return None, "n/a"
         return bytes_metric.stats.get("seconds"), "wall"
     return m.value, ("profiler" if m.how.startswith("s per step, max over ranks: torch.profiler") else
                      "wall" if m.value is not None else "n/a")
+
+
+def strategy_label(config: dict) -> str:
+    """The strategy as the report names it: HSDP's replica groups appended (``fsdp x2 HSDP``)."""
+    rep = config.get("dp_replicate", 1)
+    return config.get("strategy", "?") + (f" x{rep} HSDP" if rep > 1 else "")
 
 
 def timed(records: list[Record]) -> list[Record]:
@@ -87,8 +93,8 @@ def _plots(records: list[Record], out: Path) -> list[str]:
         for key, base in sorted(bases.items(), key=lambda kv: str(kv[0])):
             tag = "" if len(bases) == 1 else f" (ac={key[1]}, {key[2]})"
             group = [r for r in ran if group_key(r) == key]
-            for strategy in sorted({r.config["strategy"] for r in group}):
-                pts = sorted((r.config["world"], sp[r.name][0]) for r in group if r.config["strategy"] == strategy)
+            for strategy in sorted({strategy_label(r.config) for r in group}):
+                pts = sorted((r.config["world"], sp[r.name][0]) for r in group if strategy_label(r.config) == strategy)
                 if pts[0][0] != base.config["world"]:  # every curve starts at its group's baseline
                     pts.insert(0, (base.config["world"], 1.0))
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=strategy + tag)
@@ -100,7 +106,7 @@ def _plots(records: list[Record], out: Path) -> list[str]:
         save(fig, "speedup.png")
 
         fig, ax = plt.subplots(figsize=(7, 4))
-        labels = [f"{r.config['strategy']}\nw{r.config['world']}{' ac' if r.config.get('ac') else ''}" for r in ran]
+        labels = [f"{strategy_label(r.config)}\nw{r.config['world']}{' ac' if r.config.get('ac') else ''}" for r in ran]
         share = [r.metric("exposed_comm").stats.get("share", 0.0) * 100 for r in ran]
         ax.bar(labels, share, color="tab:red")
         ax.set_ylabel("exposed communication, % of step")
@@ -121,7 +127,7 @@ def _plots(records: list[Record], out: Path) -> list[str]:
     its = [r for r in records if r.kind == "iteration" and "failed" not in r.tags and "oom" not in r.tags]
     if its:
         fig, ax = plt.subplots(figsize=(8, 4))
-        labels = [f"{r.config['strategy']}\nw{r.config['world']}{' ac' if r.config.get('ac') else ''}" for r in its]
+        labels = [f"{strategy_label(r.config)}\nw{r.config['world']}{' ac' if r.config.get('ac') else ''}" for r in its]
         parts = [("peak_rss", "peak RSS (measured)"), ("saved_activations", "saved activations (measured)"),
                  ("analytic_params", "params (analytic)"), ("analytic_optimizer", "AdamW state (analytic)")]
         width = 0.8 / len(parts)
@@ -162,7 +168,7 @@ def write_report(results: list[Path], out: Path, title: str | None = None) -> Pa
         st = r.metric("step_time")
         spread = f"{_fmt(st.stats.get('min'))}-{_fmt(st.stats.get('max'))}" if st.value is not None else ""
         exposed = r.metric("exposed_comm").stats.get("share") if _value(r, "exposed_comm") is not None else None
-        rows.append((r.config.get("strategy"), r.config.get("world"), "on" if r.config.get("ac") else "off",
+        rows.append((strategy_label(r.config), r.config.get("world"), "on" if r.config.get("ac") else "off",
                      r.config.get("dtype"), _fmt(st.value), spread, _fmt(s, ".2f"),
                      _fmt(eff, ".0%") if eff is not None else "n/a", _fmt(_value(r, "samples_per_s_per_device")),
                      _fmt(_value(r, "tokens_per_s_per_device"), ".0f"), _fmt(_value(r, "tflops_per_device"), ".4f"),
@@ -178,7 +184,7 @@ def write_report(results: list[Path], out: Path, title: str | None = None) -> Pa
                 kind = m.name[5:]
                 want = m.stats.get("analytic")
                 secs, how = _comm_time(r, kind, m)
-                comm_rows.append((r.config.get("strategy"), r.config.get("world"), kind, f"{m.value:,.0f}",
+                comm_rows.append((strategy_label(r.config), r.config.get("world"), kind, f"{m.value:,.0f}",
                                   f"{want:,.0f}", "yes" if want == m.value else "NO", _fmt(secs, ".4f"), how))
     if comm_rows:
         lines += ["## Communication per step (bytes sent by the busiest rank)", "",

@@ -9,6 +9,7 @@ point whose launch failed as OOM or failed. A sweep can come from flags or a TOM
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import io
 import itertools
@@ -23,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from .cluster import detect_env, export_for_torch
-from .points import Point, clip_for_tokens, strategy_degrees
+from .points import Point, clip_for_tokens
 from .results import ResultsLog
 from .sweep import failure_record, point_record
 from .worker import run_point_rank
@@ -34,7 +35,7 @@ except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
 AXES = ("ac", "dtype", "attention_backend", "frames", "height", "width", "trace", "grad_accum", "inference", "compile",
-        "tokens")
+        "tokens", "dp_replicate")
 """Point fields a sweep file may give as lists (their cartesian product is swept)."""
 
 
@@ -52,9 +53,9 @@ def sweep_points(preset: str, gpus: list[int], strategies: list[str], global_bat
     combos = [dict(zip(lists, values)) for values in itertools.product(*lists.values())] if lists else [{}]
     for world, strategy, extra in itertools.product(gpus, strategies, combos):
         try:
-            dp = strategy_degrees(strategy, world)[0]
+            dp = Point(preset, world, strategy, dp_replicate=extra.get("dp_replicate", 1)).dp
         except ValueError as e:
-            notes.append(f"skipped {strategy} at {world} GPUs: {e}")
+            notes.append(f"skipped {strategy} at {world} GPUs{_hsdp(extra)}: {e}")
             continue
         batch = global_batch * dp if scaling == "weak" else global_batch
         p = Point(preset, world, strategy, global_batch=batch, scaling=scaling, steps=steps, warmup=warmup, **extra)
@@ -63,8 +64,18 @@ def sweep_points(preset: str, gpus: list[int], strategies: list[str], global_bat
         except ValueError as e:
             notes.append(f"skipped {p.name}: {e}")
             continue
+        same = next((q for q in points if q.world == p.world and q.degrees == p.degrees
+                     and dataclasses.replace(q, strategy=p.strategy) == p), None)
+        if same is not None:  # e.g. ulysses and ring on one rank per replica group
+            notes.append(f"skipped {p.name}: the same ranks and degrees as {same.name}")
+            continue
         points.append(p)
     return points, notes
+
+
+def _hsdp(extra: dict) -> str:
+    rep = extra.get("dp_replicate", 1)
+    return f" with dp_replicate {rep}" if rep != 1 else ""
 
 
 def load_sweep(path: Path) -> tuple[list[Point], list[str], str]:

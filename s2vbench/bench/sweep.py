@@ -105,16 +105,18 @@ def point_record(point: Point, results: list[dict]) -> Record:
     metrics.append(Metric("saved_activations", max(r["real"]["saved_activation_bytes"] for r in results) / GIB,
                           "GiB", "max over ranks: tensors saved for backward in one step, deduplicated by storage, "
                                  "parameters excluded (saved-tensor hooks)"))
-    shards = 1 if point.strategy == "single" else point.world
+    shards = 1 if point.strategy == "single" else point.world // point.dp_replicate
     for part, value in training_state_bytes(preset.model, shards).items():
-        metrics.append(Metric(f"analytic_{part}", value / GIB, "GiB", "float32, sharded over all ranks by FSDP",
+        metrics.append(Metric(f"analytic_{part}", value / GIB, "GiB",
+                              "float32, sharded by FSDP over all ranks (over one replica group's under HSDP)",
                               status="predicted"))
     _, u, r = point.degrees
     analytic = {}
     if point.strategy != "single":  # per micro-batch, times the micro-batches; one loss all-reduce per step
         ga = point.grad_accum
         per_micro = training_step_comm_volume(preset.model, layout, point.micro_batch, u, r, elem_bytes=4)
-        per_micro.update(fsdp_comm_volume(preset.model, point.world, 4, 4, with_motion=clip.with_motion))
+        per_micro.update(fsdp_comm_volume(preset.model, point.world // point.dp_replicate, 4, 4,
+                                          with_motion=clip.with_motion, replicate=point.dp_replicate))
         analytic = {k: (v if k == "all_reduce" else CommVolume(v.calls * ga, v.bytes_sent * ga))
                     for k, v in per_micro.items()}
     kinds = set(analytic) | {k for res in results for k in res["real"]["comm"]}
@@ -126,7 +128,7 @@ def point_record(point: Point, results: list[dict]) -> Record:
         prof = [res["real"].get("comm_profiled", {}).get(kind) for res in results]
         if profiled_ok and calls and all(p is not None and p["calls"] == p["launched"] > 0 for p in prof):
             secs, how = max(p["seconds"] for p in prof), COMM_TIME_PROFILED
-        elif kind.startswith("fsdp_"):  # FSDP2's own collectives: nothing but the profiler can time them
+        elif kind.startswith(("fsdp_", "hsdp_")):  # FSDP2's own collectives: only the profiler can time them
             secs, how = None, "not measured: no profiled execution range matched every launch"
         else:
             secs, how = wall, COMM_TIME_WALL

@@ -122,7 +122,7 @@ def _run_steps(point: Point, device: torch.device, timed: bool, count: bool, tra
         pm = parallelize(model, point.parallel_config(), device.type, param_dtype=param_dtype)
     cfg = TrainConfig(dtype=point.dtype, activation_checkpointing=point.ac)
     opt = make_optimizer(model, cfg)
-    dp = point.degrees[0]
+    dp = point.dp
     dp_rank = pm.dp_rank if pm is not None else 0
     batch = synthetic_batch(preset.model, point.clip(), point.batch_per_rank, seed=dp_rank)
     step_fn = parallel_train_step if pm is not None else train_step

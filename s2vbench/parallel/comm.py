@@ -6,8 +6,9 @@ Counting conventions (the analytic volumes in ``bench/analytic.py`` use the same
 - point-to-point: the bytes of the tensors sent, and of those received;
 - all-reduce: the payload, once;
 - FSDP2's all-gather and reduce-scatter (seen through a dispatch mode over c10d ops, since FSDP2 issues them
-  itself): a rank with an s-byte shard sends and receives s (p - 1) bytes. The counters cannot time them: the
-  ops are asynchronous and the dispatch mode sees only their launch.
+  itself): a rank with an s-byte shard sends and receives s (p - 1) bytes; under HSDP, FSDP2's all-reduce of
+  each reduced shard across the replica groups (``hsdp_all_reduce``): the payload, once, like ours. The
+  counters cannot time them: the ops are asynchronous and the dispatch mode sees only their launch.
 
 Time. The counters' ``seconds`` are main-thread wall time: a blocking all-to-all or all-reduce from call to
 return, a ring exchange from post to the end of its wait (which spans the attention computed meanwhile: an
@@ -66,11 +67,17 @@ class CommCounter:
 _ACTIVE: list[CommCounter] = []
 
 
+_OWN_ALL_REDUCE: list[bool] = [False]
+"""Set while :func:`all_reduce_sum` runs, so the dispatch mode below does not count our all-reduce as FSDP's."""
+
+
 class _FSDPCollectives(TorchDispatchMode):
-    """Records FSDP2's flat-buffer all-gathers and reduce-scatters (our own collectives use other c10d ops)."""
+    """Records FSDP2's flat-buffer all-gathers and reduce-scatters, and under HSDP its all-reduces (our own
+    collectives use other c10d ops, except the all-reduce, which :func:`all_reduce_sum` flags)."""
 
     KINDS: ClassVar[dict[str, str]] = {"c10d._allgather_base_.default": "fsdp_all_gather",
-                                       "c10d._reduce_scatter_base_.default": "fsdp_reduce_scatter"}
+                                       "c10d._reduce_scatter_base_.default": "fsdp_reduce_scatter",
+                                       "c10d.allreduce_.default": "hsdp_all_reduce"}
 
     @classmethod
     def ignore_compile_internals(cls) -> bool:
@@ -82,7 +89,11 @@ class _FSDPCollectives(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kind = self.KINDS.get(str(func))
-        if kind is not None:
+        if kind == "hsdp_all_reduce":
+            if not _OWN_ALL_REDUCE[0]:
+                moved = sum(nbytes(t) for t in args[0])
+                _record(kind, moved, moved, 0.0)
+        elif kind is not None:
             out, inp = args[0], args[1]
             shard, full = (inp, out) if kind == "fsdp_all_gather" else (out, inp)
             p = full.numel() // shard.numel()
@@ -110,10 +121,13 @@ def count_comm(fsdp: bool = False):
 LAUNCH_KINDS = {"c10d::_allgather_base_": "fsdp_all_gather", "c10d::_reduce_scatter_base_": "fsdp_reduce_scatter",
                 "c10d::alltoall_base_": "all_to_all", "c10d::allreduce_": "all_reduce",
                 "c10d::allgather_": "all_gather"}
-"""The c10d op (as torch.profiler names it) that launches each collective kind we count."""
+"""The c10d op (as torch.profiler names it) that launches each collective kind we count. HSDP's all-reduces
+launch the same op as ours; :func:`collective_seconds` tells them apart by :data:`OWN_ALL_REDUCE_RANGE`."""
+OWN_ALL_REDUCE_RANGE = "s2vbench::all_reduce"
+"""The profiler range around :func:`all_reduce_sum`: an ``allreduce_`` launch outside it is HSDP's."""
 GLOO_RANGES = {"fsdp_all_gather": ("gloo:all_gather",), "all_gather": ("gloo:all_gather",),
                "fsdp_reduce_scatter": ("gloo:reduce_scatter", "gloo:all_reduce"), "all_to_all": ("gloo:all_to_all",),
-               "all_reduce": ("gloo:all_reduce",)}
+               "all_reduce": ("gloo:all_reduce",), "hsdp_all_reduce": ("gloo:all_reduce",)}
 """gloo's execution ranges per kind (its reduce-scatter of one flat tensor runs as an all-reduce)."""
 
 
@@ -126,13 +140,16 @@ def collective_seconds(events) -> dict[str, dict[str, float]]:
     def start(e) -> float:
         return e.time_range.start
 
-    def outermost(e) -> bool:  # a dispatch mode re-dispatching the op (count_comm's) records it twice, nested
+    def inside(e, name: str) -> bool:
         parent = getattr(e, "cpu_parent", None)
         while parent is not None:
-            if parent.name == e.name:
-                return False
+            if parent.name == name:
+                return True
             parent = getattr(parent, "cpu_parent", None)
-        return True
+        return False
+
+    def outermost(e) -> bool:  # a dispatch mode re-dispatching the op (count_comm's) records it twice, nested
+        return not inside(e, e.name)
 
     launches = sorted((e for e in events if e.name in LAUNCH_KINDS and outermost(e)), key=start)
     ranges: dict[str, list] = {}
@@ -141,6 +158,8 @@ def collective_seconds(events) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for launch in launches:
         kind = LAUNCH_KINDS[launch.name]
+        if kind == "all_reduce" and not inside(launch, OWN_ALL_REDUCE_RANGE):
+            kind = "hsdp_all_reduce"
         stat = out.setdefault(kind, {"seconds": 0.0, "calls": 0, "launched": 0})
         stat["launched"] += 1
         device_us = getattr(launch, "device_time_total", 0.0) or 0.0
@@ -166,6 +185,19 @@ def _record(kind: str, sent: int, recv: int, seconds: float) -> None:
 
 def nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
+
+
+def all_reduce_sum(x: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """Sum ``x`` in place over ``group`` (all ranks by default), counted as ``all_reduce``."""
+    start = time.perf_counter()
+    _OWN_ALL_REDUCE[0] = True
+    try:
+        with torch.profiler.record_function(OWN_ALL_REDUCE_RANGE):
+            dist.all_reduce(x, group=group)
+    finally:
+        _OWN_ALL_REDUCE[0] = False
+    _record("all_reduce", nbytes(x), nbytes(x), time.perf_counter() - start)
+    return x
 
 
 def all_to_all(x: torch.Tensor, scatter_dim: int, gather_dim: int, group: dist.ProcessGroup) -> torch.Tensor:
@@ -217,5 +249,5 @@ class RingExchange:
             self.trace.append(f"wait {label}")
 
 
-__all__ = ["GLOO_RANGES", "LAUNCH_KINDS", "CommCounter", "CommStat", "RingExchange", "all_to_all", "collective_seconds",
-           "count_comm", "nbytes"]
+__all__ = ["GLOO_RANGES", "LAUNCH_KINDS", "OWN_ALL_REDUCE_RANGE", "CommCounter", "CommStat", "RingExchange", "all_reduce_sum", "all_to_all",
+           "collective_seconds", "count_comm", "nbytes"]

@@ -1,7 +1,11 @@
-"""Parallel configuration and the device mesh ``dp_shard x ring x ulysses`` (Ulysses innermost).
+"""Parallel configuration and the device mesh ``dp_replicate x dp_shard x ring x ulysses`` (Ulysses innermost).
 
-Ulysses is the inner dimension so its all-to-alls stay on consecutive ranks (inside a node); ring is outer.
-FSDP shards over the flattened ``dp_shard x ring x ulysses`` ranks (torchtitan's ``dp_shard_cp``).
+Ulysses is the inner dimension so its all-to-alls stay on consecutive ranks (inside a node); ring is next.
+FSDP shards over the flattened ``dp_shard x ring x ulysses`` ranks (torchtitan's ``dp_shard_cp``). With
+``dp_replicate`` > 1 that sharding is replicated (HSDP): each replica group is ``dp_shard x ring x ulysses``
+consecutive ranks (a node, when it has that many GPUs), and gradients are all-reduced across the groups, so
+the per-layer all-gathers and reduce-scatters stay inside a group and only one gradient all-reduce per
+backward crosses between them.
 """
 
 from __future__ import annotations
@@ -33,25 +37,38 @@ class ParallelConfig:
     """Activation checkpointing of every block."""
     attention_backend: str = "torch"
     """Local attention inside Ulysses/ring: "torch", "triton" or "flash_attn" (the gpu extra)."""
+    dp_replicate: int = 1
+    """Replica groups of HSDP: the dp_shard x ring x ulysses sharding is replicated this many times (outermost)."""
 
     @property
     def cp(self) -> int:
         return self.ulysses * self.ring
 
     @property
-    def world_size(self) -> int:
+    def dp(self) -> int:
+        """Data-parallel degree: ranks that see different samples."""
+        return self.dp_replicate * self.dp_shard
+
+    @property
+    def shard_group_size(self) -> int:
+        """Ranks one parameter is sharded over (one replica group)."""
         return self.dp_shard * self.cp
+
+    @property
+    def world_size(self) -> int:
+        return self.dp_replicate * self.shard_group_size
 
     def validate(self, world_size: int, num_heads: int, seq_len: int | None = None) -> None:
         """Raise :class:`ParallelConfigError` naming the problem and a fix; touches no process group."""
-        for name in ("dp_shard", "ulysses", "ring"):
+        for name in ("dp_replicate", "dp_shard", "ulysses", "ring"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ParallelConfigError(f"ParallelConfig.{name}={value!r} must be a positive integer")
         if self.world_size != world_size:
             raise ParallelConfigError(
-                f"dp_shard x ring x ulysses = {self.dp_shard} x {self.ring} x {self.ulysses} = {self.world_size} "
-                f"ranks, but the job has world size {world_size}; choose degrees whose product is {world_size}")
+                f"dp_replicate x dp_shard x ring x ulysses = {self.dp_replicate} x {self.dp_shard} x {self.ring} x "
+                f"{self.ulysses} = {self.world_size} ranks, but the job has world size {world_size}; choose degrees "
+                f"whose product is {world_size}")
         if num_heads % self.ulysses:
             raise ParallelConfigError(
                 f"the Ulysses degree {self.ulysses} must divide the {num_heads} attention heads; valid degrees: "
@@ -77,22 +94,24 @@ class ParallelMesh:
 
     @property
     def dp_rank(self) -> int:
-        return self.mesh.get_local_rank("dp")
+        """This rank's data-parallel index (replica group major), which picks its samples."""
+        return self.mesh.get_local_rank("dp_replicate") * self.config.dp_shard + self.mesh.get_local_rank("dp_shard")
 
     def cp_group(self) -> dist.ProcessGroup:
         """The whole context-parallel group (ring x ulysses), ranked by chunk index."""
         return self.mesh["ring", "ulysses"]._flatten("cp").get_group()
 
     def fsdp_mesh(self) -> DeviceMesh:
-        """1-D mesh over dp_shard x ring x ulysses for FSDP."""
-        return self.mesh._flatten("dp_shard_cp") if self.mesh.ndim > 1 else self.mesh
+        """FSDP's mesh: 1-D over dp_shard x ring x ulysses; 2-D (dp_replicate, that) for HSDP."""
+        shard = self.mesh["dp_shard", "ring", "ulysses"]._flatten("dp_shard_cp")
+        return self.mesh["dp_replicate", "dp_shard_cp"] if self.config.dp_replicate > 1 else shard
 
 
 def build_mesh(config: ParallelConfig, device_type: str = "cpu", num_heads: int | None = None) -> ParallelMesh:
     world = dist.get_world_size()
     config.validate(world, num_heads if num_heads is not None else config.ulysses)
-    mesh = init_device_mesh(device_type, (config.dp_shard, config.ring, config.ulysses),
-                            mesh_dim_names=("dp", "ring", "ulysses"))
+    mesh = init_device_mesh(device_type, (config.dp_replicate, config.dp_shard, config.ring, config.ulysses),
+                            mesh_dim_names=("dp_replicate", "dp_shard", "ring", "ulysses"))
     groups = CPGroups(ulysses=mesh.get_group("ulysses") if config.ulysses > 1 else None,
                       ring=mesh.get_group("ring") if config.ring > 1 else None,
                       ulysses_size=config.ulysses, ring_size=config.ring)

@@ -2,11 +2,12 @@
 
 Applied in this order (each step assumes the previous):
 1. validation of the config against the model and the world size, before any communication;
-2. the device mesh ``dp_shard x ring x ulysses``;
+2. the device mesh ``dp_replicate x dp_shard x ring x ulysses``;
 3. context parallelism: every block's self-attention through Ulysses/ring, the blocks on this rank's window
    of the sequence padded once at its global end (text cross-attention and audio injection stay local);
 4. activation checkpointing of every block, keeping the attention op's outputs (no communication re-run);
-5. FSDP2 over the flattened dp_shard x ring x ulysses ranks: each block a unit, each audio-injector pair
+5. FSDP2 over the flattened dp_shard x ring x ulysses ranks (HSDP, replicated across dp_replicate groups,
+   when that is > 1): each block a unit, each audio-injector pair
    (``injector[k]`` with ``injector_adain_layers[k]``) one unit prefetched next to its block, the rest in the
    root; gradients are SUMMED (divide factor 1, sum reduction forced: never a backend's AVG), and the loss
    is normalised by the global token count instead (see :mod:`s2vbench.parallel.train`).

@@ -3,34 +3,25 @@
 Every rank of a context-parallel group gets the same samples: their noise and timesteps come from
 (seed, step, sample index), and sample indices depend on the data-parallel rank only. Each rank's loss is its
 local squared-error sum divided by the global element count (all-reduced over every rank), so the FSDP
-gradient SUM over dp_shard x ring x ulysses gives the mean over data-parallel samples (context-parallel
+gradient SUM over all ranks (dp_shard x ring x ulysses, and across HSDP's replica groups) gives the mean over
+data-parallel samples (context-parallel
 partial gradients add up to the whole-sequence gradient). Implemented as: accumulate the gradients of the loss
 sums, then divide them once, which also makes gradient accumulation over micro-batches exact.
 """
 
 from __future__ import annotations
 
-import time
-
 import torch
-import torch.distributed as dist
 
 from ..model import WanS2V
 from ..model.flow import S2VBatch, StepStats, TrainConfig, accumulate_gradients, scale_gradients
-from .comm import _record
+from .comm import all_reduce_sum
 
 
 def data_parallel_sample_indices(step: int, dp_rank: int, dp_size: int, batch_size: int) -> torch.Tensor:
     """Global sample indices of this data-parallel rank's batch at ``step`` (never the context-parallel rank)."""
     first = (step * dp_size + dp_rank) * batch_size
     return torch.arange(first, first + batch_size)
-
-
-def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    start = time.perf_counter()
-    dist.all_reduce(x)
-    _record("all_reduce", x.numel() * x.element_size(), x.numel() * x.element_size(), time.perf_counter() - start)
-    return x
 
 
 def parallel_train_step(model: WanS2V, optimizer: torch.optim.Optimizer, batch: S2VBatch | list[S2VBatch],
@@ -41,7 +32,7 @@ def parallel_train_step(model: WanS2V, optimizer: torch.optim.Optimizer, batch: 
     optimizer.zero_grad(set_to_none=True)
     batches = batch if isinstance(batch, list) else [batch]
     loss_sum, tokens, per_token = accumulate_gradients(model, batches, step, cfg)
-    totals = _all_reduce_sum(torch.tensor([float(tokens), loss_sum], dtype=torch.float64))
+    totals = all_reduce_sum(torch.tensor([float(tokens), loss_sum], dtype=torch.float64))
     total = int(totals[0].item())
     scale_gradients(model, 1.0 / (total * per_token))
     grad_norm = None
