@@ -62,6 +62,16 @@ def _token_list(text: str | None) -> list[int | None]:
     return values
 
 
+def _positive_minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"takes a positive number of minutes, got {text!r}")
+    return value
+
+
 def _replicas(text: str) -> list[int]:
     try:
         values = [int(t) for t in text.split(",") if t.strip()]
@@ -177,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p_cmp.add_argument("--repeats", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p_gpu = sub.add_parser("gpu-run", help="kernel correctness and benchmarks for one GPU lease (tiny shapes on CPU)")
     p_gpu.add_argument("--out", type=Path, default=None, help="output folder (default runs/<timestamp>)")
-    p_gpu.add_argument("--budget-min", type=float, default=18.0, help="wall-clock budget in minutes")
+    p_gpu.add_argument("--budget-min", type=_positive_minutes, default=None,
+                       help="wall-clock budget in minutes (default 8: one device command of a 15-minute lease)")
     p_gpu.add_argument("--smoke", action="store_true", help="tiny shapes even on a GPU")
     from . import buckets, calibrate, longform, plan
 
@@ -212,9 +223,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(write_report(args.results, args.out, args.title))
         return 0
-    from .gpu_run import gpu_run
+    from .gpu_run import DEFAULT_BUDGET_MIN, gpu_run
 
-    gpu_run(args.out or _default_out(), args.budget_min, smoke=True if args.smoke else None)
+    gpu_run(args.out or _default_out(), args.budget_min or DEFAULT_BUDGET_MIN, smoke=True if args.smoke else None)
     return 0
 
 

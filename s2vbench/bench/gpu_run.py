@@ -1,15 +1,18 @@
-"""``s2vbench gpu-run``: make one GPU lease (at most 20 minutes) count.
+"""``s2vbench gpu-run``: make one GPU lease count (default budget 8 minutes: one device command).
 
-Runs in priority order and writes every result the moment it exists (atomic, incremental):
+Runs in priority order and writes every result the moment it exists (atomic, incremental); stage 2 stops
+early enough to leave stages 3 and 4 their time, and stages 5 and 6 spend whatever is left:
 1. bf16 correctness of the attention kernels at N = 32k against float64, next to torch SDPA's error;
-2. attention benchmark at Wan shapes (B=1, H=40, D=128, N 4k..80k) and the paper's 8-GPU per-rank shapes
-   (Ulysses: 44,544 tokens x 5 heads; ring: 5,568-token blocks x 40 heads), against SDPA cuDNN / flash and
-   flash-attn when it imports;
-3. the causal-conv benchmark at the real shape (T = 153);
-4. the single-GPU model report: the 14b width with 2 blocks and their 2 injectors, AC on, bf16, at 44,544
+2. attention benchmark at the paper's 8-GPU per-rank shapes (Ulysses: 44,544 tokens x 5 heads; ring:
+   5,568-token blocks x 40 heads), against SDPA cuDNN / flash and flash-attn when it imports;
+3. the single-GPU model report: the 14b width with 2 blocks and their 2 injectors, AC on, bf16, at 44,544
    tokens (48 frames of 1024x768): step time, TFLOP/s, MFU, memory, NVML power;
-5. the claim grounded on one GPU (``bench/ground.py``): rank 0's share of the 8-rank Ulysses and ring jobs
-   under a fake process group, at the paper's per-rank shapes, next to the performance model.
+4. the claim grounded on one GPU (``bench/ground.py``): rank 0's share of the 8-rank Ulysses and ring jobs
+   under a fake process group, at the paper's per-rank shapes, next to the performance model (the shipped
+   profile of the device that ran it);
+5. the causal-conv benchmark at the real shape (T = 153);
+6. the attention benchmark at Wan shapes (B=1, H=40, D=128, N 4k..80k), as far as the budget goes.
+A second run with the same ``--out`` resumes: finished points are skipped.
 Needs nothing beyond the GPU image (torch, triton); run from the repository root with ``PYTHONPATH=.``.
 Without CUDA it runs tiny shapes: torch rows are timed on CPU and Triton rows say plainly they need CUDA.
 """
@@ -25,6 +28,12 @@ from tabulate import tabulate
 from .kernels import (attention_benchmark, attention_correctness, attention_providers, conv_benchmark,
                       smoke_attention_shapes, wan_attention_shapes, wan_conv_shapes)
 from .results import Metric, Record, ResultsLog
+
+
+DEFAULT_BUDGET_MIN = 8.0
+"""Fits one device command (at most 10 min) with the machine's start inside a 15-minute lease."""
+ATTENTION_POINT_S, MODEL_STAGE_S, GROUND_STAGE_S = 60.0, 120.0, 150.0
+"""Time each stage asks to have left before it starts (s); earlier stages leave the later ones theirs."""
 
 
 class Budget:
@@ -63,7 +72,24 @@ def _summary(records: list[Record]) -> str:
                                    "bwd vs cuDNN"])
 
 
-def gpu_run(out_dir: Path, budget_minutes: float = 18.0, smoke: bool | None = None) -> Path:
+def _attention_stage(shapes, log: ResultsLog, budget: Budget, dtype: torch.dtype, device: torch.device,
+                     reserve_s: float) -> None:
+    """Every provider at each shape while the budget keeps ``reserve_s`` for later stages; one failing provider
+    (unsupported on this GPU, say) is recorded as not measured and the rest go on."""
+    for shape in shapes:
+        for provider in attention_providers(device):
+            name = f"attention/{shape.name}/{provider}/{str(dtype).replace('torch.', '')}"
+            if log.done(name) or not budget.allows(ATTENTION_POINT_S + reserve_s):
+                continue
+            try:
+                log.append(attention_benchmark(shape, provider, dtype, device))
+            except Exception as e:
+                log.append(Record("attention_kernel", name, {"shape": vars(shape), "provider": provider},
+                                  [Metric(f"{p}_time", None, "ms", f"failed: {type(e).__name__}: {e}"[:300],
+                                          status="not_measured") for p in ("fwd", "bwd", "fwd_bwd")]))
+
+
+def gpu_run(out_dir: Path, budget_minutes: float = DEFAULT_BUDGET_MIN, smoke: bool | None = None) -> Path:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     smoke = device.type != "cuda" if smoke is None else smoke
     budget = Budget(budget_minutes)
@@ -79,26 +105,12 @@ def gpu_run(out_dir: Path, budget_minutes: float = 18.0, smoke: bool | None = No
         log.append(Record("attention_correctness", "attention-correctness/needs-cuda", {},
                           [Metric("passed", None, "1", "bf16 correctness needs a GPU (the interpreter computes bf16 "
                                   "wrongly); the CPU test suite covers float32", status="not_measured")]))
-    # 2. attention benchmark: per-rank shapes of the 8-GPU run first, then the sweep over N
+    # 2. attention at the paper's per-rank shapes, leaving the model stages their time
     shapes = smoke_attention_shapes() if smoke else wan_attention_shapes()
-    shapes = sorted(shapes, key=lambda s: 0 if "rank" in s.name or "block" in s.name else 1)
-    for shape in shapes:
-        for provider in attention_providers(device):
-            name = f"attention/{shape.name}/{provider}/{str(dtype).replace('torch.', '')}"
-            if log.done(name) or not budget.allows(60):
-                continue
-            try:
-                log.append(attention_benchmark(shape, provider, dtype, device))
-            except Exception as e:  # one provider failing (e.g. unsupported on this GPU) must not lose the rest
-                log.append(Record("attention_kernel", name, {"shape": vars(shape), "provider": provider},
-                                  [Metric(f"{p}_time", None, "ms", f"failed: {type(e).__name__}: {e}"[:300],
-                                          status="not_measured") for p in ("fwd", "bwd", "fwd_bwd")]))
-    # 3. causal conv
-    for shape in wan_conv_shapes(scale=8 if smoke else 1):
-        if budget.allows(30) and not log.done(f"causal-conv/{shape.name}/{dtype}"):
-            log.append(conv_benchmark(shape, dtype, device))
-    # 4. model step and memory: on a GPU, the single-GPU report point (14b width, 2 blocks, AC, 44,544 tokens)
-    if budget.allows(180):
+    per_rank = [s for s in shapes if "rank" in s.name or "block" in s.name]
+    _attention_stage(per_rank, log, budget, dtype, device, MODEL_STAGE_S + GROUND_STAGE_S)
+    # 3. model step and memory: on a GPU, the single-GPU report point (14b width, 2 blocks, AC, 44,544 tokens)
+    if budget.allows(MODEL_STAGE_S):
         from .points import Point
         from .sweep import failure_record, point_record
         from .worker import run_point_rank
@@ -113,12 +125,17 @@ def gpu_run(out_dir: Path, budget_minutes: float = 18.0, smoke: bool | None = No
                                                          timeout_s=max(60.0, budget.left_s() - 30))))
             except (RankFailed, TimeoutError) as e:
                 log.append(failure_record(point, e))
-    # 5. rank 0's share of the 8-GPU job: compute measured, communication modelled
+    # 4. rank 0's share of the 8-GPU job: compute measured, communication modelled
     from .ground import ground_points, run_ground
 
     points = ground_points(world=8 if device.type == "cuda" else 2, on_gpu=device.type == "cuda")
-    if budget.allows(240):
+    if budget.allows(GROUND_STAGE_S):
         run_ground(points, log, timeout_s=max(60.0, budget.left_s() - 30))
+    # 5. causal conv, 6. what is left of the lease: the attention sweep over N
+    for shape in wan_conv_shapes(scale=8 if smoke else 1):
+        if budget.allows(30) and not log.done(f"causal-conv/{shape.name}/{dtype}"):
+            log.append(conv_benchmark(shape, dtype, device))
+    _attention_stage([s for s in shapes if s not in per_rank], log, budget, dtype, device, 0.0)
     print(_summary(log.records))
     print(f"results: {log.path} ({len(log.records)} records, device {log.environment.get('device')})")
     return log.path

@@ -41,19 +41,20 @@ def ground_rank(rank: int, _world: int, point_dict: dict) -> dict:
     return out
 
 
-def ground_record(point: Point, result: dict, hw_name: str = "h100-sxm") -> Record:
-    """Measured rank-0 compute next to the model's, and the grounded full-depth estimate."""
+def ground_record(point: Point, result: dict, hw_name: str | None = None) -> Record:
+    """Measured rank-0 compute next to the model's, and the grounded full-depth estimate, on ``hw_name``'s
+    profile (default: the shipped profile of the device that ran it, H100 SXM when it has none)."""
     import statistics
 
     from ..model.config import get_preset
     from ..model.sequence import clip_layout
     from .perfmodel import Strategy, predict_training
-    from .profiles import load_profile
+    from .profiles import load_profile, profile_for_device
 
-    hw = load_profile(hw_name)
+    hw = load_profile(hw_name or profile_for_device(result.get("device_name")))
     clip = point.clip()
     dp, u, r = point.degrees
-    st = Strategy(dp, u, r, point.ac, point.dtype)
+    st = Strategy(dp, u, r, point.ac, point.dtype, dp_replicate=point.dp_replicate)
     small_cfg = get_preset(point.preset).model
     lay = clip_layout(small_cfg, clip)
     measured = statistics.median(result["times"])

@@ -177,6 +177,15 @@ def shipped_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.json"))
 
 
+def profile_for_device(device_name: str | None, default: str = "h100-sxm") -> str:
+    """The shipped profile of a CUDA device name (``NVIDIA H200`` -> ``h200``); ``default`` for any other."""
+    name = (device_name or "").upper()
+    for key, profile in (("H200", "h200"), ("A100", "a100-80gb"), ("H100", "h100-sxm")):
+        if key in name:
+            return profile
+    return default
+
+
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
     """A shipped profile by name (``h100-sxm``, ``h200``, ``a100-80gb``), a JSON file of one, or the
     ``calibration.json`` of ``s2vbench run`` (its fitted CPU profile)."""
@@ -200,5 +209,6 @@ __all__ = [
     "Link",
     "ProfileError",
     "load_profile",
+    "profile_for_device",
     "shipped_profiles",
 ]
