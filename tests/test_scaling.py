@@ -80,3 +80,21 @@ def test_scaling_through_torchrun(tmp_path):
         assert r.metric("step_time").value > 0 and r.metric("compute_time").value > 0
         assert r.config["world"] == 2 and r.environment["torch"]
     assert (out / "report.md").exists() and (out / "speedup.png").exists()
+
+
+def test_cli_lists_and_positive_numbers_are_checked(capsys):
+    import argparse
+
+    from s2vbench.bench.cli import _positive_ints, _positive_minutes, _token_list, positive_int
+
+    assert _positive_ints("1, 8", "--dp-replicate") == [1, 8] and _token_list(None) == [None]
+    for bad in ("", "0", "2,-1", "x"):
+        with pytest.raises(SystemExit, match="--dp-replicate takes comma-separated positive integers"):
+            _positive_ints(bad, "--dp-replicate")
+    with pytest.raises(SystemExit, match="--tokens takes"):
+        _token_list("44544,0")
+    assert positive_int("3") == 3 and _positive_minutes("0.5") == 0.5
+    for parse, bad, what in ((positive_int, "0", "a positive integer"), (positive_int, "2.5", "a positive integer"),
+                             (_positive_minutes, "-1", "minutes"), (_positive_minutes, "nan", "minutes")):
+        with pytest.raises(argparse.ArgumentTypeError, match=what):
+            parse(bad)

@@ -39,47 +39,37 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"takes a positive integer, got {text!r}")
-    return value
+def _positive(convert, what: str):
+    """An argparse type: ``convert`` the text and refuse anything not above 0, naming ``what`` it takes."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = 0
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"takes {what}, got {text!r}")
+        return value
+    return parse
 
 
-def _token_list(text: str | None) -> list[int | None]:
-    """``--tokens 20000,44544`` -> [20000, 44544]; absent -> [None] (the clip of frames/height/width)."""
-    if text is None:
-        return [None]
-    try:
-        values = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise SystemExit(f"--tokens takes comma-separated positive integers, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise SystemExit(f"--tokens takes comma-separated positive integers, got {text!r}")
-    return values
+positive_int = _positive(int, "a positive integer")
+_positive_minutes = _positive(float, "a positive number of minutes")
 
 
-def _positive_minutes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"takes a positive number of minutes, got {text!r}")
-    return value
-
-
-def _replicas(text: str) -> list[int]:
+def _positive_ints(text: str, flag: str) -> list[int]:
+    """``20000,44544`` -> [20000, 44544]; anything else exits naming ``flag``."""
     try:
         values = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         values = []
     if not values or any(v <= 0 for v in values):
-        raise SystemExit(f"--dp-replicate takes comma-separated positive integers, got {text!r}")
+        raise SystemExit(f"{flag} takes comma-separated positive integers, got {text!r}")
     return values
+
+
+def _token_list(text: str | None) -> list[int | None]:
+    """``--tokens 20000,44544`` -> [20000, 44544]; absent -> [None] (the clip of frames/height/width)."""
+    return [None] if text is None else _positive_ints(text, "--tokens")
 
 
 def _scaling(args: argparse.Namespace, argv: list[str]) -> int:
@@ -103,7 +93,7 @@ def _scaling(args: argparse.Namespace, argv: list[str]) -> int:
                                      attention_backend=args.attention_backend, frames=args.frames,
                                      height=args.height, width=args.width, trace=args.trace,
                                      grad_accum=args.grad_accum, inference=args.inference, compile=args.compile,
-                                     tokens=_token_list(args.tokens), dp_replicate=_replicas(args.dp_replicate))
+                                     tokens=_token_list(args.tokens), dp_replicate=_positive_ints(args.dp_replicate, "--dp-replicate"))
     if args.sbatch:
         rest = [a for a in argv if a != "--sbatch"]
         print(render_sbatch(f"s2vbench-{name}", args.nodes, args.gpus_per_node, ["python", "-m", "s2vbench", *rest]))

@@ -64,8 +64,8 @@ def sweep_points(preset: str, gpus: list[int], strategies: list[str], global_bat
         except ValueError as e:
             notes.append(f"skipped {p.name}: {e}")
             continue
-        same = next((q for q in points if q.world == p.world and q.degrees == p.degrees
-                     and dataclasses.replace(q, strategy=p.strategy) == p), None)
+        same = next((q for q in points if q.degrees == p.degrees and dataclasses.replace(q, strategy=p.strategy) == p),
+                    None)
         if same is not None:  # e.g. ulysses and ring on one rank per replica group
             notes.append(f"skipped {p.name}: the same ranks and degrees as {same.name}")
             continue

@@ -105,7 +105,7 @@ def point_record(point: Point, results: list[dict]) -> Record:
     metrics.append(Metric("saved_activations", max(r["real"]["saved_activation_bytes"] for r in results) / GIB,
                           "GiB", "max over ranks: tensors saved for backward in one step, deduplicated by storage, "
                                  "parameters excluded (saved-tensor hooks)"))
-    shards = 1 if point.strategy == "single" else point.world // point.dp_replicate
+    shards = point.parallel_config().shard_group_size
     for part, value in training_state_bytes(preset.model, shards).items():
         metrics.append(Metric(f"analytic_{part}", value / GIB, "GiB",
                               "float32, sharded by FSDP over all ranks (over one replica group's under HSDP)",
@@ -115,8 +115,8 @@ def point_record(point: Point, results: list[dict]) -> Record:
     if point.strategy != "single":  # per micro-batch, times the micro-batches; one loss all-reduce per step
         ga = point.grad_accum
         per_micro = training_step_comm_volume(preset.model, layout, point.micro_batch, u, r, elem_bytes=4)
-        per_micro.update(fsdp_comm_volume(preset.model, point.world // point.dp_replicate, 4, 4,
-                                          with_motion=clip.with_motion, replicate=point.dp_replicate))
+        per_micro.update(fsdp_comm_volume(preset.model, shards, 4, 4, with_motion=clip.with_motion,
+                                          replicate=point.dp_replicate))
         analytic = {k: (v if k == "all_reduce" else CommVolume(v.calls * ga, v.bytes_sent * ga))
                     for k, v in per_micro.items()}
     kinds = set(analytic) | {k for res in results for k in res["real"]["comm"]}
