@@ -375,6 +375,8 @@ def test_plan_shows_every_rank_and_rejects_bad_configs(tmp_path):
     hsdp = describe_plan(Workload("14b", 48, 1024, 768, 4), Strategy(2, 2, 1, dp_replicate=2), load_profile("h100-sxm"))
     row7 = next(line for line in hsdp.splitlines() if line.startswith("|      7 |"))
     assert [c.strip() for c in row7.split("|")[1:8]] == ["7", "0", "1", "3", "0", "1", "[22,272, 44,544)"]
+    row5 = next(line for line in hsdp.splitlines() if line.startswith("|      5 |"))  # replica 1, dp index 2
+    assert [c.strip() for c in row5.split("|")[1:5]] == ["5", "0", "1", "2"]
     assert "replicated across the 2 groups (HSDP)" in hsdp
     plan.write_text('preset = "14b"\nframes = 50\n')
     with pytest.raises(PlanError, match="multiple of 4"):
