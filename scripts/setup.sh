@@ -7,7 +7,17 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
+# pip byte-compiles each file in turn as it installs; one parallel pass at the end does the same on every core.
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-    .venv/bin/pip install --quiet "torch==2.13.0"
+    .venv/bin/pip install --quiet --no-compile "torch==2.13.0"
 fi
-.venv/bin/pip install --quiet -e ".[test]"
+# uv resolves and unpacks the rest in seconds where pip takes over a minute; it keeps the torch above, which
+# satisfies pyproject's range. Where uv cannot be fetched or fails, pip does the same, more slowly.
+if ! { .venv/bin/pip install --quiet --no-compile uv 2>/dev/null \
+        && .venv/bin/uv pip install --quiet --python .venv/bin/python -e ".[test]"; }; then
+    .venv/bin/pip install --quiet --no-compile -e ".[test]"
+fi
+# Every rank a run spawns imports torch afresh: uncompiled, with PYTHONDONTWRITEBYTECODE set, that costs
+# seconds per process. A few vendored files are not valid Python 3 and fail to compile; that is expected.
+site=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+.venv/bin/python -m compileall -q -j 0 "$site" >/dev/null 2>&1 || true

@@ -224,14 +224,14 @@ def _synthetic_round(scale: float) -> dict:
             "attention_backward": [(1e7, 5e10 * scale)], "memory_bandwidth": 2e10 * scale,
             "skew_samples": [(w, 1e-3 + 0.05 * w) for w in (2e-3, 8e-3, 3e-2, 0.12)],
             "loaded_collectives": [(k, n, 2e-3, 1e-3 + 0.05 * 2e-3 + n / 1e9 / scale)
-                                   for k in ("all_gather", "reduce_scatter", "all_to_all", "p2p") for n in sizes]}
+                                   for k in ("all_gather", "reduce_scatter", "all_to_all", "p2p") for n in sizes],
+            "op_overhead": 7e-6, "op_overhead_sharded": 14e-6}
 
 
 def test_interrupted_calibration_resumes_from_its_finished_rounds(tmp_path, monkeypatch):
     import json
 
     import s2vbench.bench.calibrate as cal
-    import s2vbench.parallel.launch as launch
 
     calls = []
 
@@ -242,8 +242,6 @@ def test_interrupted_calibration_resumes_from_its_finished_rounds(tmp_path, monk
         return _synthetic_round(float(len(calls)))
 
     monkeypatch.setattr(cal, "_measure_round", measure)
-    monkeypatch.setattr(cal, "op_overhead", lambda hw: 7e-6)
-    monkeypatch.setattr(launch, "run_ranks", lambda fn, world, *a, **k: [14e-6])
     checkpoint = tmp_path / "calibration_rounds.json"
     with pytest.raises(KeyboardInterrupt):
         cal.calibrate_cpu(rounds=3, checkpoint=checkpoint)
@@ -268,6 +266,36 @@ def test_interrupted_calibration_resumes_from_its_finished_rounds(tmp_path, monk
     checkpoint.write_text(json.dumps(doc))
     with pytest.raises(cal.CalibrationError, match="this machine"):
         cal.calibrate_cpu(rounds=3, checkpoint=checkpoint)
+
+
+def test_calibration_rounds_after_the_first_start_only_while_they_fit_the_deadline(monkeypatch):
+    import s2vbench.bench.calibrate as cal
+
+    clock = [100.0]
+    lengths = iter([40.0, 60.0, 10.0])  # seconds each round takes on the fake clock
+
+    def measure(world, timeout_s):
+        clock[0] += next(lengths)
+        return _synthetic_round(1.0)
+
+    monkeypatch.setattr(cal, "_measure_round", measure)
+    monkeypatch.setattr(cal.time, "monotonic", lambda: clock[0])
+    # rounds end at 140 and 200; a third, at the 60 s the longest took, would end at 260 > 250
+    prof, raw = cal.calibrate_cpu(rounds=3, deadline=250.0)
+    assert len(raw["rounds"]) == 2 and clock[0] == 200.0
+    assert raw["rounds_cut"].startswith("2 of the 3 rounds") and "60 s" in raw["rounds_cut"]
+    assert "medians over 2 rounds" in prof.sources["rank_skew"]
+    section = cal.calibration_markdown(prof, raw, [], {"points": 0, "counted": 0, "time_mean_abs_error": None,
+                                                       "time_max_abs_error": None, "memory_mean_abs_error": None,
+                                                       "memory_max_abs_error": None, "elementwise_factor": 1.0})
+    assert "ran 2 independent rounds" in section and "stopped at 2 of the 3 rounds" in section
+    # a deadline already past still gets the one round a profile needs; no deadline runs them all
+    clock[0], lengths = 1000.0, iter([5.0, 5.0, 5.0])
+    _, raw = cal.calibrate_cpu(rounds=3, deadline=0.0)
+    assert len(raw["rounds"]) == 1 and raw["rounds_cut"].startswith("1 of the 3")
+    lengths = iter([5.0, 5.0, 5.0])
+    _, raw = cal.calibrate_cpu(rounds=3)
+    assert len(raw["rounds"]) == 3 and raw["rounds_cut"] is None
 
 
 def test_one_rank_inference_is_validated_beside_training():

@@ -127,8 +127,8 @@ def op_overhead(hw: HardwareProfile, dp_shard: int = 1) -> float:
     widths (``perfmodel.toy_config``: 32 wide, 2 heads), less what ``hw`` predicts for its matmuls, attention
     and traffic, over the ops it dispatches. The toy step's own mix of module calls, autograd nodes, views and
     small kernels is what the host pays per op in the model's steps; a chain of bare ops pays less than half.
-    With ``dp_shard`` > 1 the step runs under FSDP in the process group already initialized (the fake one:
-    :func:`op_overhead_rank`)."""
+    With ``dp_shard`` > 1 the step runs under FSDP in the process group already initialized (the fake one, as
+    :func:`collective_rank` does it)."""
     from ..model import clip_layout, get_preset
     from ..parallel import ParallelConfig
     from .analytic import count_dispatched_ops
@@ -145,15 +145,6 @@ def op_overhead(hw: HardwareProfile, dp_shard: int = 1) -> float:
                               "elementwise_factor": 1.0})
     pred = predict_training(toy, lay, Strategy(dp_shard, ac=False, dtype="float32"), bare, dp_shard)
     return max(t - pred.compute - pred.other, 0.0) / ops  # no communication: the fake group's collectives are no-ops
-
-
-def op_overhead_rank(rank: int, world: int, hw: HardwareProfile, dp_shard: int = 2) -> float:
-    """Called by ``run_ranks(op_overhead_rank, 1, hw)``: :func:`op_overhead` as rank 0 of ``dp_shard`` FSDP ranks
-    under the fake process group (``HardwareProfile.op_overhead_sharded``)."""
-    from ..parallel.launch import join_fake_group
-
-    join_fake_group(dp_shard)
-    return op_overhead(hw, dp_shard)
 
 
 COLLECTIVE_SIZES = (2 ** 14, 2 ** 18, 2 ** 21, 2 ** 23)
@@ -190,14 +181,23 @@ def _loaded_extra(fn, work: int, iterations: int, repeats: int = 3) -> tuple[flo
     return base, statistics.median(with_) - base
 
 
-def collective_rank(rank: int, world: int) -> dict:
+SHARDED_OVERHEAD_RANKS = 2
+"""FSDP ranks of the toy step that measures ``HardwareProfile.op_overhead_sharded``."""
+
+
+def collective_rank(rank: int, world: int, compute: dict | None = None) -> dict:
     """Collectives as a training step meets them, between stretches of compute on every rank:
 
     * ``skew``: (seconds of compute between two small all-reduces, seconds each all-reduce adds) for
       ``SKEW_WORK``: on shared cores ranks drift apart, and a collective waits for the slowest in proportion
       to the compute since the last one;
     * ``collectives``: (kind, bytes, seconds added) of all_gather, reduce_scatter, all_to_all and p2p after
-      ``COLLECTIVE_WORK`` matmuls, across ``COLLECTIVE_SIZES``."""
+      ``COLLECTIVE_WORK`` matmuls, across ``COLLECTIVE_SIZES``.
+
+    Given this round's ``compute`` samples (matmul, attention, memory bandwidth), rank 0 then leaves gloo for
+    the fake process group and adds ``op_overhead_sharded``: :func:`op_overhead` as rank 0 of
+    ``SHARDED_OVERHEAD_RANKS`` FSDP ranks, measured alone (the other ranks have returned), in this process
+    rather than a fresh one, which would cost a spawn and torch's import each round."""
     import torch.distributed as dist
 
     small = torch.zeros(256)
@@ -228,7 +228,17 @@ def collective_rank(rank: int, world: int) -> dict:
         for kind, fn in (("all_gather", ag), ("reduce_scatter", rs), ("all_to_all", a2a), ("p2p", p2p)):
             work, t = _loaded_extra(fn, COLLECTIVE_WORK, 8 if nbytes > 2 ** 20 else 20)
             out.append((kind, nbytes, work, t / 2 if kind == "p2p" else t))  # p2p: a round trip is two messages
-    return {"skew": skew, "collectives": out}
+    result = {"skew": skew, "collectives": out}
+    if compute is not None:
+        dist.barrier()
+        if rank == 0:
+            from ..parallel.launch import join_fake_group
+
+            # the link this rank fits alone is not used: the fake group's collectives cost nothing
+            prof, _ = _cpu_profile({**compute, "skew_samples": skew, "loaded_collectives": out}, world)
+            join_fake_group(SHARDED_OVERHEAD_RANKS)
+            result["op_overhead_sharded"] = op_overhead(prof, SHARDED_OVERHEAD_RANKS)
+    return result
 
 
 def _reduce_repeats(repeats: list, reduce, where: str = "samples"):
@@ -324,13 +334,18 @@ CALIBRATION_ROUNDS = 3
 
 
 def _measure_round(world: int, timeout_s: float) -> dict:
-    """One round of every CPU microbenchmark but the host's per-op cost (which needs a profile)."""
+    """One round of every CPU microbenchmark."""
     from ..parallel.launch import run_ranks
 
-    mm, at, at_bwd, bw = matmul_sweep(), attention_sweep(), attention_backward_sweep(), memory_bandwidth()
-    loaded = _reduce_repeats(run_ranks(collective_rank, world, timeout_s=timeout_s), statistics.fmean)
-    return {"matmul": mm, "attention": at, "attention_backward": at_bwd, "memory_bandwidth": bw,
-            "skew_samples": loaded["skew"], "loaded_collectives": loaded["collectives"]}
+    m = {"matmul": matmul_sweep(), "attention": attention_sweep(), "attention_backward": attention_backward_sweep(),
+         "memory_bandwidth": memory_bandwidth()}
+    ranks = run_ranks(collective_rank, world, m, timeout_s=timeout_s)
+    sharded = ranks[0].pop("op_overhead_sharded")
+    loaded = _reduce_repeats(ranks, statistics.fmean)
+    m.update(skew_samples=loaded["skew"], loaded_collectives=loaded["collectives"])
+    prof, _ = _cpu_profile(m, world)
+    m.update(op_overhead=op_overhead(prof), op_overhead_sharded=sharded)
+    return m
 
 
 def _cpu_profile(m: dict, world: int, rounds: int = 1, dates: str | None = None) -> tuple[HardwareProfile, dict]:
@@ -420,14 +435,16 @@ def _finished_rounds(checkpoint, world: int) -> tuple[list[dict], list[str]]:
 
 
 def calibrate_cpu(world: int = 2, rounds: int = CALIBRATION_ROUNDS, timeout_s: float = 300.0,
-                  checkpoint=None, progress: bool = False) -> tuple[HardwareProfile, dict]:
+                  checkpoint=None, progress: bool = False,
+                  deadline: float | None = None) -> tuple[HardwareProfile, dict]:
     """A profile of this CPU as the harness uses it (one thread per rank, gloo between ranks): ``rounds``
     independent rounds of every microbenchmark, each figure the median over them (a shared CPU drifts by tens
     of percent between rounds minutes apart; the spread is in ``raw["rounds"]``). Fitted figures (rank skew,
     alpha and beta) are fitted to the samples' medians. With a ``checkpoint`` file, each finished round is
     written to it at once, and a calibration interrupted before its last round resumes from the rounds there
-    (on the same machine, torch and sweeps)."""
-    from ..parallel.launch import run_ranks
+    (on the same machine, torch and sweeps). With a ``deadline`` (``time.monotonic()``), a round after the
+    first starts only if it would end by then, at the length of the longest round measured so far in this
+    call; ``raw["rounds_cut"]`` then says how many of ``rounds`` ran and why."""
     from .results import atomic_write_json
 
     if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
@@ -438,15 +455,21 @@ def calibrate_cpu(world: int = 2, rounds: int = CALIBRATION_ROUNDS, timeout_s: f
         print(f"calibration: resuming {len(measured)} finished round(s) from {checkpoint}", flush=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    longest = 0.0  # the longest round measured in this call: what the next one is expected to take
+    cut = None
     try:
         while len(measured) < rounds:
+            if measured and deadline is not None and time.monotonic() + longest > deadline:
+                cut = (f"{len(measured)} of the {rounds} rounds asked for: one more, at the {longest:.0f} s the "
+                       f"longest so far took, would have ended after the run's time budget")
+                if progress:
+                    print(f"calibration: stopping after {cut}", flush=True)
+                break
             if progress:
                 print(f"calibration round {len(measured) + 1}/{rounds}", flush=True)
-            m = _measure_round(world, timeout_s)
-            prof, _ = _cpu_profile(m, world)
-            m["op_overhead"] = op_overhead(prof)
-            m["op_overhead_sharded"] = run_ranks(op_overhead_rank, 1, prof, timeout_s=timeout_s)[0]
-            measured.append(m)
+            start = time.monotonic()
+            measured.append(_measure_round(world, timeout_s))
+            longest = max(longest, time.monotonic() - start)
             times.append(_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
             if checkpoint is not None:
                 atomic_write_json(checkpoint, {"key": _checkpoint_key(world), "measured_utc": times,
@@ -459,8 +482,9 @@ def calibrate_cpu(world: int = 2, rounds: int = CALIBRATION_ROUNDS, timeout_s: f
         raise CalibrationError(f"the calibration rounds cannot be combined ({e}); delete {checkpoint} to "
                                f"calibrate afresh") from None
     days = sorted({t[:10] for t in times})
-    prof, fitted = _cpu_profile(median, world, rounds, days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}")
-    raw = {**median, **fitted, "measured_utc": times,
+    prof, fitted = _cpu_profile(median, world, len(measured),
+                                days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}")
+    raw = {**median, **fitted, "measured_utc": times, "rounds_cut": cut,
            "rounds": [_round_figures(_cpu_profile(m, world)[0]) for m in measured]}
     return prof, raw
 
@@ -671,6 +695,8 @@ def calibration_markdown(hw: HardwareProfile, raw: dict, rows: list[ValidationRo
               f"{link.latency * 1e6:.0f} us, beta {link.bandwidth / 1e9:.2f} GB/s, residual "
               f"{raw['link_residual']['pooled']:.0%}):"), "",
              _link_table(link, raw["collectives"]), "", *_spread_lines(raw.get("rounds", [])),
+             *([f"The calibration stopped at {raw['rounds_cut']} (`--budget-min` sets it, "
+                f"`--calibration-rounds` the rounds asked for).", ""] if raw.get("rounds_cut") else []),
              ("Validation (leave-one-out: each point's elementwise factor is fitted on the other counted points' "
               "compute-only times; "
              f"a point counts when its step-time IQR/median < {NOISE_LIMIT:.0%}):"), ""]
@@ -714,11 +740,12 @@ def validation_points() -> list:
             Point("small", 1, "single", global_batch=1, frames=16, steps=5, inference=True)]
 
 
-def calibrate_and_validate(out, results_paths: list, progress: bool = True,
-                           rounds: int = CALIBRATION_ROUNDS) -> str:
-    """Run the validation points and the CPU calibration (``rounds`` rounds, each kept in
-    ``calibration_rounds.json`` as it finishes); write ``validation.json`` and ``calibration.json`` into
-    ``out``; return the report section. A re-run resumes both."""
+def calibrate_and_validate(out, results_paths: list, progress: bool = True, rounds: int = CALIBRATION_ROUNDS,
+                           deadline: float | None = None) -> str:
+    """Run the validation points and the CPU calibration (up to ``rounds`` rounds, each kept in
+    ``calibration_rounds.json`` as it finishes; those after the first only while they end by ``deadline``);
+    write ``validation.json`` and ``calibration.json`` into ``out``; return the report section. A re-run
+    resumes both."""
     from pathlib import Path
 
     from .results import atomic_write_json, read_results
@@ -726,7 +753,8 @@ def calibrate_and_validate(out, results_paths: list, progress: bool = True,
 
     out = Path(out)
     val = run_sweep(validation_points(), out / "validation.json", progress=progress)
-    prof, raw = calibrate_cpu(rounds=rounds, checkpoint=out / "calibration_rounds.json", progress=progress)
+    prof, raw = calibrate_cpu(rounds=rounds, checkpoint=out / "calibration_rounds.json", progress=progress,
+                              deadline=deadline)
     records = [r for p in [*results_paths, val.path] for r in read_results(p)]
     rows, summary = validate(records, prof)
     prof = HardwareProfile(**{**prof.__dict__, "elementwise_factor": summary["elementwise_factor"]})

@@ -16,11 +16,19 @@ def _default_out() -> Path:
     return Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
+RUN_BUDGET_MIN = 7.5
+"""Minutes `s2vbench run` aims to finish in, so that set-up and run stay under 10 minutes on a fresh 2-core
+machine: calibration rounds after the first start only while they fit."""
+
+
 def _run(args: argparse.Namespace) -> int:
+    import time
+
     from .points import default_cpu_points
     from .report import write_report
     from .sweep import run_sweep
 
+    deadline = time.monotonic() + 60 * args.budget_min
     out = args.out or _default_out()
     cores = os.cpu_count() or 1
     points = default_cpu_points(cores, args.preset)
@@ -33,7 +41,8 @@ def _run(args: argparse.Namespace) -> int:
         from .calibrate import calibrate_and_validate
         from .results import atomic_write_text
 
-        section = calibrate_and_validate(out, [log.path], progress=not args.quiet, rounds=args.calibration_rounds)
+        section = calibrate_and_validate(out, [log.path], progress=not args.quiet, rounds=args.calibration_rounds,
+                                         deadline=deadline)
         atomic_write_text(report, Path(report).read_text() + "\n" + section)
     print(f"results: {log.path}\nreport:  {report}")
     return 0
@@ -122,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     p_run = sub.add_parser("run", help="the main job: iteration time, speed-up, memory and bytes at 1 and 2 ranks "
                                        "for single/fsdp/ulysses/ring (CPU, gloo), then the report")
     p_run.add_argument("--preset", default="small", help="model preset (default small)")
-    p_run.add_argument("--steps", type=int, default=None, help="timed steps per point (default 3)")
+    p_run.add_argument("--steps", type=positive_int, default=None, help="timed steps per point (default 3)")
     p_run.add_argument("--out", type=Path, default=None, help="output folder (default runs/<timestamp>); an "
                                                               "existing one is resumed")
     p_run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -130,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
                        help="skip the performance model's calibration and validation (about 2 min)")
     p_run.add_argument("--calibration-rounds", type=positive_int, default=CALIBRATION_ROUNDS,
                        help=f"independent calibration rounds, each figure their median (default "
-                            f"{CALIBRATION_ROUNDS}, about 30 s each)")
+                            f"{CALIBRATION_ROUNDS}, 30 to 60 s each)")
+    p_run.add_argument("--budget-min", type=_positive_minutes, default=RUN_BUDGET_MIN,
+                       help=f"minutes the run aims to take (default {RUN_BUDGET_MIN}): the sweep, the validation "
+                            f"points and one calibration round always run, further rounds only while they fit; "
+                            f"the report says when rounds were cut")
     p_rep = sub.add_parser("report", help="markdown report with tables and plots from results files")
     p_rep.add_argument("results", nargs="+", type=Path)
     p_rep.add_argument("--out", type=Path, required=True, help="folder for report.md and its plots")

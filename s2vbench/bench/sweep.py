@@ -59,7 +59,10 @@ def point_record(point: Point, results: list[dict]) -> Record:
         if results[0]["compute"] is not None:
             compute, _ = _median_max_over_ranks([r["compute"]["times"] for r in results])
             metrics.append(Metric("compute_time", compute, "s",
-                                  "same ranks and shapes with every collective a no-op (torch fake process group)"))
+                                  f"same ranks and shapes with every collective a no-op (torch fake process group), "
+                                  f"median over {point.steps} steps run after the real ones in the same process ("
+                                  + (f"{point.warmup} warm-up step(s) absorb recompilation)" if point.compile else
+                                     "no warm-up of its own: the real steps warmed the process)")))
             metrics.append(Metric("exposed_comm", max(0.0, step - compute), "s", "step_time - compute_time",
                                   stats={"share": max(0.0, step - compute) / step}))
         else:

@@ -106,7 +106,10 @@ def _compile_seconds() -> float:
     return calculate_time_spent().get("total_wall_time", 0.0)
 
 
-def _run_steps(point: Point, device: torch.device, timed: bool, count: bool, trace_dir: str | None = None) -> dict:
+def _run_steps(point: Point, device: torch.device, timed: bool, count: bool, trace_dir: str | None = None,
+               warmup: int | None = None) -> dict:
+    """``warmup`` (default the point's) untimed steps, then ``point.steps`` timed ones, on a fresh model."""
+    warmup = point.warmup if warmup is None else warmup
     preset = get_preset(point.preset)
     torch.manual_seed(0)
     model = WanS2V(preset.model).to(device)
@@ -129,13 +132,13 @@ def _run_steps(point: Point, device: torch.device, timed: bool, count: bool, tra
     timer = StepTimer(device)
     times: list[float] = []
     losses: list[float] = []
-    total = point.warmup + point.steps
+    total = warmup + point.steps
     sampler = _nvml_sampler(device) if timed else None
     with sampler if sampler is not None else contextlib.nullcontext():
         for step in range(total):
             batch.sample_index = data_parallel_sample_indices(step, dp_rank, dp, point.batch_per_rank)
             b = _micro_batches(batch.to(device), point.grad_accum)
-            if step >= point.warmup and timed:
+            if step >= warmup and timed:
                 with timer.time(times):
                     losses.append(_oom_checked(step_fn, device, model, opt, b, step, cfg))
             else:
@@ -190,7 +193,9 @@ def run_point_rank(rank: int, world: int, point_dict: dict) -> dict:
 
         dist.barrier()
         join_fake_group(world, rank)
-        compute = _run_steps(point, device, timed=True, count=False)
+        # The real pass has warmed this process up (a first step here runs as fast as the last: measured);
+        # a compiled model is compiled afresh, so it warms up again.
+        compute = _run_steps(point, device, timed=True, count=False, warmup=point.warmup if point.compile else 0)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"rank": rank, "real": real, "compute": compute, "peak_rss": peak_rss_bytes(), "device_name": name}
 
