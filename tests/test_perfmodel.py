@@ -141,7 +141,7 @@ def test_hsdp_by_hand():
     hsdp = predict_training(cfg, lay, Strategy(ulysses=8, ac=True, dp_replicate=4), hw, global_batch=4)
     node = predict_training(cfg, lay, Strategy(ulysses=8, ac=True), hw, global_batch=1)
     flat = predict_training(cfg, lay, Strategy(dp_shard=4, ulysses=8, ac=True), hw, global_batch=4)
-    assert hsdp.strategy.world == 32 and hsdp.strategy.label.startswith("rep4-dp1-u8")
+    assert hsdp.strategy.world_size == 32 and hsdp.strategy.label.startswith("rep4-dp1-u8")
     assert hsdp.memory["params"] == pytest.approx(4 * n / 8) and flat.memory["params"] == pytest.approx(4 * n / 32)
     units, root = fsdp_unit_params(cfg)
     want = sum(collective_time("all_reduce", u * 4 / 8, 4, hw.inter_node) for u in [*units, root])

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from ..model.config import WanS2VConfig
 from ..model.sequence import SequenceLayout
-from ..parallel.mesh import ParallelConfig
+from ..parallel.mesh import MeshDegrees, ParallelConfig
 from .analytic import (
     ForwardFlops,
     activation_bytes,
@@ -79,7 +79,7 @@ class PlanError(ValueError):
 
 
 @dataclass(frozen=True)
-class Strategy:
+class Strategy(MeshDegrees):
     """How the job is split, in the order ``parallel.parallelize`` applies it: ``parallel.ParallelConfig``'s
     degrees plus what only the model needs (dtype, accumulation, offload)."""
 
@@ -101,27 +101,9 @@ class Strategy:
     """HSDP replica groups (outermost): the sharding above is replicated, gradients all-reduced across groups."""
 
     @property
-    def cp(self) -> int:
-        return self.ulysses * self.ring
-
-    @property
-    def dp(self) -> int:
-        """Data-parallel degree: replicas that see different clips."""
-        return self.dp_replicate * self.dp_shard
-
-    @property
-    def shard_group(self) -> int:
-        """Ranks one parameter is sharded over (FSDP's gathers and reduce-scatters run inside it)."""
-        return self.dp_shard * self.cp
-
-    @property
     def elem_bytes(self) -> int:
         """Bytes per element of the compute dtype (the bf16 layers in flight, the exchanged activations)."""
         return 2 if self.dtype == "bfloat16" else 4
-
-    @property
-    def world(self) -> int:
-        return self.dp_replicate * self.shard_group
 
     def parallel_config(self) -> ParallelConfig:
         """The degrees as the real job's configuration (one validation for both)."""
@@ -200,11 +182,11 @@ class Prediction:
 
     @property
     def mfu(self) -> float:
-        return self.model_flops / (self.time * self.strategy.world * self.peak_flops)
+        return self.model_flops / (self.time * self.strategy.world_size * self.peak_flops)
 
     @property
     def samples_per_s_per_gpu(self) -> float:
-        return self.global_batch / self.time / self.strategy.world
+        return self.global_batch / self.time / self.strategy.world_size
 
 
 # ---- communication ------------------------------------------------------------------------------------
@@ -295,7 +277,7 @@ def _layer_times(cfg: WanS2VConfig, layout: SequenceLayout, micro: int, st: Stra
     units = unit_ops(cfg, layout, micro, st.ulysses, st.ring)
     fwd = [sum(op_time(o, hw) for o in ops) for ops in units]
     bwd = [sum(op_time(o, hw, backward=True) for o in ops) for ops in units]
-    kept = {"self attention"} if st.world > 1 else set()
+    kept = {"self attention"} if st.world_size > 1 else set()
     recompute = [sum(op_time(o, hw) for o in ops if o.name not in kept) if st.ac else 0.0 for ops in units]
     outside_flops = micro * max(0.0, ff.matmul + ff.cross_attention - _layers_flops(cfg, layout))
     return fwd, bwd, recompute, outside_flops / (hw.peak_flops * hw.matmul(outside_flops / 16))
@@ -476,7 +458,7 @@ def _check(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, global_batch
     from ..parallel.mesh import ParallelConfigError
 
     try:
-        st.parallel_config().validate(st.world, cfg.num_heads, layout.total)
+        st.parallel_config().validate(st.world_size, cfg.num_heads, layout.total)
     except ParallelConfigError as exc:
         raise PlanError(str(exc)) from None
     if not isinstance(st.grad_accum, int) or st.grad_accum < 1:
@@ -518,13 +500,13 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
     pred.elementwise = st.grad_accum * elementwise * hw.elementwise_factor
     pred.other = pred.elementwise
     n_params = parameter_count(cfg)
-    pred.other += OPTIMIZER_PASSES * 4 * n_params / st.shard_group / hw.memory_bandwidth
-    per_op = hw.op_overhead_sharded if st.world > 1 else hw.op_overhead
+    pred.other += OPTIMIZER_PASSES * 4 * n_params / st.shard_group_size / hw.memory_bandwidth
+    per_op = hw.op_overhead_sharded if st.world_size > 1 else hw.op_overhead
     if per_op > 0:
         # HSDP dispatches as FSDP over its data-parallel ranks, plus one all-reduce per unit (not counted)
         per_micro, optimizer_ops = step_op_count(cfg, st.ac, layout.motion > 0, (st.dp, st.ulysses, st.ring))
         pred.other += per_op * (st.grad_accum * per_micro + optimizer_ops)
-    act = activation_bytes(cfg, layout, micro, st.dtype, st.ac, st.ulysses, st.ring, parallelized=st.world > 1)
+    act = activation_bytes(cfg, layout, micro, st.dtype, st.ac, st.ulysses, st.ring, parallelized=st.world_size > 1)
     pred.saved_activations = act.saved
     if st.offload_activations:
         move = act.layers / hw.host_link
@@ -542,10 +524,10 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
     # micro-batch (FSDP2 syncs gradients on every backward; the model's grads stay sharded); with HSDP each
     # unit's reduced shard is then all-reduced across the replica groups, behind the same backward
     units, root = fsdp_unit_params(cfg)
-    p, rep = st.shard_group, st.dp_replicate
+    p, rep = st.shard_group_size, st.dp_replicate
     if p > 1 or rep > 1:
         link = group_link(hw, p)
-        across = group_link(hw, st.world)  # the replica groups' ranks lie p apart: the widest span
+        across = group_link(hw, st.world_size)  # the replica groups' ranks lie p apart: the widest span
         ag = [collective_time("all_gather", u * elem, p, link) for u in units]
         rs = [collective_time("reduce_scatter", u * 4, p, link) for u in units]
         ar = [collective_time("all_reduce", u * 4 / p, rep, across) for u in units]
@@ -570,7 +552,7 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
                 cp_exposed[kind] = st.grad_accum * exp_red * share / sum(shares)
     if not hw.comm_overlaps_compute:
         cp_exposed = dict(cp_total)
-    if st.world > 1:
+    if st.world_size > 1:
         _charge_rank_skew(cp_total, cp_exposed, pred, hw)
     pred.comm_total, pred.comm_exposed = cp_total, cp_exposed
     pred.exposed_comm = sum(cp_exposed.values())

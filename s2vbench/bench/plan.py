@@ -75,7 +75,7 @@ def _fmt_gb(b: float) -> str:
 
 
 def prediction_row(name: str, p: Prediction) -> list:
-    return [name, p.strategy.world, p.global_batch, f"{p.time:.2f}", f"{p.compute:.2f}", f"{p.exposed_comm:.2f}",
+    return [name, p.strategy.world_size, p.global_batch, f"{p.time:.2f}", f"{p.compute:.2f}", f"{p.exposed_comm:.2f}",
             f"{p.other:.2f}", f"{p.samples_per_s_per_gpu:.4f}", f"{p.mfu:.2f}", _fmt_gb(p.memory_total),
             "yes" if p.fits else "NO"]
 
@@ -120,16 +120,16 @@ def describe_plan(work: Workload, st: Strategy, hw: HardwareProfile) -> str:
              f"{lay.total:,} tokens per clip (noisy {lay.noisy:,} + ref {lay.ref:,} + motion {lay.motion:,}), "
              f"{work.global_batch} clip(s) per iteration"),
              (f"mesh: {f'dp_replicate {st.dp_replicate} x ' if st.dp_replicate > 1 else ''}dp_shard {st.dp_shard} x "
-              f"ring {st.ring} x ulysses {st.ulysses} = {st.world} ranks on {-(-st.world // hw.gpus_per_node)} "
+              f"ring {st.ring} x ulysses {st.ulysses} = {st.world_size} ranks on {-(-st.world_size // hw.gpus_per_node)} "
               f"node(s) of {hw.gpus_per_node} ({hw.name}); FSDP shards over "
-              + (f"each group of {st.shard_group} consecutive ranks, replicated across the {st.dp_replicate} groups "
-                 f"(HSDP)" if st.dp_replicate > 1 else f"all {st.world}")
+              + (f"each group of {st.shard_group_size} consecutive ranks, replicated across the {st.dp_replicate} groups "
+                 f"(HSDP)" if st.dp_replicate > 1 else f"all {st.world_size}")
               + f"; AC {'on' if st.ac else 'off'}; {st.dtype}"),
              (f"sequence: padded to {local * cp:,} tokens ({local * cp - lay.total} padding), {local:,} per "
              f"context-parallel rank"), ""]
     rows = []
-    shard = parameter_count(cfg) / st.shard_group
-    for rank in range(st.world):
+    shard = parameter_count(cfg) / st.shard_group_size
+    for rank in range(st.world_size):
         dp, rest = divmod(rank, cp)  # replica-major: the data-parallel index is replica x dp_shard + shard
         ring, uly = divmod(rest, st.ulysses)
         chunk = ring * st.ulysses + uly

@@ -176,7 +176,7 @@ class Point:
     @property
     def dp(self) -> int:
         """Data-parallel degree: ranks (groups) that see different clips."""
-        return self.dp_replicate * self.degrees[0]
+        return self.parallel_config().dp
 
     @property
     def batch_per_rank(self) -> int:

@@ -23,25 +23,18 @@ class ParallelConfigError(ValueError):
     """A parallel configuration that cannot work, found before any communication."""
 
 
-@dataclass(frozen=True)
-class ParallelConfig:
-    """How one training job is split across ranks."""
+class MeshDegrees:
+    """The products of the mesh's four degrees, for a class holding ``dp_replicate``, ``dp_shard``, ``ring`` and
+    ``ulysses`` (the job's :class:`ParallelConfig`, the performance model's ``Strategy``)."""
 
-    dp_shard: int = 1
-    """Data-parallel degree; FSDP shards parameters over dp_shard x ring x ulysses ranks."""
-    ulysses: int = 1
-    """Ulysses (all-to-all, head-split) context-parallel degree: the inner, intra-node group."""
-    ring: int = 1
-    """Ring-attention context-parallel degree: the outer group."""
-    ac: bool = False
-    """Activation checkpointing of every block."""
-    attention_backend: str = "torch"
-    """Local attention inside Ulysses/ring: "torch", "triton" or "flash_attn" (the gpu extra)."""
-    dp_replicate: int = 1
-    """Replica groups of HSDP: the dp_shard x ring x ulysses sharding is replicated this many times (outermost)."""
+    dp_replicate: int
+    dp_shard: int
+    ring: int
+    ulysses: int
 
     @property
     def cp(self) -> int:
+        """Context-parallel degree: ranks that split one clip's sequence."""
         return self.ulysses * self.ring
 
     @property
@@ -57,6 +50,24 @@ class ParallelConfig:
     @property
     def world_size(self) -> int:
         return self.dp_replicate * self.shard_group_size
+
+
+@dataclass(frozen=True)
+class ParallelConfig(MeshDegrees):
+    """How one training job is split across ranks."""
+
+    dp_shard: int = 1
+    """Data-parallel degree; FSDP shards parameters over dp_shard x ring x ulysses ranks."""
+    ulysses: int = 1
+    """Ulysses (all-to-all, head-split) context-parallel degree: the inner, intra-node group."""
+    ring: int = 1
+    """Ring-attention context-parallel degree: the outer group."""
+    ac: bool = False
+    """Activation checkpointing of every block."""
+    attention_backend: str = "torch"
+    """Local attention inside Ulysses/ring: "torch", "triton" or "flash_attn" (the gpu extra)."""
+    dp_replicate: int = 1
+    """Replica groups of HSDP: the dp_shard x ring x ulysses sharding is replicated this many times (outermost)."""
 
     def validate(self, world_size: int, num_heads: int, seq_len: int | None = None) -> None:
         """Raise :class:`ParallelConfigError` naming the problem and a fix; touches no process group."""
@@ -118,4 +129,4 @@ def build_mesh(config: ParallelConfig, device_type: str = "cpu", num_heads: int 
     return ParallelMesh(config, mesh, groups)
 
 
-__all__ = ["ParallelConfig", "ParallelConfigError", "ParallelMesh", "build_mesh"]
+__all__ = ["MeshDegrees", "ParallelConfig", "ParallelConfigError", "ParallelMesh", "build_mesh"]
