@@ -200,6 +200,9 @@ def collective_rank(rank: int, world: int, compute: dict | None = None) -> dict:
     rather than a fresh one, which would cost a spawn and torch's import each round."""
     import torch.distributed as dist
 
+    # torch 2.13 renamed these two (the old names warn on every call); older releases have only the old names
+    all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
     small = torch.zeros(256)
     skew = [_loaded_extra(lambda: dist.all_reduce(small), w, max(3, 900 // w)) for w in SKEW_WORK]
     out = []
@@ -209,10 +212,10 @@ def collective_rank(rank: int, world: int, compute: dict | None = None) -> dict:
         full, shard, recv = torch.randn(n), torch.randn(n // world), torch.empty(n)
 
         def ag():
-            dist.all_gather_into_tensor(full, shard)
+            all_gather(full, shard)
 
         def rs():
-            dist.reduce_scatter_tensor(shard, full)
+            reduce_scatter(shard, full)
 
         def a2a():
             dist.all_to_all_single(recv, full)

@@ -101,7 +101,11 @@ class ParallelMesh:
 
     config: ParallelConfig
     mesh: DeviceMesh
+    """``dp_replicate x dp_shard x ring x ulysses``."""
     cp: CPGroups
+    fsdp: DeviceMesh
+    """FSDP's mesh: 1-D over the ``dp_shard x ring x ulysses`` ranks of a replica group; 2-D with
+    ``dp_replicate`` outermost (HSDP) when that is above 1."""
 
     @property
     def dp_rank(self) -> int:
@@ -113,20 +117,38 @@ class ParallelMesh:
         return self.mesh["ring", "ulysses"]._flatten("cp").get_group()
 
     def fsdp_mesh(self) -> DeviceMesh:
-        """FSDP's mesh: 1-D over dp_shard x ring x ulysses; 2-D (dp_replicate, that) for HSDP."""
-        shard = self.mesh["dp_shard", "ring", "ulysses"]._flatten("dp_shard_cp")
-        return self.mesh["dp_replicate", "dp_shard_cp"] if self.config.dp_replicate > 1 else shard
+        return self.fsdp
+
+
+_DIMS = ("dp_replicate", "dp_shard", "ring", "ulysses")
+
+
+def _meshes(config: ParallelConfig, device_type: str) -> tuple[DeviceMesh, DeviceMesh]:
+    """(the 4-D mesh, FSDP's mesh). FSDP's is the root and the 4-D one unflattens it: torch deprecates the
+    other way round, slicing a flattened dimension out of the root (releases without ``_unflatten`` still
+    take it)."""
+    shard = config.shard_group_size
+    inner = (config.dp_shard, config.ring, config.ulysses)
+    if not hasattr(DeviceMesh, "_unflatten"):
+        mesh = init_device_mesh(device_type, (config.dp_replicate, *inner), mesh_dim_names=_DIMS)
+        flat = mesh["dp_shard", "ring", "ulysses"]._flatten("dp_shard_cp")
+        return mesh, mesh["dp_replicate", "dp_shard_cp"] if config.dp_replicate > 1 else flat
+    if config.dp_replicate > 1:
+        root = init_device_mesh(device_type, (config.dp_replicate, shard),
+                                mesh_dim_names=("dp_replicate", "dp_shard_cp"))
+        return root._unflatten("dp_shard_cp", inner, _DIMS[1:]), root
+    root = init_device_mesh(device_type, (shard,), mesh_dim_names=("dp_shard_cp",))
+    return root._unflatten("dp_shard_cp", (1, *inner), _DIMS), root
 
 
 def build_mesh(config: ParallelConfig, device_type: str = "cpu", num_heads: int | None = None) -> ParallelMesh:
     world = dist.get_world_size()
     config.validate(world, num_heads if num_heads is not None else config.ulysses)
-    mesh = init_device_mesh(device_type, (config.dp_replicate, config.dp_shard, config.ring, config.ulysses),
-                            mesh_dim_names=("dp_replicate", "dp_shard", "ring", "ulysses"))
+    mesh, fsdp = _meshes(config, device_type)
     groups = CPGroups(ulysses=mesh.get_group("ulysses") if config.ulysses > 1 else None,
                       ring=mesh.get_group("ring") if config.ring > 1 else None,
                       ulysses_size=config.ulysses, ring_size=config.ring)
-    return ParallelMesh(config, mesh, groups)
+    return ParallelMesh(config, mesh, groups, fsdp)
 
 
 __all__ = ["MeshDegrees", "ParallelConfig", "ParallelConfigError", "ParallelMesh", "build_mesh"]
