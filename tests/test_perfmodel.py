@@ -282,6 +282,29 @@ def test_op_count_of_a_step_across_ranks(degrees):
     assert real > sum(step_op_count(tiny, False, True))  # FSDP's copies and DTensor's optimizer add ops
 
 
+def test_op_counts_in_this_process_equal_a_fresh_process_and_leave_its_group_alone():
+    import torch.distributed as dist
+
+    from s2vbench.bench.perfmodel import _op_counts_under_fake_group, op_count_rank
+    from s2vbench.parallel import ParallelConfig
+    from s2vbench.parallel.launch import join_fake_group, run_ranks
+
+    tiny = get_preset("tiny").model
+    assert not dist.is_initialized()
+    for degrees in [(2, 1, 1), (1, 2, 1)]:  # one strategy after another in this process
+        here = _op_counts_under_fake_group(tiny, True, True, ParallelConfig(*degrees, ac=True))
+        assert not dist.is_initialized()  # the fake group it joined is gone again
+        fresh = run_ranks(op_count_rank, 1, tiny, True, True, ParallelConfig(*degrees, ac=True), timeout_s=180)[0]
+        assert here == tuple(fresh)
+    # a process with a group of its own keeps it: the count runs in a spawned process
+    join_fake_group(3)
+    try:
+        assert _op_counts_under_fake_group(tiny, True, True, ParallelConfig(1, 2, 1, ac=True)) == here
+        assert dist.get_world_size() == 3
+    finally:
+        dist.destroy_process_group()
+
+
 def test_rank_skew_and_sharded_host_overhead_are_charged_only_across_ranks():
     cfg, lay = _layout("tiny")
     base, skewed = _flat_profile(comm_overlaps_compute=False), _flat_profile(comm_overlaps_compute=False,

@@ -364,16 +364,31 @@ def op_count_rank(rank: int, world: int, cfg: WanS2VConfig, ac: bool, with_motio
     return _op_counts(cfg, ac, with_motion, parallel)
 
 
+def _op_counts_under_fake_group(cfg: WanS2VConfig, ac: bool, with_motion: bool,
+                                parallel: ParallelConfig) -> tuple[int, int, int]:
+    """:func:`op_count_rank` in this process when it has no process group of its own (then it leaves none),
+    else in a spawned one: a spawn costs torch's import, seconds per strategy a validation predicts."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        from ..parallel.launch import run_ranks
+
+        return tuple(run_ranks(op_count_rank, 1, cfg, ac, with_motion, parallel, timeout_s=300)[0])
+    try:
+        return op_count_rank(0, 1, cfg, ac, with_motion, parallel)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 @functools.lru_cache(maxsize=32)
 def _rank0_op_counts(cfg: WanS2VConfig, ac: bool, with_motion: bool,
                      degrees: tuple[int, int, int]) -> tuple[int, int, int]:
     if degrees == (1, 1, 1):
         return _op_counts(cfg, ac, with_motion, None)
-    from ..parallel.launch import run_ranks
-
     parallel = ParallelConfig(*degrees, ac=ac)
     try:
-        return tuple(run_ranks(op_count_rank, 1, cfg, ac, with_motion, parallel, timeout_s=300)[0])
+        return _op_counts_under_fake_group(cfg, ac, with_motion, parallel)
     except Exception as e:  # the toy clip cannot be split this way: say so, not crash deep
         raise PlanError(f"could not count the host's ops of dp_shard x ulysses x ring = {degrees} on the toy "
                         f"model ({e}); use a profile with op_overhead 0 for this strategy") from e
@@ -384,7 +399,7 @@ def step_op_count(cfg: WanS2VConfig, ac: bool, with_motion: bool = True,
     """(ops per micro-batch's forward and backward, ops of the optimizer step) that rank 0 of a training step
     dispatches with ``degrees`` (dp_shard, ulysses, ring), counted by running the step on :func:`toy_config`
     (as many heads as the Ulysses degree, at least 2): the count depends on the structure, not the widths.
-    Several ranks are counted in a subprocess under the fake process group, so FSDP's copies, DTensor's
+    Several ranks are counted under the fake process group, so FSDP's copies, DTensor's
     optimizer and the context-parallel glue are in the count; collectives are not. Autocast's casts are not
     in it. Raises PlanError when the toy step cannot be split so."""
     per_micro, optimizer, _ = _rank0_op_counts(cfg, ac, with_motion, degrees)
