@@ -268,7 +268,7 @@ def test_interrupted_calibration_resumes_from_its_finished_rounds(tmp_path, monk
         cal.calibrate_cpu(rounds=3, checkpoint=checkpoint)
 
 
-def test_calibration_rounds_after_the_first_start_only_while_they_fit_the_deadline(monkeypatch):
+def test_calibration_rounds_after_the_first_start_only_while_they_fit_the_deadline(tmp_path, monkeypatch):
     import s2vbench.bench.calibrate as cal
 
     clock = [100.0]
@@ -293,6 +293,13 @@ def test_calibration_rounds_after_the_first_start_only_while_they_fit_the_deadli
     clock[0], lengths = 1000.0, iter([5.0, 5.0, 5.0])
     _, raw = cal.calibrate_cpu(rounds=3, deadline=0.0)
     assert len(raw["rounds"]) == 1 and raw["rounds_cut"].startswith("1 of the 3")
+    # rounds resumed from a checkpoint, none measured in this call: past the deadline nothing more starts
+    checkpoint = tmp_path / "rounds.json"
+    lengths = iter([5.0, 5.0, 5.0])
+    cal.calibrate_cpu(rounds=2, checkpoint=checkpoint)
+    lengths = iter([])
+    _, raw = cal.calibrate_cpu(rounds=3, checkpoint=checkpoint, deadline=0.0)
+    assert len(raw["rounds"]) == 2 and raw["rounds_cut"].endswith("would have started after the run's time budget")
     lengths = iter([5.0, 5.0, 5.0])
     _, raw = cal.calibrate_cpu(rounds=3)
     assert len(raw["rounds"]) == 3 and raw["rounds_cut"] is None
