@@ -464,8 +464,8 @@ def calibrate_cpu(world: int = 2, rounds: int = CALIBRATION_ROUNDS, timeout_s: f
         while len(measured) < rounds:
             if measured and deadline is not None and time.monotonic() + longest > deadline:
                 cut = f"{len(measured)} of the {rounds} rounds asked for: one more " + (
-                    f"would have started after the run's time budget" if not longest else
-                    f"at the {longest:.0f} s the longest so far took, would have ended after the run's time budget")
+                    "would have started after the run's time budget" if not longest else
+                    f"(at the {longest:.0f} s the longest so far took) would have ended after the run's time budget")
                 if progress:
                     print(f"calibration: stopping after {cut}", flush=True)
                 break
