@@ -19,7 +19,7 @@ def _layout(rank: int, world: int, config: ParallelConfig, old_torch: bool) -> d
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pm = build_mesh(config)
-        fsdp = pm.fsdp_mesh()
+        fsdp = pm.fsdp
         groups = {name: dist.get_process_group_ranks(pm.mesh.get_group(name)) for name in pm.mesh.mesh_dim_names}
     return {"fsdp_shape": tuple(fsdp.mesh.shape), "fsdp_names": fsdp.mesh_dim_names, "fsdp_ranks": fsdp.mesh.tolist(),
             "groups": groups, "cp": dist.get_process_group_ranks(pm.cp_group()), "dp_rank": pm.dp_rank,

@@ -116,9 +116,6 @@ class ParallelMesh:
         """The whole context-parallel group (ring x ulysses), ranked by chunk index."""
         return self.mesh["ring", "ulysses"]._flatten("cp").get_group()
 
-    def fsdp_mesh(self) -> DeviceMesh:
-        return self.fsdp
-
 
 _DIMS = ("dp_replicate", "dp_shard", "ring", "ulysses")
 

@@ -75,7 +75,7 @@ def parallelize(model: WanS2V, config: ParallelConfig, device_type: str = "cpu",
     apply_context_parallel(model, pm.cp, config.attention_backend)
     if config.ac:
         enable_activation_checkpointing(model)
-    apply_fsdp(model, pm.fsdp_mesh(), param_dtype)
+    apply_fsdp(model, pm.fsdp, param_dtype)
     return pm
 
 
