@@ -169,6 +169,7 @@ def test_leave_one_out_fits_on_compute_only_times_and_skips_noisy_points():
 def test_cpu_calibration_measures_every_figure():
     prof, raw = calibrate_cpu(rounds=1)
     assert prof.peak_flops > 1e8 and prof.memory_bandwidth > 1e8 and 0 < prof.op_overhead < 1e-3
+    assert prof.elementwise_bandwidth > 1e8 and "elementwise chain" in prof.sources["elementwise_bandwidth"]
     assert 0 < prof.op_overhead_sharded < 1e-3 and 0 <= prof.rank_skew < 1
     work = [w for w, _ in raw["skew_samples"]]
     assert len(work) == 4 and work == sorted(work) and work[-1] > 10 * work[0]
@@ -222,6 +223,7 @@ def _synthetic_round(scale: float) -> dict:
     sizes = (2 ** 14, 2 ** 18, 2 ** 21, 2 ** 23)
     return {"matmul": [(1e6, 5e10 * scale), (1e9, 9e10 * scale)], "attention": [(1e7, 6e10 * scale)],
             "attention_backward": [(1e7, 5e10 * scale)], "memory_bandwidth": 2e10 * scale,
+            "elementwise_bandwidth": 1e10 * scale,
             "skew_samples": [(w, 1e-3 + 0.05 * w) for w in (2e-3, 8e-3, 3e-2, 0.12)],
             "loaded_collectives": [(k, n, 2e-3, 1e-3 + 0.05 * 2e-3 + n / 1e9 / scale)
                                    for k in ("all_gather", "reduce_scatter", "all_to_all", "p2p") for n in sizes],
@@ -249,6 +251,7 @@ def test_interrupted_calibration_resumes_from_its_finished_rounds(tmp_path, monk
     prof, raw = cal.calibrate_cpu(rounds=3, checkpoint=checkpoint)
     assert len(calls) == 4 and len(raw["rounds"]) == 3  # two more rounds measured, not three
     assert prof.memory_bandwidth == pytest.approx(2e10 * 3)  # the median of the rounds' 1x, 3x and 4x
+    assert prof.elementwise_rate == pytest.approx(1e10 * 3)
     assert prof.op_overhead == 7e-6 and prof.op_overhead_sharded == 14e-6
     assert prof.rank_skew == pytest.approx(0.05) and "medians over 3 rounds" in prof.sources["rank_skew"]
     spread = "\n".join(cal._spread_lines(raw["rounds"]))

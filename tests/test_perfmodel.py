@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from s2vbench.bench.analytic import (
+    META_ATTENTION_BACKEND,
     activation_bytes,
     count_dispatched_ops,
+    count_traffic,
+    elementwise_traffic,
     forward_flops,
     parameter_count,
 )
@@ -39,7 +43,15 @@ from s2vbench.bench.profiles import (
 )
 from s2vbench.model import WanS2V, get_preset
 from s2vbench.model.config import ClipShape
-from s2vbench.model.flow import TrainConfig, batch_forward, make_optimizer, synthetic_batch, train_step
+from s2vbench.model.attention import get_attention_backend
+from s2vbench.model.flow import (
+    TrainConfig,
+    batch_forward,
+    flow_matching_loss,
+    make_optimizer,
+    synthetic_batch,
+    train_step,
+)
 from s2vbench.model.sequence import clip_layout
 
 LINK = Link(bandwidth=100e9, latency=10e-6)
@@ -202,19 +214,67 @@ def test_gloo_profile_hides_no_communication():
     assert overlapping.exposed_comm < serial.exposed_comm
 
 
+def test_traffic_count_by_hand():
+    x, y, w = torch.randn(64, 32), torch.randn(32), torch.randn(32, 16)
+    buf = torch.empty(64, 32)
+    xb = 64 * 32 * 4
+    assert count_traffic(lambda: x * y) == xb + 32 * 4 + xb  # reads x and the broadcast row once, writes out
+    assert count_traffic(lambda: (x.t(), x.view(-1), x[:, :8], y.expand(64, 32))) == 0  # views move nothing
+    assert count_traffic(lambda: y.expand(64, 32) + x) == 32 * 4 + xb + xb  # an expanded input: its storage
+    assert count_traffic(lambda: x @ w) == 0  # matmuls are compute, not elementwise traffic
+    assert count_traffic(lambda: buf.add_(1)) == 2 * xb  # in place: read and write
+    assert count_traffic(lambda: buf.copy_(x)) == 2 * xb  # the destination is written, not read
+    assert count_traffic(lambda: buf.fill_(0)) == xb
+    assert count_traffic(lambda: torch.empty(1000)) == 0  # an allocation
+    seen = []
+    assert count_traffic(lambda: (x * y).sum(), seen.append) == sum(seen) == 2 * xb + 32 * 4 + xb + 4
+
+
+def test_meta_traffic_count_equals_a_real_step():
+    # the count the model uses runs on the meta device, one block at a time; a real float32 step of the tiny
+    # preset (torch SDPA, whose fused kernel is attention time) moves the same bytes
+    p = get_preset("tiny")
+    cfg, lay = p.model, clip_layout(p.model, p.clip)
+    torch.manual_seed(0)
+    model = WanS2V(cfg)
+    batch = synthetic_batch(cfg, dataclasses.replace(p.clip, text_tokens=cfg.text_len), 1)
+
+    def step():
+        flow_matching_loss(model, batch, seed=0, step=0).loss_sum.backward()
+
+    step()
+    model.zero_grad(set_to_none=True)
+    real = count_traffic(step)
+    tr = elementwise_traffic(cfg, lay)
+    counted = (tr.prepare_forward + tr.prepare_backward + tr.layers_forward(cfg) + tr.layers_backward(cfg)
+               + tr.head_forward + tr.head_backward)
+    assert counted == pytest.approx(real, rel=0.01)
+    assert min(tr.__dict__.values()) > 0
+    with pytest.raises(ValueError, match="meta device"):
+        get_attention_backend(META_ATTENTION_BACKEND)(*(torch.randn(1, 4, 2, 8),) * 3, None)
+
+
 def test_context_parallel_glue_adds_elementwise_traffic():
     cfg, lay = _layout("small")
     hw = load_profile("h100-sxm")
-    base = elementwise_seconds(cfg, lay, 1, Strategy(dtype="float32"), hw)
-    # ring of 2: each rank holds half the tokens; per layer 5 merge passes (1 step after the first) and
-    # 9 accumulate passes per step (2 steps), float32 over its [tokens, dim] share
+    tr = elementwise_traffic(cfg, lay)
     s_loc = -(-lay.total // 2)
+    # each rank of 2 holds half the tokens and all of the preparation
+    own = (tr.prepare_forward + tr.prepare_backward + s_loc / lay.total * (
+        tr.layers_forward(cfg) + tr.layers_backward(cfg) + tr.head_forward + tr.head_backward)) / hw.elementwise_rate
+    # ring of 2: per layer 5 merge passes (1 step after the first) and 9 accumulate passes per step (2 steps),
+    # float32 over its [tokens, dim] share
     ring = elementwise_seconds(cfg, lay, 1, Strategy(ring=2, ac=False, dtype="float32"), hw)
-    glue = 4 * (5 * 1 + 9 * 2) * s_loc * cfg.dim * cfg.num_layers / hw.memory_bandwidth
-    assert ring == pytest.approx(base * 3 / 4 * s_loc / lay.total + glue)  # base had AC: 4 passes of 40, now 3
+    glue = 4 * (5 * 1 + 9 * 2) * s_loc * cfg.dim * cfg.num_layers / hw.elementwise_rate
+    assert ring == pytest.approx(own + glue)
+    # Ulysses of 2: 4 packing passes per all-to-all, 8 all-to-alls per layer, in float32
     uly = elementwise_seconds(cfg, lay, 1, Strategy(ulysses=2, ac=False, dtype="float32"), hw)
-    assert uly == pytest.approx(base * 3 / 4 * s_loc / lay.total
-                                + 4 * 4 * 8 * s_loc * cfg.dim * cfg.num_layers / hw.memory_bandwidth)
+    assert uly == pytest.approx(own + 4 * 4 * 8 * s_loc * cfg.dim * cfg.num_layers / hw.elementwise_rate)
+    # one rank: the whole clip, and AC's recompute of the layers' forward
+    single = elementwise_seconds(cfg, lay, 1, Strategy(dtype="float32"), hw)
+    assert single == pytest.approx((tr.prepare_forward + tr.prepare_backward + 2 * tr.layers_forward(cfg)
+                                    + tr.layers_backward(cfg) + tr.head_forward + tr.head_backward)
+                                   / hw.elementwise_rate)
 
 
 def test_op_count_depends_on_structure_not_width():
@@ -477,12 +537,13 @@ def test_parallel_checkpointing_keeps_attention_so_it_is_not_recomputed():
     single_on = predict_training(cfg, lay, Strategy(1, ac=True), hw, global_batch=1)
     single_off = predict_training(cfg, lay, Strategy(1, ac=False), hw, global_batch=1)
     assert single_on.compute - single_off.compute == pytest.approx(sum(op_time(o, hw) for o in one))
-    # the glue is not recomputed: AC adds only the layers' own 40 passes
+    # the glue is not recomputed: AC adds only the rank's share of the layers' own forward traffic
     small, slay = _layout("small")
+    layers = elementwise_traffic(small, slay).layers_forward(small)
     for st in (Strategy(ring=2, dtype="float32"), Strategy(ulysses=2, dtype="float32")):
         gap = elementwise_seconds(small, slay, 1, st, hw) - elementwise_seconds(
             small, slay, 1, Strategy(st.dp_shard, st.ulysses, st.ring, False, "float32"), hw)
-        assert gap == pytest.approx(4 * 40 * (slay.total // 2) * small.dim * small.num_layers / hw.memory_bandwidth)
+        assert gap == pytest.approx(layers * (slay.total // 2) / slay.total / hw.elementwise_rate)
     # ... and its outputs stay in memory: per layer out and LSE, plus Ulysses' four head-split tensors and LSE
     s_loc, h, d = -(-lay.total // 8), cfg.num_heads, cfg.dim
     uly = activation_bytes(cfg, lay, 1, "bfloat16", True, ulysses=8, parallelized=True)

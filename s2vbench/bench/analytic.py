@@ -10,6 +10,7 @@ checkpointing.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -385,3 +386,184 @@ def audio_encoder_flops(seconds: float) -> tuple[float, int]:
 
 
 __all__ += ["audio_encoder_flops", "count_dispatched_ops", "vae_flops"]
+
+
+# ---- elementwise traffic --------------------------------------------------------------------------------
+# Everything a step runs outside matmuls, convolutions and attention (norms, RoPE, modulation, gates,
+# residuals, casts, concatenations and their backwards) moves memory rather than doing arithmetic. Its bytes are
+# counted, not assumed: the model's real forward and backward run on the meta device at the real widths, and
+# every aten op that is not a view, an allocation or a matmul adds the bytes of its tensor inputs and outputs.
+_NO_TRAFFIC = ("_unsafe_view", "lift_fresh", "detach", "alias", "empty", "new_empty", "_local_scalar_dense",
+               "set_", "resize_")
+_DESTINATION_ONLY = ("fill_", "zero_", "copy_")  # their first argument is written, not read
+META_ATTENTION_BACKEND = "meta-shapes"
+"""The attention backend :func:`elementwise_traffic` runs: the right output shape and gradients, no arithmetic
+(a fused kernel's own reads and writes are the attention's time, not elementwise traffic; on the meta device
+torch's SDPA would otherwise decompose into its unfused math)."""
+
+
+def _touched_bytes(t) -> int:
+    """Bytes a kernel touches of ``t``: its elements, or its storage when broadcasting repeats them."""
+    try:
+        return min(t.nbytes, t.untyped_storage().nbytes())
+    except (RuntimeError, NotImplementedError):
+        return t.nbytes
+
+
+def count_traffic(fn, on_op=None) -> float:
+    """Bytes that the elementwise ops ``fn()`` dispatches read and write (forward, and backward where ``fn`` runs
+    one); ``on_op(nbytes)`` also sees each op's bytes as it runs (to split them by stage)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    total = 0.0
+
+    class Traffic(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            nonlocal total
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            name = func.__name__.split(".")[0]
+            returns = func._schema.returns
+            if (name.startswith(_NO_TRAFFIC) or name.lstrip("_").startswith(_MATMUL_OPS)
+                    or (returns and all(r.alias_info is not None and not r.alias_info.is_write for r in returns))):
+                return out  # a view, an allocation or a matmul: no elementwise traffic
+            ins = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
+            if name in _DESTINATION_ONLY:
+                ins = ins[1:]
+            nbytes = sum(map(_touched_bytes, ins)) + sum(_touched_bytes(a) for a in tree_flatten(out)[0]
+                                                         if isinstance(a, torch.Tensor))
+            total += nbytes
+            if on_op is not None:
+                on_op(nbytes)
+            return out
+
+    with Traffic():
+        fn()
+    return total
+
+
+@functools.lru_cache(maxsize=1)
+def _register_meta_attention() -> None:
+    import torch
+
+    from ..model.attention import register_attention_backend
+
+    class ShapesOnly(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v):
+            ctx.shapes = (q, k, v)
+            return q.new_empty(*q.shape[:-1], v.shape[-1])
+
+        @staticmethod
+        def backward(ctx, grad):
+            return tuple(torch.empty_like(t) for t in ctx.shapes)
+
+    def attention(q, k, v, kv_lens):
+        if q.device.type != "meta":
+            raise ValueError(f"the {META_ATTENTION_BACKEND!r} attention backend computes nothing; it counts "
+                             f"traffic on the meta device (got {q.device.type} tensors); use 'torch' or 'triton'")
+        return ShapesOnly.apply(q, k, v)
+
+    register_attention_backend(META_ATTENTION_BACKEND, attention, overwrite=True)
+
+
+@dataclass(frozen=True)
+class ElementwiseTraffic:
+    """Bytes the elementwise ops of one clip's training step read and write, by stage of
+    ``WanS2V.forward_tokens``, in float32 (batch 1; the optimizer's traffic is not in it). The model charges
+    this float32 count for a bf16 step too: under autocast the norms, modulation and residual stream stay
+    float32 (the fp32 islands), matmul outputs halve and the casts add traffic."""
+
+    prepare_forward: float
+    """Embeddings, FramePack, the audio encoder, text and time: the whole clip, on every context-parallel rank."""
+    prepare_backward: float
+    """Their backward."""
+    block_forward: float
+    """One block without an audio injection, over the whole sequence (context parallelism divides it)."""
+    block_backward: float
+    """Its backward."""
+    injection_forward: float
+    """One audio injection, and what it adds to its block."""
+    injection_backward: float
+    """Its backward."""
+    head_forward: float
+    """The head and the loss on the noisy tokens (divided by context parallelism too)."""
+    head_backward: float
+    """Their backward."""
+
+    def layers_forward(self, cfg: WanS2VConfig) -> float:
+        return cfg.num_layers * self.block_forward + len(cfg.audio_inject_layers) * self.injection_forward
+
+    def layers_backward(self, cfg: WanS2VConfig) -> float:
+        return cfg.num_layers * self.block_backward + len(cfg.audio_inject_layers) * self.injection_backward
+
+
+def _stage_traffic(cfg: WanS2VConfig, layout: SequenceLayout) -> dict[str, float]:
+    """Bytes per stage and direction of one float32 training step of ``cfg`` on ``layout``, on the meta device."""
+    import torch
+
+    from ..model import ClipShape, WanS2V
+    from ..model.flow import flow_matching_loss, synthetic_batch
+
+    _register_meta_attention()
+    (ft, fh, fw), (pt, ph, pw) = layout.grid, cfg.patch_size
+    clip = ClipShape(ft * pt, fh * ph, fw * pw, text_tokens=cfg.text_len, with_motion=bool(layout.motion_grids))
+    with torch.device("meta"):
+        model = WanS2V(cfg)
+    for m in model.modules():
+        if hasattr(m, "attn_backend"):
+            m.attn_backend = META_ATTENTION_BACKEND
+    batch = synthetic_batch(cfg, clip, 1)
+    batch = dataclasses.replace(batch, **{f.name: getattr(batch, f.name).to("meta") for f in dataclasses.fields(batch)
+                                         if f.name != "sample_index" and getattr(batch, f.name) is not None})
+    bytes_ = dict.fromkeys(("prepare forward", "blocks forward", "head forward", "head backward",
+                            "blocks backward", "prepare backward"), 0.0)
+    stage = ["prepare forward"]
+
+    def enter(name):
+        def hook(_grad):
+            stage[0] = name
+        return hook
+
+    run_blocks = model.run_blocks
+
+    def staged_run_blocks(x, *args, **kwargs):
+        stage[0] = "blocks forward"
+        x.register_hook(enter("prepare backward"))  # blocks' backward has reached their input
+        out = run_blocks(x, *args, **kwargs)
+        out.register_hook(enter("blocks backward"))  # the head's backward has reached the blocks' output
+        stage[0] = "head forward"
+        return out
+
+    model.run_blocks = staged_run_blocks
+
+    def on_op(n):
+        bytes_[stage[0]] += n
+
+    def step():
+        loss = flow_matching_loss(model, batch, seed=0, step=0)
+        stage[0] = "head backward"
+        loss.loss_sum.backward()
+
+    count_traffic(step, on_op)
+    return bytes_
+
+
+@functools.lru_cache(maxsize=64)
+def elementwise_traffic(cfg: WanS2VConfig, layout: SequenceLayout) -> ElementwiseTraffic:
+    """The elementwise bytes of one clip of ``layout`` through ``cfg``, counted (:func:`count_traffic`) on two
+    one-block models of ``cfg``'s widths, with and without an audio injection, so that a 40-block 14b costs no
+    more to count than one block (seconds; cached per config and layout)."""
+    plain = _stage_traffic(dataclasses.replace(cfg, num_layers=1, audio_inject_layers=()), layout)
+    injected = _stage_traffic(dataclasses.replace(cfg, num_layers=1, audio_inject_layers=(0,)), layout)
+    return ElementwiseTraffic(
+        prepare_forward=injected["prepare forward"], prepare_backward=injected["prepare backward"],
+        block_forward=plain["blocks forward"], block_backward=plain["blocks backward"],
+        injection_forward=injected["blocks forward"] - plain["blocks forward"],
+        injection_backward=injected["blocks backward"] - plain["blocks backward"],
+        head_forward=injected["head forward"], head_backward=injected["head backward"])
+
+
+__all__ += ["ElementwiseTraffic", "META_ATTENTION_BACKEND", "count_traffic", "elementwise_traffic"]

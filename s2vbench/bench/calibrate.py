@@ -1,15 +1,16 @@
 """Calibrate the performance model on microbenchmarks, then validate it on end-to-end steps.
 
 Calibration sees only microbenchmarks: matmuls and attention calls (forward and backward) across sizes
-(-> efficiency curves), a streaming add (-> memory bandwidth), a training step at toy widths, alone and under
+(-> efficiency curves), a streaming add (-> memory bandwidth), a DiT block's elementwise chain forward and
+backward (-> the rate of eager elementwise ops), a training step at toy widths, alone and under
 FSDP (-> host overhead per dispatched op, plain and sharded), and, on 2 ranks that compute between
 collectives as a step does, small all-reduces after growing stretches of compute (-> rank skew, the share of
 that compute each collective waits for the slower rank) and collectives across sizes (-> alpha and beta of
 each collective kind by least squares, the skew taken out). On a CPU the whole set runs in independent rounds
 and each figure is the median over them; the report quotes the spread. End-to-end steps are used only to
 validate, plus one fitted constant: a
-factor on the modelled elementwise traffic (norms, RoPE, modulation run far below memory bandwidth on one CPU
-thread), fitted on compute-only times. Its error is reported leave-one-out in the style of Calculon: each
+factor on the modelled elementwise traffic (the model's ops move other sizes in another mix than the
+microbenchmark's), fitted on compute-only times. Its error is reported leave-one-out in the style of Calculon: each
 point is predicted with the factor fitted on the others. Only points whose step-time IQR/median is under 5%
 count; the others are listed as noisy.
 """
@@ -120,6 +121,45 @@ def memory_bandwidth(device: str = "cpu") -> float:
     c = torch.empty_like(a)
     t = _median_time(lambda: torch.add(a, b, out=c), repeats=5, cuda=device != "cpu")
     return 3 * a.numel() * 4 / t
+
+
+ELEMENTWISE_SHAPE = {"cpu": (4096, 256), "cuda": (65536, 1024)}
+"""[tokens, dim] of the elementwise microbenchmark: 4 MiB float32 activations on a CPU (the small preset's scale;
+far larger ones page-fault on every fresh output), 256 MiB on a GPU (the 14b's scale)."""
+_ELEMENTWISE_CHAIN = "a DiT block's elementwise chain, forward and backward, on %d x %d float32"
+
+
+def elementwise_bandwidth(device: str = "cpu") -> float:
+    """Bytes/s of a DiT block's elementwise chain, forward and backward, on [tokens, dim] float32 activations
+    (``ELEMENTWISE_SHAPE``), each op writing a fresh output as eager mode does: a modulated LayerNorm, an
+    RMSNorm, rotary pairs, a tanh GELU, a gated residual. Its bytes are counted as the performance model
+    counts the model's (``analytic.count_traffic``), so the two meet in the same units."""
+    import torch.nn.functional as F
+
+    from .analytic import count_traffic
+
+    n, d = ELEMENTWISE_SHAPE["cpu" if device == "cpu" else "cuda"]
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def rnd(*shape, grad=False):
+        return torch.randn(*shape, generator=g, device=device).requires_grad_(grad)
+
+    x, mod, w, angle, grad_y = rnd(n, d, grad=True), rnd(3, d, grad=True), rnd(d, grad=True), rnd(n, d // 2), rnd(n, d)
+    cos, sin = angle.cos(), angle.sin()
+
+    def chain():
+        shift, scale, gate = mod.unbind(0)
+        h = F.layer_norm(x, (d,)) * (1 + scale) + shift
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+        a, b = h.unflatten(-1, (-1, 2)).unbind(-1)
+        h = torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2)
+        y = x + F.gelu(h, approximate="tanh") * gate
+        torch.autograd.backward(y, grad_y)
+        x.grad = mod.grad = w.grad = None
+
+    chain()
+    nbytes = count_traffic(chain)
+    return nbytes / _median_time(chain, repeats=7, cuda=device != "cpu")
 
 
 def op_overhead(hw: HardwareProfile, dp_shard: int = 1) -> float:
@@ -341,7 +381,7 @@ def _measure_round(world: int, timeout_s: float) -> dict:
     from ..parallel.launch import run_ranks
 
     m = {"matmul": matmul_sweep(), "attention": attention_sweep(), "attention_backward": attention_backward_sweep(),
-         "memory_bandwidth": memory_bandwidth()}
+         "memory_bandwidth": memory_bandwidth(), "elementwise_bandwidth": elementwise_bandwidth()}
     ranks = run_ranks(collective_rank, world, m, timeout_s=timeout_s)
     sharded = ranks[0].pop("op_overhead_sharded")
     loaded = _reduce_repeats(ranks, statistics.fmean)
@@ -365,6 +405,7 @@ def _cpu_profile(m: dict, world: int, rounds: int = 1, dates: str | None = None)
     work = [w for w, _ in m["skew_samples"]]
     prof = HardwareProfile(
         name="cpu-gloo", peak_flops=peak, memory_bandwidth=m["memory_bandwidth"], memory_capacity=float(ram),
+        elementwise_bandwidth=m["elementwise_bandwidth"],
         intra_node=link, inter_node=link, host_link=m["memory_bandwidth"], gpus_per_node=os.cpu_count() or 1,
         matmul=_curve(m["matmul"], peak), attention=_curve(m["attention"], peak),
         attention_backward=_curve(m["attention_backward"], peak), comm_overlaps_compute=False,
@@ -373,6 +414,8 @@ def _cpu_profile(m: dict, world: int, rounds: int = 1, dates: str | None = None)
         sources={"peak_flops": f"{where}: the fastest float32 rate of the matmul and attention sweeps, one thread, "
                                f"{rounds}",
                  "memory_bandwidth": f"{where}: c = a + b over 64 MiB, {rounds}", "memory_capacity": "os.sysconf",
+                 "elementwise_bandwidth": f"{where}: {_ELEMENTWISE_CHAIN % ELEMENTWISE_SHAPE['cpu']}, one thread, "
+                                          f"{rounds}",
                  "intra_node": f"{where}: gloo, {world} ranks, least squares per collective kind over its "
                                f"{len(COLLECTIVE_SIZES)} sizes, each after compute, less the rank skew, {rounds} "
                                f"(in-sample relative RMS residual {residual['per_kind']:.0%}; one pair pooled "
@@ -397,6 +440,7 @@ def _round_figures(prof: HardwareProfile) -> dict[str, float]:
     """The figures of one round whose spread over rounds the report quotes."""
     link = prof.intra_node
     return {"peak_flops": prof.peak_flops, "memory_bandwidth": prof.memory_bandwidth,
+            "elementwise_bandwidth": prof.elementwise_rate,
             "op_overhead": prof.op_overhead, "op_overhead_sharded": prof.op_overhead_sharded,
             "rank_skew": prof.rank_skew, "latency": link.latency, "bandwidth": link.bandwidth,
             **{f"latency_{k}": lat for k, (_, lat) in link.kinds.items()},
@@ -656,7 +700,8 @@ def _spread_lines(rounds: list[dict[str, float]]) -> list[str]:
 
     if len(rounds) < 2:
         return []
-    units = {"peak_flops": (1e-9, "GFLOP/s"), "memory_bandwidth": (1e-9, "GB/s"), "bandwidth": (1e-9, "GB/s"),
+    units = {"peak_flops": (1e-9, "GFLOP/s"), "memory_bandwidth": (1e-9, "GB/s"),
+             "elementwise_bandwidth": (1e-9, "GB/s"), "bandwidth": (1e-9, "GB/s"),
              "rank_skew": (100, "%"), **{f"bandwidth_{k}": (1e-9, "GB/s") for k in COLLECTIVE_KINDS}}
     table = []
     for key in rounds[0]:
@@ -688,7 +733,9 @@ def calibration_markdown(hw: HardwareProfile, raw: dict, rows: list[ValidationRo
                       tablefmt="github"), "",
              (f"Attention backward is counted at {ATTENTION_BACKWARD_FLOPS}x the forward FLOPs (the scores are "
               "recomputed, then four more matmuls), matmul backward at 2x."), "",
-             (f"Memory bandwidth {hw.memory_bandwidth / 1e9:.1f} GB/s (c = a + b). Host overhead per dispatched "
+             (f"Memory bandwidth {hw.memory_bandwidth / 1e9:.1f} GB/s (c = a + b); eager elementwise ops "
+              f"{hw.elementwise_rate / 1e9:.1f} GB/s (a DiT block's norms, modulation, RoPE, GELU and residual, "
+              f"forward and backward, fresh outputs, bytes counted as the model's are). Host overhead per dispatched "
               f"op (a toy-width training step less its modelled compute): {hw.op_overhead * 1e6:.1f} us alone, "
               f"{hw.op_overhead_sharded * 1e6:.1f} us under FSDP. gloo on 2 ranks that compute between "
               f"collectives: rank skew {hw.rank_skew:.1%} of the compute between two collectives (small "
@@ -776,16 +823,19 @@ def calibrate_gpu(base: str = "h100-sxm") -> tuple[HardwareProfile, dict]:
     device = "cuda"
     hw = load_profile(base)
     mm, at, bw = matmul_sweep(device), attention_sweep(device), memory_bandwidth(device)
-    at_bwd = attention_backward_sweep(device)
+    at_bwd, ew = attention_backward_sweep(device), elementwise_bandwidth(device)
     today = _dt.date.today().isoformat()
     where = f"measured by s2vbench calibrate on {torch.cuda.get_device_name()}, {today}"
     sources = {**hw.sources, "matmul": f"{where}: bf16 torch matmul", "attention": f"{where}: bf16 torch SDPA",
                "attention_backward": f"{where}: bf16 torch SDPA backward",
-               "memory_bandwidth": f"{where}: c = a + b over 1 GiB"}
+               "memory_bandwidth": f"{where}: c = a + b over 1 GiB",
+               "elementwise_bandwidth": f"{where}: {_ELEMENTWISE_CHAIN % ELEMENTWISE_SHAPE['cuda']}"}
     prof = HardwareProfile(**{**hw.__dict__, "name": f"{base}-calibrated", "memory_bandwidth": bw,
+                              "elementwise_bandwidth": ew,
                               "matmul": _curve(mm, hw.peak_flops), "attention": _curve(at, hw.peak_flops),
                               "attention_backward": _curve(at_bwd, hw.peak_flops), "sources": sources})
-    return prof, {"matmul": mm, "attention": at, "attention_backward": at_bwd, "memory_bandwidth": bw}
+    return prof, {"matmul": mm, "attention": at, "attention_backward": at_bwd, "memory_bandwidth": bw,
+                  "elementwise_bandwidth": ew}
 
 
 def add_arguments(p) -> None:

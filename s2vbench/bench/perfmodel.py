@@ -23,8 +23,8 @@ attention, at the profile's backward efficiency.
 
 "Other" time is the optimizer's traffic over the parameter shard, the host's per-op overhead (dearer under
 FSDP's DTensors) times the ops rank 0's step dispatches (CPU), and elementwise memory traffic (norms, RoPE,
-modulation, residuals: ``ELEMENTWISE_PASSES`` float32 passes over each layer's [tokens, dim] activations,
-forward; backward twice that; plus the ring's merges and accumulators and Ulysses' packing) at the profile's
+modulation, residuals and their backwards: the bytes the model's own ops move, counted on the meta device in
+float32, plus the ring's merges and accumulators and Ulysses' packing) at the profile's elementwise rate and
 fitted factor, and activation offload when asked for.
 """
 
@@ -41,17 +41,13 @@ from .analytic import (
     ForwardFlops,
     activation_bytes,
     count_dispatched_ops,
+    elementwise_traffic,
     forward_flops,
     injection_frames,
     meta_model,
     parameter_count,
 )
 from .profiles import COLLECTIVE_KINDS, HardwareProfile, Link
-
-ELEMENTWISE_PASSES = 40
-"""Float32 [tokens, dim] reads plus writes per layer forward outside matmuls and attention (assumed: 3 norms,
-4 q/k RMSNorms, RoPE on q and k, 2 modulations, 2 gates, 3 residual adds and the casts between them)."""
-
 
 ATTENTION_BACKWARD_FLOPS = 2.5
 """Backward FLOPs of a fused attention call per forward FLOP: a flash-style backward recomputes the scores and
@@ -285,20 +281,27 @@ def _layer_times(cfg: WanS2VConfig, layout: SequenceLayout, micro: int, st: Stra
 
 def elementwise_seconds(cfg: WanS2VConfig, layout: SequenceLayout, micro: int, st: Strategy, hw: HardwareProfile,
                         training: bool = True) -> float:
-    """Seconds of elementwise memory traffic on the most loaded rank, before ``hw.elementwise_factor``: the
-    layers' own (forward, and in training backward twice over plus the recompute), and the context-parallel
-    glue (ring merges and accumulators, Ulysses packing) of one micro-batch. The glue is not recomputed under
-    AC: checkpointing keeps the attention's outputs."""
-    elem = st.elem_bytes
-    ac = training and st.ac
-    passes = 4 * ELEMENTWISE_PASSES * ((3 if training else 1) + (1 if ac else 0))
+    """Seconds of elementwise traffic on the most loaded rank, before ``hw.elementwise_factor``, at the
+    profile's elementwise rate: the bytes counted from the model (``analytic.elementwise_traffic``) of the
+    preparation (the whole clip, on every rank) and of the layers and head (the rank's share of the tokens),
+    in training their backward and under AC the layers' forward once more; plus the context-parallel glue
+    (ring merges and accumulators, Ulysses packing) of one micro-batch. The glue is not recomputed under AC:
+    checkpointing keeps the attention's outputs."""
+    tr = elementwise_traffic(cfg, layout)
+    s_loc = -(-layout.total // st.cp)
+    share = s_loc / layout.total
+    nbytes = tr.prepare_forward + share * (tr.layers_forward(cfg) + tr.head_forward)
+    if training:
+        nbytes += tr.prepare_backward + share * (tr.layers_backward(cfg) + tr.head_backward
+                                                 + (tr.layers_forward(cfg) if st.ac else 0.0))
+    glue = 0  # bytes per element of one [tokens, dim] pass, all layers
     if st.ring > 1:
-        passes += 4 * RING_MERGE_PASSES * (st.ring - 1)
-        passes += 4 * RING_ACCUMULATE_PASSES * st.ring if training else 0
+        glue += 4 * RING_MERGE_PASSES * (st.ring - 1)
+        glue += 4 * RING_ACCUMULATE_PASSES * st.ring if training else 0
     if st.ulysses > 1:  # 4 all-to-alls forward (q, k, v, out), 4 backward
-        passes += elem * ULYSSES_PACK_PASSES * 4 * (2 if training else 1)
-    pass_elements = micro * -(-layout.total // st.cp) * cfg.dim * cfg.num_layers  # one [tokens, dim] pass, all layers
-    return passes * pass_elements / hw.memory_bandwidth
+        glue += st.elem_bytes * ULYSSES_PACK_PASSES * 4 * (2 if training else 1)
+    nbytes += glue * s_loc * cfg.dim * cfg.num_layers
+    return micro * nbytes / hw.elementwise_rate
 
 
 def toy_config(cfg: WanS2VConfig, heads: int = 2) -> WanS2VConfig:
@@ -658,7 +661,6 @@ def predict_inference(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, h
 
 __all__ = [
     "ATTENTION_BACKWARD_FLOPS",
-    "ELEMENTWISE_PASSES",
     "OPTIMIZER_PASSES",
     "RING_ACCUMULATE_PASSES",
     "RING_MERGE_PASSES",

@@ -131,6 +131,9 @@ class HardwareProfile:
     rank_skew: float = 0.0
     """Fraction of the compute between two collectives that a collective also waits, on average, for the
     slowest rank: ranks drifting apart on shared, noisy cores (measured by calibration); 0 on dedicated GPUs."""
+    elementwise_bandwidth: float | None = None
+    """Bytes/s that eager elementwise ops (norms, modulation, RoPE, activations and their backwards, each writing
+    a fresh output) read and write, by calibration's microbenchmark; None: ``memory_bandwidth``."""
     elementwise_factor: float = 1.0
     """Multiplier on the modelled elementwise traffic time, fitted on end-to-end compute-only steps by calibration;
     1 when never fitted."""
@@ -139,6 +142,11 @@ class HardwareProfile:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def elementwise_rate(self) -> float:
+        """Bytes/s the model charges elementwise traffic at."""
+        return self.memory_bandwidth if self.elementwise_bandwidth is None else self.elementwise_bandwidth
 
     @classmethod
     def from_dict(cls, d: dict) -> HardwareProfile:
@@ -161,6 +169,8 @@ class HardwareProfile:
                        op_overhead=float(d.get("op_overhead", 0.0)),
                        op_overhead_sharded=float(d.get("op_overhead_sharded", d.get("op_overhead", 0.0))),
                        rank_skew=float(d.get("rank_skew", 0.0)),
+                       elementwise_bandwidth=(None if d.get("elementwise_bandwidth") is None else
+                                              float(d["elementwise_bandwidth"])),
                        elementwise_factor=float(d.get("elementwise_factor", 1.0)), sources=dict(d.get("sources", {})))
         except (KeyError, TypeError) as exc:
             raise ProfileError(f"hardware profile {d.get('name', '?')!r} is malformed ({exc!r}); see "
