@@ -207,15 +207,18 @@ def test_leave_one_out_recovers_an_elementwise_factor():
     hw = load_profile("h100-sxm")
     points = [Point("tiny", 1, "single", global_batch=1), Point("small", 1, "single", global_batch=1),
               Point("small", 1, "single", global_batch=2), Point("small", 1, "single", global_batch=1, frames=16)]
-    records = []
+    records, misses = [], []
     for p in points:
         pred = predict_record(_record(p, [1.0] * 3), hw)
         # measured = model + the elementwise part twice more (a factor of 3 on it), noiseless
         records.append(_record(p, [pred.time + 2 * pred.elementwise] * 3))
+        misses.append(2 * pred.elementwise / (pred.time + 2 * pred.elementwise))
     _, summary = validate(records, hw)
     assert summary["counted"] == 4
     assert summary["elementwise_factor"] == pytest.approx(3.0, rel=1e-6)
     assert summary["time_max_abs_error"] == pytest.approx(0.0, abs=1e-9)
+    # without the fitted factor the microbenchmarks alone miss each point by its elementwise share
+    assert summary["unfitted_max_abs_error"] == pytest.approx(max(misses), rel=1e-6) and max(misses) > 0.01
 
 
 def _synthetic_round(scale: float) -> dict:
