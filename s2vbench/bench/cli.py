@@ -188,10 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     p_cmp.add_argument("new", type=Path)
     p_cmp.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
     p_cmp.add_argument("--repeats", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    from .gpu_run import DEFAULT_BUDGET_MIN as GPU_RUN_BUDGET_MIN  # no Triton at import: the kernels load lazily
+
     p_gpu = sub.add_parser("gpu-run", help="kernel correctness and benchmarks for one GPU lease (tiny shapes on CPU)")
     p_gpu.add_argument("--out", type=Path, default=None, help="output folder (default runs/<timestamp>)")
-    p_gpu.add_argument("--budget-min", type=_positive_minutes, default=None,
-                       help="wall-clock budget in minutes (default 8: one device command of a 15-minute lease)")
+    p_gpu.add_argument("--budget-min", type=_positive_minutes, default=GPU_RUN_BUDGET_MIN,
+                       help=f"wall-clock budget in minutes (default {GPU_RUN_BUDGET_MIN:g}: one device command of a "
+                            f"15-minute lease)")
     p_gpu.add_argument("--smoke", action="store_true", help="tiny shapes even on a GPU")
     from . import buckets, calibrate, longform, plan
 
@@ -226,9 +229,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(write_report(args.results, args.out, args.title))
         return 0
-    from .gpu_run import DEFAULT_BUDGET_MIN, gpu_run
+    from .gpu_run import gpu_run
 
-    gpu_run(args.out or _default_out(), args.budget_min or DEFAULT_BUDGET_MIN, smoke=True if args.smoke else None)
+    gpu_run(args.out or _default_out(), args.budget_min, smoke=True if args.smoke else None)
     return 0
 
 
