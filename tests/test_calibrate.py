@@ -266,6 +266,12 @@ def test_interrupted_calibration_resumes_from_its_finished_rounds(tmp_path, monk
     assert len(calls) == 4
     with pytest.raises(cal.CalibrationError, match="delete it"):
         cal.calibrate_cpu(world=4, rounds=3, checkpoint=checkpoint)
+    # ... and so is one whose rounds measured another set of figures (an older s2vbench's)
+    doc = json.loads(checkpoint.read_text())
+    doc["key"]["round_format"] = cal.ROUND_FORMAT - 1
+    checkpoint.write_text(json.dumps(doc))
+    with pytest.raises(cal.CalibrationError, match="delete it"):
+        cal.calibrate_cpu(rounds=3, checkpoint=checkpoint)
     # ... and so is one from another machine
     doc = json.loads(checkpoint.read_text())
     doc["key"]["host"] = "elsewhere"

@@ -259,9 +259,14 @@ def test_context_parallel_glue_adds_elementwise_traffic():
     hw = load_profile("h100-sxm")
     tr = elementwise_traffic(cfg, lay)
     s_loc = -(-lay.total // 2)
-    # each rank of 2 holds half the tokens and all of the preparation
-    own = (tr.prepare_forward + tr.prepare_backward + s_loc / lay.total * (
-        tr.layers_forward(cfg) + tr.layers_backward(cfg) + tr.head_forward + tr.head_backward)) / hw.elementwise_rate
+    # each rank of 2 holds half the tokens and all of the preparation; rank 0, the busiest, has only noisy
+    # tokens: its injections run on its frames (padded to whole frames), its head on all its tokens
+    assert s_loc < lay.noisy
+    frames = -(-s_loc // lay.tokens_per_frame)
+    blocks = cfg.num_layers * (tr.block_forward + tr.block_backward) * s_loc / lay.total
+    injections = len(cfg.audio_inject_layers) * (tr.injection_forward + tr.injection_backward) * frames / lay.grid[0]
+    head = (tr.head_forward + tr.head_backward) * s_loc / lay.noisy
+    own = (tr.prepare_forward + tr.prepare_backward + blocks + injections + head) / hw.elementwise_rate
     # ring of 2: per layer 5 merge passes (1 step after the first) and 9 accumulate passes per step (2 steps),
     # float32 over its [tokens, dim] share
     ring = elementwise_seconds(cfg, lay, 1, Strategy(ring=2, ac=False, dtype="float32"), hw)
@@ -539,11 +544,14 @@ def test_parallel_checkpointing_keeps_attention_so_it_is_not_recomputed():
     assert single_on.compute - single_off.compute == pytest.approx(sum(op_time(o, hw) for o in one))
     # the glue is not recomputed: AC adds only the rank's share of the layers' own forward traffic
     small, slay = _layout("small")
-    layers = elementwise_traffic(small, slay).layers_forward(small)
+    tr = elementwise_traffic(small, slay)
+    s_loc = -(-slay.total // 2)
+    layers = (small.num_layers * tr.block_forward * s_loc / slay.total + len(small.audio_inject_layers)
+              * tr.injection_forward * -(-s_loc // slay.tokens_per_frame) / slay.grid[0])
     for st in (Strategy(ring=2, dtype="float32"), Strategy(ulysses=2, dtype="float32")):
         gap = elementwise_seconds(small, slay, 1, st, hw) - elementwise_seconds(
             small, slay, 1, Strategy(st.dp_shard, st.ulysses, st.ring, False, "float32"), hw)
-        assert gap == pytest.approx(layers * (slay.total // 2) / slay.total / hw.elementwise_rate)
+        assert gap == pytest.approx(layers / hw.elementwise_rate)
     # ... and its outputs stay in memory: per layer out and LSE, plus Ulysses' four head-split tensors and LSE
     s_loc, h, d = -(-lay.total // 8), cfg.num_heads, cfg.dim
     uly = activation_bytes(cfg, lay, 1, "bfloat16", True, ulysses=8, parallelized=True)
@@ -581,3 +589,13 @@ def test_an_old_profile_gets_a_clear_error(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps(d))
     with pytest.raises(ProfileError, match="re-run `s2vbench calibrate"):
         load_profile(tmp_path / "old.json")
+    # a factor fitted before the elementwise traffic was counted would scale the count by the wrong amount
+    d = load_profile("h100-sxm").to_dict()
+    del d["elementwise_bandwidth"]
+    d["elementwise_factor"] = 8.99
+    (tmp_path / "old.json").write_text(json.dumps(d))
+    with pytest.raises(ProfileError, match="elementwise_factor was fitted"):
+        load_profile(tmp_path / "old.json")
+    d["elementwise_factor"] = 1.0  # never fitted: nothing stale
+    (tmp_path / "old.json").write_text(json.dumps(d))
+    assert load_profile(tmp_path / "old.json").elementwise_rate == d["memory_bandwidth"]

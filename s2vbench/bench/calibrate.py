@@ -376,6 +376,10 @@ CALIBRATION_ROUNDS = 3
 """Independent rounds of the CPU calibration; the profile takes each figure's median over them."""
 
 
+ROUND_FORMAT = 2
+"""Version of the figures a round measures (2: with the elementwise rate); checkpoints of another are not resumed."""
+
+
 def _measure_round(world: int, timeout_s: float) -> dict:
     """One round of every CPU microbenchmark."""
     from ..parallel.launch import run_ranks
@@ -456,6 +460,7 @@ def _checkpoint_key(world: int) -> dict:
     import platform
 
     return {"world": world, "host": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "round_format": ROUND_FORMAT,
             "collective_sizes": list(COLLECTIVE_SIZES), "skew_work": list(SKEW_WORK),
             "collective_work": COLLECTIVE_WORK}
 

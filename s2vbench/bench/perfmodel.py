@@ -283,17 +283,24 @@ def elementwise_seconds(cfg: WanS2VConfig, layout: SequenceLayout, micro: int, s
                         training: bool = True) -> float:
     """Seconds of elementwise traffic on the most loaded rank, before ``hw.elementwise_factor``, at the
     profile's elementwise rate: the bytes counted from the model (``analytic.elementwise_traffic``) of the
-    preparation (the whole clip, on every rank) and of the layers and head (the rank's share of the tokens),
+    preparation (the whole clip, on every rank) and of the layers and head (the busiest rank's share),
     in training their backward and under AC the layers' forward once more; plus the context-parallel glue
     (ring merges and accumulators, Ulysses packing) of one micro-batch. The glue is not recomputed under AC:
     checkpointing keeps the attention's outputs."""
     tr = elementwise_traffic(cfg, layout)
     s_loc = -(-layout.total // st.cp)
-    share = s_loc / layout.total
-    nbytes = tr.prepare_forward + share * (tr.layers_forward(cfg) + tr.head_forward)
+    # the busiest rank's share of each stage: blocks by its tokens; injections by its noisy tokens padded to
+    # whole frames; the head by its noisy tokens
+    block = s_loc / layout.total
+    injection = injection_frames(layout, st.cp) * layout.tokens_per_frame / layout.noisy
+    head = min(s_loc, layout.noisy) / layout.noisy
+    n_inj = len(cfg.audio_inject_layers)
+    layers_fwd = cfg.num_layers * block * tr.block_forward + n_inj * injection * tr.injection_forward
+    nbytes = tr.prepare_forward + layers_fwd + head * tr.head_forward
     if training:
-        nbytes += tr.prepare_backward + share * (tr.layers_backward(cfg) + tr.head_backward
-                                                 + (tr.layers_forward(cfg) if st.ac else 0.0))
+        nbytes += (tr.prepare_backward + cfg.num_layers * block * tr.block_backward
+                   + n_inj * injection * tr.injection_backward + head * tr.head_backward
+                   + (layers_fwd if st.ac else 0.0))
     glue = 0  # bytes per element of one [tokens, dim] pass, all layers
     if st.ring > 1:
         glue += 4 * RING_MERGE_PASSES * (st.ring - 1)

@@ -150,6 +150,10 @@ class HardwareProfile:
 
     @classmethod
     def from_dict(cls, d: dict) -> HardwareProfile:
+        if float(d.get("elementwise_factor", 1.0)) != 1.0 and "elementwise_bandwidth" not in d:
+            raise ProfileError(f"hardware profile {d.get('name', '?')!r} was written by an older s2vbench (its "
+                               f"elementwise_factor was fitted to an assumed traffic that the model now counts "
+                               f"from the model's ops); re-run `s2vbench calibrate --out FILE` to write a current one")
         if "fixed_overhead" in d and "op_overhead" not in d:
             raise ProfileError(f"hardware profile {d.get('name', '?')!r} was written by an older s2vbench (it has "
                                f"fixed_overhead, which the model replaced by a measured op_overhead); re-run "
