@@ -226,6 +226,12 @@ def test_traffic_count_by_hand():
     assert count_traffic(lambda: buf.copy_(x)) == 2 * xb  # the destination is written, not read
     assert count_traffic(lambda: buf.fill_(0)) == xb
     assert count_traffic(lambda: torch.empty(1000)) == 0  # an allocation
+    assert count_traffic(lambda: torch.add(x, x, out=buf)) == 3 * xb  # out=: written, not read
+    assert count_traffic(lambda: buf.normal_()) == xb  # a random fill writes only
+    assert count_traffic(lambda: buf.unsqueeze_(0)) == 0  # in place, but only its shape changes
+    buf.squeeze_(0)
+    bufs = [torch.zeros(64, 32), torch.zeros(8)]
+    assert count_traffic(lambda: torch._foreach_add_(bufs, 1.0)) == 2 * (xb + 8 * 4)  # no returns, still written
     seen = []
     assert count_traffic(lambda: (x * y).sum(), seen.append) == sum(seen) == 2 * xb + 32 * 4 + xb + 4
 

@@ -393,9 +393,14 @@ __all__ += ["audio_encoder_flops", "count_dispatched_ops", "vae_flops"]
 # residuals, casts, concatenations and their backwards) moves memory rather than doing arithmetic. Its bytes are
 # counted, not assumed: the model's real forward and backward run on the meta device at the real widths, and
 # every aten op that is not a view, an allocation or a matmul adds the bytes of its tensor inputs and outputs.
-_NO_TRAFFIC = ("_unsafe_view", "lift_fresh", "detach", "alias", "empty", "new_empty", "_local_scalar_dense",
-               "set_", "resize_")
-_DESTINATION_ONLY = ("fill_", "zero_", "copy_")  # their first argument is written, not read
+_NO_TRAFFIC = frozenset((
+    "_unsafe_view", "_reshape_alias", "alias", "detach", "detach_", "lift", "lift_fresh", "_local_scalar_dense",
+    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "set_", "resize_",
+    # in-place changes of metadata only
+    "unsqueeze_", "squeeze_", "t_", "transpose_", "swapdims_", "swapaxes_", "as_strided_"))
+_DESTINATION_ONLY = frozenset((  # their first argument is written, not read
+    "fill_", "zero_", "copy_", "normal_", "uniform_", "bernoulli_", "random_", "exponential_", "geometric_",
+    "cauchy_", "log_normal_"))
 META_ATTENTION_BACKEND = "meta-shapes"
 """The attention backend :func:`elementwise_traffic` runs: the right output shape and gradients, no arithmetic
 (a fused kernel's own reads and writes are the attention's time, not elementwise traffic; on the meta device
@@ -410,12 +415,43 @@ def _touched_bytes(t) -> int:
         return t.nbytes
 
 
+def _op_traffic(func, args, kwargs, out) -> int:
+    """Bytes one aten op reads and writes, by its schema: arguments it does not write are read; an argument it
+    writes in place is read and written (only written for ``_DESTINATION_ONLY`` ops and ``out=`` arguments);
+    fresh returns are written. Views, allocations, metadata changes and matmuls move none."""
+    import torch
+    from torch.utils._pytree import tree_flatten
+
+    name = func.__name__.split(".")[0]
+    schema = func._schema
+    views = schema.returns and all(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
+    if (func.namespace != "aten" or name in _NO_TRAFFIC or name.lstrip("_").startswith(_MATMUL_OPS)
+            or views):
+        return 0
+
+    def tensors(value):
+        return [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
+
+    bound = [*zip(schema.arguments, args), *((a, kwargs[a.name]) for a in schema.arguments if a.name in kwargs)]
+    reads, writes = [], []
+    for i, (arg, value) in enumerate(bound):
+        written = arg.alias_info is not None and arg.alias_info.is_write
+        if not written or (i == 0 and name not in _DESTINATION_ONLY and not arg.kwarg_only):
+            reads += tensors(value)
+        if written:
+            writes += tensors(value)
+    results = out if len(schema.returns) > 1 else (out,)
+    for ret, value in zip(schema.returns, results):
+        if ret.alias_info is None:
+            writes += tensors(value)
+    return sum(map(_touched_bytes, reads)) + sum(map(_touched_bytes, writes))
+
+
 def count_traffic(fn, on_op=None) -> float:
     """Bytes that the elementwise ops ``fn()`` dispatches read and write (forward, and backward where ``fn`` runs
-    one); ``on_op(nbytes)`` also sees each op's bytes as it runs (to split them by stage)."""
-    import torch
+    one; :func:`_op_traffic` per op); ``on_op(nbytes)`` also sees each op's bytes as it runs (to split them by
+    stage)."""
     from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_flatten
 
     total = 0.0
 
@@ -424,19 +460,11 @@ def count_traffic(fn, on_op=None) -> float:
             nonlocal total
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
-            name = func.__name__.split(".")[0]
-            returns = func._schema.returns
-            if (name.startswith(_NO_TRAFFIC) or name.lstrip("_").startswith(_MATMUL_OPS)
-                    or (returns and all(r.alias_info is not None and not r.alias_info.is_write for r in returns))):
-                return out  # a view, an allocation or a matmul: no elementwise traffic
-            ins = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
-            if name in _DESTINATION_ONLY:
-                ins = ins[1:]
-            nbytes = sum(map(_touched_bytes, ins)) + sum(_touched_bytes(a) for a in tree_flatten(out)[0]
-                                                         if isinstance(a, torch.Tensor))
-            total += nbytes
-            if on_op is not None:
-                on_op(nbytes)
+            nbytes = _op_traffic(func, args, kwargs, out)
+            if nbytes:
+                total += nbytes
+                if on_op is not None:
+                    on_op(nbytes)
             return out
 
     with Traffic():
