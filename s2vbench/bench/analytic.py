@@ -528,15 +528,13 @@ class ElementwiseTraffic:
         return cfg.num_layers * self.block_backward + len(cfg.audio_inject_layers) * self.injection_backward
 
 
-def _stage_traffic(cfg: WanS2VConfig, layout: SequenceLayout) -> dict[str, float]:
-    """Bytes per stage and direction of one float32 training step of ``cfg`` on ``layout``, on the meta device.
-    The backward's stages are told apart by when the blocks' output and input get their gradients; the few
-    preparation ops whose backward the engine runs earlier (the time and text embeddings' side branches) are
-    counted with the blocks (0.4 % of a block's backward at the small preset's widths, 0.03 % at the 14b's)."""
+def meta_training_inputs(cfg: WanS2VConfig, layout: SequenceLayout):
+    """(model, batch) of one clip of ``layout`` on the meta device, the model's attention the shapes-only
+    backend: what :func:`elementwise_traffic` runs a training step of."""
     import torch
 
     from ..model import ClipShape, WanS2V
-    from ..model.flow import flow_matching_loss, synthetic_batch
+    from ..model.flow import synthetic_batch
 
     _register_meta_attention()
     (ft, fh, fw), (pt, ph, pw) = layout.grid, cfg.patch_size
@@ -549,34 +547,55 @@ def _stage_traffic(cfg: WanS2VConfig, layout: SequenceLayout) -> dict[str, float
     batch = synthetic_batch(cfg, clip, 1)
     batch = dataclasses.replace(batch, **{f.name: getattr(batch, f.name).to("meta") for f in dataclasses.fields(batch)
                                          if f.name != "sample_index" and getattr(batch, f.name) is not None})
+    return model, batch
+
+
+def _stage_traffic(cfg: WanS2VConfig, layout: SequenceLayout) -> dict[str, float]:
+    """Bytes per stage and direction of one float32 training step of ``cfg`` on ``layout``, on the meta device.
+    Forward ops belong to the stage that runs them; a backward op to the stage whose forward created the
+    autograd node running it (told apart by the nodes' sequence numbers), however the engine interleaves them."""
+    import torch
+
+    from ..model.flow import flow_matching_loss
+
+    model, batch = meta_training_inputs(cfg, layout)
     bytes_ = dict.fromkeys(("prepare forward", "blocks forward", "head forward", "head backward",
                             "blocks backward", "prepare backward"), 0.0)
     stage = ["prepare forward"]
+    bounds = []  # the autograd sequence number when the blocks start, and when they end
 
-    def enter(name):
-        def hook(_grad):
-            stage[0] = name
-        return hook
+    def sequence_number() -> int:
+        # the next node's number, read off a view of a fresh leaf (a view moves no bytes)
+        return torch.empty(0, device="meta", requires_grad=True).view(0).grad_fn._sequence_nr()
 
     run_blocks = model.run_blocks
 
-    def staged_run_blocks(x, *args, **kwargs):
+    def staged_run_blocks(*args, **kwargs):
         stage[0] = "blocks forward"
-        x.register_hook(enter("prepare backward"))  # blocks' backward has reached their input
-        out = run_blocks(x, *args, **kwargs)
-        out.register_hook(enter("blocks backward"))  # the head's backward has reached the blocks' output
+        bounds.append(sequence_number())
+        out = run_blocks(*args, **kwargs)
+        bounds.append(sequence_number())
         stage[0] = "head forward"
         return out
 
     model.run_blocks = staged_run_blocks
+    last = ["head backward"]  # gradient accumulation into the leaves goes with the node that fed it
 
     def on_op(n):
-        bytes_[stage[0]] += n
+        node = torch._C._current_autograd_node()
+        if node is not None:
+            seq = node._sequence_nr()
+            if seq < 2 ** 63:  # AccumulateGrad nodes carry no forward order
+                last[0] = ("prepare backward" if seq < bounds[0] else
+                           "blocks backward" if seq < bounds[1] else "head backward")
+            bytes_[last[0]] += n
+        else:
+            bytes_[stage[0]] += n
 
     def step():
         with torch.enable_grad():  # a caller's no_grad would leave no backward to count
             loss = flow_matching_loss(model, batch, seed=0, step=0)
-            stage[0] = "head backward"
+            stage[0] = "head backward"  # what backward() runs before its first node
             loss.loss_sum.backward()
 
     count_traffic(step, on_op)
@@ -600,4 +619,5 @@ def elementwise_traffic(cfg: WanS2VConfig, layout: SequenceLayout) -> Elementwis
         head_forward=injected["head forward"], head_backward=injected["head backward"])
 
 
-__all__ += ["ElementwiseTraffic", "META_ATTENTION_BACKEND", "count_traffic", "elementwise_traffic"]
+__all__ += ["ElementwiseTraffic", "META_ATTENTION_BACKEND", "count_traffic", "elementwise_traffic",
+            "meta_training_inputs"]
