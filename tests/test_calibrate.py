@@ -298,7 +298,8 @@ def test_calibration_rounds_after_the_first_start_only_while_they_fit_the_deadli
     assert raw["rounds_cut"].startswith("2 of the 3 rounds") and "60 s" in raw["rounds_cut"]
     assert "medians over 2 rounds" in prof.sources["rank_skew"]
     section = cal.calibration_markdown(prof, raw, [], {"points": 0, "counted": 0, "time_mean_abs_error": None,
-                                                       "time_max_abs_error": None, "memory_mean_abs_error": None,
+                                                       "time_max_abs_error": None, "unfitted_mean_abs_error": None,
+                                                       "unfitted_max_abs_error": None, "memory_mean_abs_error": None,
                                                        "memory_max_abs_error": None, "elementwise_factor": 1.0})
     assert "ran 2 independent rounds" in section and "stopped at 2 of the 3 rounds" in section
     # a deadline already past still gets the one round a profile needs; no deadline runs them all

@@ -621,19 +621,17 @@ def test_an_old_profile_gets_a_clear_error(tmp_path):
 
     from s2vbench.bench.profiles import ProfileError
 
-    d = load_profile("h100-sxm").to_dict()
-    del d["op_overhead"]
-    d["fixed_overhead"] = 0.2
-    (tmp_path / "old.json").write_text(json.dumps(d))
+    def old(drop: str, **fields):
+        d = load_profile("h100-sxm").to_dict()
+        del d[drop]
+        path = tmp_path / "old.json"
+        path.write_text(json.dumps({**d, **fields}))
+        return path
+
     with pytest.raises(ProfileError, match="re-run `s2vbench calibrate"):
-        load_profile(tmp_path / "old.json")
+        load_profile(old("op_overhead", fixed_overhead=0.2))
     # a factor fitted before the elementwise traffic was counted would scale the count by the wrong amount
-    d = load_profile("h100-sxm").to_dict()
-    del d["elementwise_bandwidth"]
-    d["elementwise_factor"] = 8.99
-    (tmp_path / "old.json").write_text(json.dumps(d))
     with pytest.raises(ProfileError, match="elementwise_factor was fitted"):
-        load_profile(tmp_path / "old.json")
-    d["elementwise_factor"] = 1.0  # never fitted: nothing stale
-    (tmp_path / "old.json").write_text(json.dumps(d))
-    assert load_profile(tmp_path / "old.json").elementwise_rate == d["memory_bandwidth"]
+        load_profile(old("elementwise_bandwidth", elementwise_factor=8.99))
+    never_fitted = load_profile(old("elementwise_bandwidth", elementwise_factor=1.0))  # nothing stale
+    assert never_fitted.elementwise_rate == never_fitted.memory_bandwidth

@@ -521,11 +521,15 @@ class ElementwiseTraffic:
     head_backward: float
     """Their backward."""
 
-    def layers_forward(self, cfg: WanS2VConfig) -> float:
-        return cfg.num_layers * self.block_forward + len(cfg.audio_inject_layers) * self.injection_forward
+    def layers_forward(self, cfg: WanS2VConfig, block_share: float = 1.0, injection_share: float = 1.0) -> float:
+        """``cfg``'s blocks and injections, forward, on a rank holding these shares of their tokens."""
+        return (cfg.num_layers * block_share * self.block_forward
+                + len(cfg.audio_inject_layers) * injection_share * self.injection_forward)
 
-    def layers_backward(self, cfg: WanS2VConfig) -> float:
-        return cfg.num_layers * self.block_backward + len(cfg.audio_inject_layers) * self.injection_backward
+    def layers_backward(self, cfg: WanS2VConfig, block_share: float = 1.0, injection_share: float = 1.0) -> float:
+        """Their backward."""
+        return (cfg.num_layers * block_share * self.block_backward
+                + len(cfg.audio_inject_layers) * injection_share * self.injection_backward)
 
 
 def meta_training_inputs(cfg: WanS2VConfig, layout: SequenceLayout):

@@ -781,8 +781,8 @@ def calibration_markdown(hw: HardwareProfile, raw: dict, rows: list[ValidationRo
                   f"{pct(summary['memory_mean_abs_error'])}, max {pct(summary['memory_max_abs_error'])}. "
                   f"Elementwise factor fitted on all counted points: {summary['elementwise_factor']:.2f} (it also "
                   f"carries whatever else of the steps' compute the microbenchmarks miss); with factor 1, the "
-                  f"microbenchmarks alone (\"model s\"), mean |error| {pct(summary.get('unfitted_mean_abs_error'))}, "
-                  f"max {pct(summary.get('unfitted_max_abs_error'))}.")]
+                  f"microbenchmarks alone (\"model s\"), mean |error| {pct(summary['unfitted_mean_abs_error'])}, "
+                  f"max {pct(summary['unfitted_max_abs_error'])}.")]
     return "\n".join(lines) + "\n"
 
 

@@ -294,12 +294,10 @@ def elementwise_seconds(cfg: WanS2VConfig, layout: SequenceLayout, micro: int, s
     block = s_loc / layout.total
     injection = injection_frames(layout, st.cp) * layout.tokens_per_frame / layout.noisy
     head = min(s_loc, layout.noisy) / layout.noisy
-    n_inj = len(cfg.audio_inject_layers)
-    layers_fwd = cfg.num_layers * block * tr.block_forward + n_inj * injection * tr.injection_forward
+    layers_fwd = tr.layers_forward(cfg, block, injection)
     nbytes = tr.prepare_forward + layers_fwd + head * tr.head_forward
     if training:
-        nbytes += (tr.prepare_backward + cfg.num_layers * block * tr.block_backward
-                   + n_inj * injection * tr.injection_backward + head * tr.head_backward
+        nbytes += (tr.prepare_backward + tr.layers_backward(cfg, block, injection) + head * tr.head_backward
                    + (layers_fwd if st.ac else 0.0))
     glue = 0  # bytes per element of one [tokens, dim] pass, all layers
     if st.ring > 1:
