@@ -10,6 +10,7 @@ checkpointing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -391,8 +392,9 @@ __all__ += ["audio_encoder_flops", "count_dispatched_ops", "vae_flops"]
 # ---- elementwise traffic --------------------------------------------------------------------------------
 # Everything a step runs outside matmuls, convolutions and attention (norms, RoPE, modulation, gates,
 # residuals, casts, concatenations and their backwards) moves memory rather than doing arithmetic. Its bytes are
-# counted, not assumed: the model's real forward and backward run on the meta device at the real widths, and
-# every aten op that is not a view, an allocation or a matmul adds the bytes of its tensor inputs and outputs.
+# counted, not assumed: the model's real forward and backward run on fake tensors (shapes and dtypes, no data,
+# no memory) at the real widths, under the real autocast, and every aten op that is not a view, an allocation
+# or a matmul adds the bytes of its tensor inputs and outputs.
 _NO_TRAFFIC = frozenset((
     "_unsafe_view", "_reshape_alias", "alias", "detach", "detach_", "lift", "lift_fresh", "_local_scalar_dense",
     "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "set_", "resize_",
@@ -401,10 +403,13 @@ _NO_TRAFFIC = frozenset((
 _DESTINATION_ONLY = frozenset((  # their first argument is written, not read
     "fill_", "zero_", "copy_", "normal_", "uniform_", "bernoulli_", "random_", "exponential_", "geometric_",
     "cauchy_", "log_normal_"))
-META_ATTENTION_BACKEND = "meta-shapes"
+SHAPES_ONLY_ATTENTION = "shapes-only"
 """The attention backend :func:`elementwise_traffic` runs: the right output shape and gradients, no arithmetic
-(a fused kernel's own reads and writes are the attention's time, not elementwise traffic; on the meta device
+(a fused kernel's own reads and writes are the attention's time, not elementwise traffic; on fake tensors
 torch's SDPA would otherwise decompose into its unfused math)."""
+TRAFFIC_DTYPES = ("float32", "bfloat16")
+"""What :func:`elementwise_traffic` counts: a float32 step, or the bf16 one the performance model's strategies
+run (bf16 parameters, as FSDP's mixed precision hands them to the forward, under bf16 autocast)."""
 
 
 def _touched_bytes(t) -> int:
@@ -473,8 +478,9 @@ def count_traffic(fn, on_op=None) -> float:
 
 
 @functools.lru_cache(maxsize=1)
-def _register_meta_attention() -> None:
+def _register_shapes_only_attention() -> None:
     import torch
+    from torch._subclasses.fake_tensor import FakeTensor
 
     from ..model.attention import register_attention_backend
 
@@ -489,20 +495,19 @@ def _register_meta_attention() -> None:
             return tuple(torch.empty_like(t) for t in ctx.shapes)
 
     def attention(q, k, v, kv_lens):
-        if q.device.type != "meta":
-            raise ValueError(f"the {META_ATTENTION_BACKEND!r} attention backend computes nothing; it counts "
-                             f"traffic on the meta device (got {q.device.type} tensors); use 'torch' or 'triton'")
+        if not isinstance(q, FakeTensor):
+            raise ValueError(f"the {SHAPES_ONLY_ATTENTION!r} attention backend computes nothing; it counts traffic "
+                             f"on fake tensors (got real {q.device.type} tensors); use 'torch' or 'triton'")
         return ShapesOnly.apply(q, k, v)
 
-    register_attention_backend(META_ATTENTION_BACKEND, attention, overwrite=True)
+    register_attention_backend(SHAPES_ONLY_ATTENTION, attention, overwrite=True)
 
 
 @dataclass(frozen=True)
 class ElementwiseTraffic:
     """Bytes the elementwise ops of one clip's training step read and write, by stage of
-    ``WanS2V.forward_tokens``, in float32 (batch 1; the optimizer's traffic is not in it). The model charges
-    this float32 count for a bf16 step too: under autocast the norms, modulation and residual stream stay
-    float32 (the fp32 islands), matmul outputs halve and the casts add traffic."""
+    ``WanS2V.forward_tokens`` (batch 1; the optimizer's traffic is not in it). In bf16 the norms, modulation
+    and residual stream stay float32 (the fp32 islands), matmul outputs halve and the casts add traffic."""
 
     prepare_forward: float
     """Embeddings, FramePack, the audio encoder, text and time: the whole clip, on every context-parallel rank."""
@@ -532,37 +537,50 @@ class ElementwiseTraffic:
                 + len(cfg.audio_inject_layers) * injection_share * self.injection_backward)
 
 
-def meta_training_inputs(cfg: WanS2VConfig, layout: SequenceLayout):
-    """(model, batch) of one clip of ``layout`` on the meta device, the model's attention the shapes-only
-    backend: what :func:`elementwise_traffic` runs a training step of."""
+@contextlib.contextmanager
+def fake_training_inputs(cfg: WanS2VConfig, layout: SequenceLayout, dtype: str = "float32"):
+    """Yields (model, batch): one clip of ``layout`` through ``cfg`` as fake CPU tensors (shapes and dtypes, no
+    data, no memory), the model's attention the shapes-only backend, in ``dtype`` (``TRAFFIC_DTYPES``); run the
+    step inside the ``with`` (under :func:`traffic_autocast`)."""
     import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
 
     from ..model import ClipShape, WanS2V
     from ..model.flow import synthetic_batch
 
-    _register_meta_attention()
+    if dtype not in TRAFFIC_DTYPES:
+        raise ValueError(f"dtype {dtype!r}: elementwise traffic is counted for {' or '.join(TRAFFIC_DTYPES)}")
+    _register_shapes_only_attention()
     (ft, fh, fw), (pt, ph, pw) = layout.grid, cfg.patch_size
     clip = ClipShape(ft * pt, fh * ph, fw * pw, text_tokens=cfg.text_len, with_motion=bool(layout.motion_grids))
-    with torch.device("meta"):
+    with FakeTensorMode():
         model = WanS2V(cfg)
-    for m in model.modules():
-        if hasattr(m, "attn_backend"):
-            m.attn_backend = META_ATTENTION_BACKEND
-    batch = synthetic_batch(cfg, clip, 1)
-    batch = dataclasses.replace(batch, **{f.name: getattr(batch, f.name).to("meta") for f in dataclasses.fields(batch)
-                                         if f.name != "sample_index" and getattr(batch, f.name) is not None})
-    return model, batch
+        for m in model.modules():
+            if hasattr(m, "attn_backend"):
+                m.attn_backend = SHAPES_ONLY_ATTENTION
+        if dtype == "bfloat16":  # FSDP casts the parameters, not the buffers
+            for p in model.parameters():
+                p.data = p.data.to(torch.bfloat16)
+        # a one-element index made here stays a known constant: the noise draw reads it as an int
+        batch = dataclasses.replace(synthetic_batch(cfg, clip, 1), sample_index=torch.tensor([0]))
+        yield model, batch
 
 
-def _stage_traffic(cfg: WanS2VConfig, layout: SequenceLayout) -> dict[str, float]:
-    """Bytes per stage and direction of one float32 training step of ``cfg`` on ``layout``, on the meta device.
+def traffic_autocast(dtype: str):
+    """The autocast a ``dtype`` step's forward runs under (as ``flow.accumulate_gradients`` enters it)."""
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+
+def _stage_traffic(cfg: WanS2VConfig, layout: SequenceLayout, dtype: str = "float32") -> dict[str, float]:
+    """Bytes per stage and direction of one ``dtype`` training step of ``cfg`` on ``layout``, on fake tensors.
     Forward ops belong to the stage that runs them; a backward op to the stage whose forward created the
     autograd node running it (told apart by the nodes' sequence numbers), however the engine interleaves them."""
     import torch
 
     from ..model.flow import flow_matching_loss
 
-    model, batch = meta_training_inputs(cfg, layout)
     bytes_ = dict.fromkeys(("prepare forward", "blocks forward", "head forward", "head backward",
                             "blocks backward", "prepare backward"), 0.0)
     stage = ["prepare forward"]
@@ -570,9 +588,7 @@ def _stage_traffic(cfg: WanS2VConfig, layout: SequenceLayout) -> dict[str, float
 
     def sequence_number() -> int:
         # the next node's number, read off a view of a fresh leaf (a view moves no bytes)
-        return torch.empty(0, device="meta", requires_grad=True).view(0).grad_fn._sequence_nr()
-
-    run_blocks = model.run_blocks
+        return torch.empty(0, requires_grad=True).view(0).grad_fn._sequence_nr()
 
     def staged_run_blocks(*args, **kwargs):
         stage[0] = "blocks forward"
@@ -582,7 +598,6 @@ def _stage_traffic(cfg: WanS2VConfig, layout: SequenceLayout) -> dict[str, float
         stage[0] = "head forward"
         return out
 
-    model.run_blocks = staged_run_blocks
     last = ["head backward"]  # gradient accumulation into the leaves goes with the node that fed it
 
     def on_op(n):
@@ -596,23 +611,28 @@ def _stage_traffic(cfg: WanS2VConfig, layout: SequenceLayout) -> dict[str, float
         else:
             bytes_[stage[0]] += n
 
-    def step():
-        with torch.enable_grad():  # a caller's no_grad would leave no backward to count
-            loss = flow_matching_loss(model, batch, seed=0, step=0)
-            stage[0] = "head backward"  # what backward() runs before its first node
-            loss.loss_sum.backward()
+    with fake_training_inputs(cfg, layout, dtype) as (model, batch):
+        run_blocks = model.run_blocks
+        model.run_blocks = staged_run_blocks
 
-    count_traffic(step, on_op)
+        def step():
+            with torch.enable_grad():  # a caller's no_grad would leave no backward to count
+                with traffic_autocast(dtype):
+                    loss = flow_matching_loss(model, batch, seed=0, step=0)
+                stage[0] = "head backward"  # what backward() runs before its first node
+                loss.loss_sum.backward()
+
+        count_traffic(step, on_op)
     return bytes_
 
 
 @functools.lru_cache(maxsize=64)
-def elementwise_traffic(cfg: WanS2VConfig, layout: SequenceLayout) -> ElementwiseTraffic:
-    """The elementwise bytes of one clip of ``layout`` through ``cfg``, counted (:func:`count_traffic`) on two
-    one-block models of ``cfg``'s widths, with and without an audio injection, so that a 40-block 14b costs no
-    more to count than one block (seconds; cached per config and layout)."""
-    plain = _stage_traffic(dataclasses.replace(cfg, num_layers=1, audio_inject_layers=()), layout)
-    injected = _stage_traffic(dataclasses.replace(cfg, num_layers=1, audio_inject_layers=(0,)), layout)
+def elementwise_traffic(cfg: WanS2VConfig, layout: SequenceLayout, dtype: str = "float32") -> ElementwiseTraffic:
+    """The elementwise bytes of one clip of ``layout`` through ``cfg`` in ``dtype`` (``TRAFFIC_DTYPES``), counted
+    (:func:`count_traffic`) on two one-block models of ``cfg``'s widths, with and without an audio injection,
+    so that a 40-block 14b costs no more to count than one block (seconds; cached per config, layout, dtype)."""
+    plain = _stage_traffic(dataclasses.replace(cfg, num_layers=1, audio_inject_layers=()), layout, dtype)
+    injected = _stage_traffic(dataclasses.replace(cfg, num_layers=1, audio_inject_layers=(0,)), layout, dtype)
     # without injections nothing takes the audio encoder's gradient: its backward does not run
     prepared = injected if cfg.audio_inject_layers else plain
     return ElementwiseTraffic(
@@ -623,5 +643,5 @@ def elementwise_traffic(cfg: WanS2VConfig, layout: SequenceLayout) -> Elementwis
         head_forward=injected["head forward"], head_backward=injected["head backward"])
 
 
-__all__ += ["ElementwiseTraffic", "META_ATTENTION_BACKEND", "count_traffic", "elementwise_traffic",
-            "meta_training_inputs"]
+__all__ += ["ElementwiseTraffic", "SHAPES_ONLY_ATTENTION", "TRAFFIC_DTYPES", "count_traffic", "elementwise_traffic",
+            "fake_training_inputs", "traffic_autocast"]

@@ -23,9 +23,9 @@ attention, at the profile's backward efficiency.
 
 "Other" time is the optimizer's traffic over the parameter shard, the host's per-op overhead (dearer under
 FSDP's DTensors) times the ops rank 0's step dispatches (CPU), and elementwise memory traffic (norms, RoPE,
-modulation, residuals and their backwards: the bytes the model's own ops move, counted on the meta device in
-float32, plus the ring's merges and accumulators and Ulysses' packing) at the profile's elementwise rate and
-fitted factor, and activation offload when asked for.
+modulation, residuals, casts and their backwards: the bytes the model's own ops move, counted on fake tensors
+in the strategy's dtype, plus the ring's merges and accumulators and Ulysses' packing) at the profile's
+elementwise rate and fitted factor, and activation offload when asked for.
 """
 
 from __future__ import annotations
@@ -282,12 +282,12 @@ def _layer_times(cfg: WanS2VConfig, layout: SequenceLayout, micro: int, st: Stra
 def elementwise_seconds(cfg: WanS2VConfig, layout: SequenceLayout, micro: int, st: Strategy, hw: HardwareProfile,
                         training: bool = True) -> float:
     """Seconds of elementwise traffic on the most loaded rank, before ``hw.elementwise_factor``, at the
-    profile's elementwise rate: the bytes counted from the model (``analytic.elementwise_traffic``) of the
-    preparation (the whole clip, on every rank) and of the layers and head (the busiest rank's share),
-    in training their backward and under AC the layers' forward once more; plus the context-parallel glue
-    (ring merges and accumulators, Ulysses packing) of one micro-batch. The glue is not recomputed under AC:
-    checkpointing keeps the attention's outputs."""
-    tr = elementwise_traffic(cfg, layout)
+    profile's elementwise rate: the bytes counted from the model in the strategy's dtype
+    (``analytic.elementwise_traffic``) of the preparation (the whole clip, on every rank) and of the layers and
+    head (the busiest rank's share), in training their backward and under AC the layers' forward once more;
+    plus the context-parallel glue (ring merges and accumulators, Ulysses packing) of one micro-batch. The glue
+    is not recomputed under AC: checkpointing keeps the attention's outputs."""
+    tr = elementwise_traffic(cfg, layout, st.dtype)
     s_loc = -(-layout.total // st.cp)
     # the busiest rank's share of each stage: blocks by its tokens; injections by its noisy tokens padded to
     # whole frames; the head by its noisy tokens
