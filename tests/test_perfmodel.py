@@ -442,38 +442,46 @@ def test_rank_skew_and_sharded_host_overhead_are_charged_only_across_ranks():
         pytest.approx(1e-5 * sum(step_op_count(cfg, False, True)))
 
 
-def _training(preset: str, clip: ClipShape, ac: bool, batch_size: int = 1, parallel=None):
-    """(model, optimizer, batch, train config) of a float32 step, parallelized when ``parallel`` is given."""
+def _training(preset: str, clip: ClipShape, ac: bool, batch_size: int = 1, parallel=None, dtype: str = "float32"):
+    """(model, optimizer, batch, train config) of a ``dtype`` step, parallelized when ``parallel`` is given; in
+    bf16 the parameters are bf16 too, as the performance model's bf16 strategies (FSDP mixed precision) run."""
     p = get_preset(preset)
     torch.manual_seed(0)
     model = WanS2V(p.model)
+    if dtype == "bfloat16":
+        for param in model.parameters():
+            param.data = param.data.to(torch.bfloat16)
     if parallel is not None:
         from s2vbench.parallel import parallelize
 
         parallelize(model, parallel, "cpu")
-    cfg = TrainConfig(dtype="float32", activation_checkpointing=ac)
+    cfg = TrainConfig(dtype=dtype, activation_checkpointing=ac)
     return model, make_optimizer(model, cfg), synthetic_batch(p.model, clip, batch_size), cfg
 
 
-def _measured_saved(preset: str, clip: ClipShape, ac: bool, batch_size: int = 1, parallel=None) -> int:
+def _measured_saved(preset: str, clip: ClipShape, ac: bool, batch_size: int = 1, parallel=None,
+                    dtype: str = "float32") -> int:
     from s2vbench.parallel.train import parallel_train_step
 
-    model, opt, batch, cfg = _training(preset, clip, ac, batch_size, parallel)
+    model, opt, batch, cfg = _training(preset, clip, ac, batch_size, parallel, dtype)
     saved = SavedActivations(model)
     with saved.count():
         (train_step if parallel is None else parallel_train_step)(model, opt, batch, 0, cfg)
     return saved.bytes
 
 
-@pytest.mark.parametrize("preset,clip,ac", [
-    ("small", ClipShape(4, 32, 64, text_tokens=64), False),
-    ("tiny", ClipShape(8, 16, 32, text_tokens=10), False),
-    ("small", ClipShape(4, 32, 64, text_tokens=64), True),
+@pytest.mark.parametrize("preset,clip,ac,dtype", [
+    ("small", ClipShape(4, 32, 64, text_tokens=64), False, "float32"),
+    ("tiny", ClipShape(8, 16, 32, text_tokens=10), False, "float32"),
+    ("small", ClipShape(4, 32, 64, text_tokens=64), True, "float32"),
+    ("tiny", ClipShape(8, 16, 32, text_tokens=10), False, "bfloat16"),  # bf16 matmuls are slow on CPU
+    ("tiny", ClipShape(8, 16, 32, text_tokens=10), True, "bfloat16"),
 ])
-def test_activation_formula_against_saved_tensor_count(preset, clip, ac):
-    measured = _measured_saved(preset, clip, ac)
+def test_activation_formula_against_saved_tensor_count(preset, clip, ac, dtype):
+    # bf16: the performance model's bf16 strategies (bf16 parameters under bf16 autocast), on CPU
+    measured = _measured_saved(preset, clip, ac, dtype=dtype)
     cfg, lay = _layout(preset, clip)
-    predicted = activation_bytes(cfg, lay, 1, "float32", ac).saved
+    predicted = activation_bytes(cfg, lay, 1, dtype, ac).saved
     assert math.isclose(predicted, measured, rel_tol=0.10), (predicted, measured)
 
 
