@@ -275,6 +275,66 @@ def test_fake_traffic_count_equals_a_real_step(dtype):
         elementwise_traffic(cfg, lay, "float16")
 
 
+# PyTorch's autocast op reference: the ops CUDA autocast runs in float32, and the lower-precision ones CUDA has
+# and CPU lacks. The bf16 traffic is counted under CPU autocast; it stands for CUDA's where these ops never
+# see a low-precision input with autocast on (the fp32 islands turn it off around norms, RoPE and modulation).
+CUDA_AUTOCAST_FP32 = frozenset((
+    "pow", "rpow", "rdiv", "rtruediv", "acos", "asin", "binary_cross_entropy_with_logits", "cosh",
+    "cosine_embedding_loss", "cdist", "cosine_similarity", "cross_entropy", "cumprod", "cumsum", "dist", "erfinv",
+    "exp", "expm1", "group_norm", "hinge_embedding_loss", "kl_div", "l1_loss", "layer_norm", "log", "log_softmax",
+    "log10", "log1p", "log2", "margin_ranking_loss", "mse_loss", "multilabel_margin_loss", "multi_margin_loss",
+    "nll_loss", "norm", "normalize", "pdist", "poisson_nll_loss", "prod", "reciprocal", "rsqrt", "sinh",
+    "smooth_l1_loss", "soft_margin_loss", "softmax", "softmin", "softplus", "sum", "renorm", "tan",
+    "triplet_margin_loss", "logsumexp", "rms_norm"))
+CUDA_ONLY_LOWER_PRECISION = frozenset(("addmv", "addr", "chain_matmul", "multi_dot", "mv", "einsum"))
+
+
+def _autocast_mismatches(fn) -> list:
+    """Calls ``fn`` makes with CPU autocast on that CUDA autocast would cast differently: a float32-list op
+    given a low-precision tensor, or a CUDA-only lower-precision op given any floating tensor."""
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._pytree import tree_flatten
+
+    found = []
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            name = getattr(func, "__name__", "").strip("_")
+            if torch.is_autocast_enabled("cpu"):
+                floats = [t.dtype for t in tree_flatten((args, kwargs))[0]
+                          if isinstance(t, torch.Tensor) and t.is_floating_point()]
+                if (name in CUDA_AUTOCAST_FP32 and any(d not in (torch.float32, torch.float64) for d in floats)
+                        or name in CUDA_ONLY_LOWER_PRECISION and floats):
+                    found.append((name, floats))
+            return func(*args, **kwargs)
+
+    with Watch():
+        fn()
+    return found
+
+
+def test_cpu_autocast_counts_what_cuda_autocast_would():
+    p = get_preset("tiny")
+    lay = clip_layout(p.model, p.clip)
+    with fake_training_inputs(p.model, lay, "bfloat16") as (model, batch):
+        def step():
+            with traffic_autocast("bfloat16"):
+                loss = flow_matching_loss(model, batch, seed=0, step=0)
+            loss.loss_sum.backward()
+
+        assert _autocast_mismatches(step) == []
+    # the watch sees what it should: a softmax of a bf16 matmul output, an einsum
+    x = torch.randn(4, 4)
+
+    def mismatched():
+        with traffic_autocast("bfloat16"):
+            torch.softmax(x @ x, -1)
+            torch.einsum("ij,jk->ik", x, x)
+
+    assert [name for name, _ in _autocast_mismatches(mismatched)] == ["softmax", "einsum"]
+
+
 def test_traffic_stages_compose_block_by_block():
     # each stage's backward is told by the autograd nodes' forward order, so the preparation and the head
     # count the same whatever the depth (nothing of theirs leaks into the blocks), and each block adds the same
