@@ -226,8 +226,9 @@ __all__ += ["clip_step_cost"]
 #     and 5 bf16 + 1 float32 [text_len, d] tensors;
 #   injection: 7 float32 (5 float32 + 1/2 bf16 under autocast) [n, d] tensors on the noisy tokens plus
 #     24 (19 under autocast) float32 d-vectors per latent frame (its audio tokens through q/k/v and AdaLN);
-#   outside the blocks: the padded text features, the latent inputs (FramePack's whole motion buffer), 4 [n, d]
-#     tensors of the head, and 9/4 of the audio features' bytes in the (float32) causal audio encoder.
+#   outside the blocks: the padded text features, the latent inputs (FramePack's whole motion buffer), the last
+#     block's whole float32 output (the head's norm reads a slice of it) and 3 [n, d] tensors of the head, and
+#     9/4 of the audio features' bytes in the (float32) causal audio encoder.
 # Context parallelism adds to each block: Ulysses' attention keeps the all-to-all outputs (q, k, v, and out by
 # heads: 4 [S, d] tensors in the compute dtype) and its LSE; the ring keeps its merged float32 LSE.
 # With activation checkpointing a layer keeps only its float32 input; backward recomputes one layer at a time.
@@ -315,7 +316,7 @@ def activation_bytes(cfg: WanS2VConfig, layout: SequenceLayout, batch: int = 1, 
     if cfg.cond_dim:
         latent_inputs += cfg.cond_dim * layout.noisy * cfg.patch_numel
     audio_frames = 4 * frames * cfg.patch_size[0] + cfg.motion_frames
-    outside = (4 * cfg.text_len * cfg.text_dim + 4 * latent_inputs + 16 * n_loc * d
+    outside = (4 * cfg.text_len * cfg.text_dim + 4 * latent_inputs + 4 * s_loc * d + 12 * n_loc * d
                + 9 * cfg.audio_layers * cfg.audio_dim * audio_frames)
     return ActivationBytes(batch * float(layers), batch * float(outside), batch * float(recompute),
                            batch * float(kept))
