@@ -378,10 +378,10 @@ def test_context_parallel_glue_adds_elementwise_traffic():
     injections = len(cfg.audio_inject_layers) * (tr.injection_forward + tr.injection_backward) * frames / lay.grid[0]
     head = (tr.head_forward + tr.head_backward) * s_loc / lay.noisy
     own = (tr.prepare_forward + tr.prepare_backward + blocks + injections + head) / hw.elementwise_rate
-    # ring of 2: per layer 5 merge passes (1 step after the first) and 9 accumulate passes per step (2 steps),
-    # float32 over its [tokens, dim] share
+    # ring of 2, float32: per layer one merge (28.8 B per element of its [tokens, dim] share), and the
+    # accumulators' 32 B once plus 52 B per step (2 steps)
     ring = elementwise_seconds(cfg, lay, 1, Strategy(ring=2, ac=False, dtype="float32"), hw)
-    glue = 4 * (5 * 1 + 9 * 2) * s_loc * cfg.dim * cfg.num_layers / hw.elementwise_rate
+    glue = (28.8 + 32 + 52 * 2) * s_loc * cfg.dim * cfg.num_layers / hw.elementwise_rate
     assert ring == pytest.approx(own + glue)
     # Ulysses of 2: 4 packing passes per all-to-all, 8 all-to-alls per layer, in float32
     uly = elementwise_seconds(cfg, lay, 1, Strategy(ulysses=2, ac=False, dtype="float32"), hw)
@@ -391,6 +391,40 @@ def test_context_parallel_glue_adds_elementwise_traffic():
     assert single == pytest.approx((tr.prepare_forward + tr.prepare_backward + 2 * tr.layers_forward(cfg)
                                     + tr.layers_backward(cfg) + tr.head_forward + tr.head_backward)
                                    / hw.elementwise_rate)
+
+
+def glue_worker(rank, world, dtype, ring):
+    """Rank 0 of a ``ring``-rank ring under the fake process group: the bytes per element of its share that
+    the ring's forward and backward, and one Ulysses all-to-all, move outside the local attention calls."""
+    import torch.distributed as dist
+
+    from s2vbench.parallel.comm import all_to_all
+    from s2vbench.parallel.launch import join_fake_group
+    from s2vbench.parallel.ring import ring_backward, ring_forward
+
+    join_fake_group(ring)
+    q, k, v = (torch.randn(1, 256, 8, 128, dtype=getattr(torch, dtype)) for _ in range(3))
+    group, valid, elems = dist.group.WORLD, [256] * ring, q.numel()
+    forward = count_traffic(lambda: ring_forward(q, k, v, group, valid))
+    out, lse = ring_forward(q, k, v, group, valid)
+    backward = count_traffic(lambda: ring_backward(torch.randn_like(out), q, k, v, out, lse, group, valid))
+    a2a = count_traffic(lambda: all_to_all(q, 2, 1, group))
+    return forward / elems, backward / elems, a2a / elems
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_context_parallel_glue_is_what_the_parallel_code_moves(dtype):
+    # the glue constants against a count of parallel/ring.py and the all-to-all themselves, at head_dim 128
+    from s2vbench.bench.perfmodel import RING_BACKWARD_BYTES, RING_FORWARD_BYTES, ULYSSES_PACK_PASSES
+    from s2vbench.parallel.launch import run_ranks
+
+    for ring in (2, 4):
+        forward, backward, a2a = run_ranks(glue_worker, 1, dtype, ring, timeout_s=120)[0]
+        once, per_step = RING_FORWARD_BYTES[dtype]
+        assert forward == pytest.approx(once + per_step * (ring - 1), rel=0.01)
+        once, per_step = RING_BACKWARD_BYTES[dtype]
+        assert backward == pytest.approx(once + per_step * ring, rel=0.01)
+        assert a2a == ULYSSES_PACK_PASSES * (2 if dtype == "bfloat16" else 4)
 
 
 def test_op_count_depends_on_structure_not_width():

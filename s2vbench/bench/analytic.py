@@ -456,10 +456,23 @@ def _op_traffic(func, args, kwargs, out) -> int:
     return sum(map(_touched_bytes, reads)) + sum(map(_touched_bytes, writes))
 
 
+def _custom_op_body(func):
+    """The Python function behind a ``torch.library.custom_op`` (context parallelism's attention is one), or
+    None for any other op."""
+    if func.namespace in ("aten", "prim", "prims"):
+        return None
+    try:
+        from torch._library.custom_ops import _maybe_get_opdef
+    except ImportError:  # an older torch: such ops count as moving nothing
+        return None
+    opdef = _maybe_get_opdef(func)
+    return None if opdef is None else opdef._init_fn
+
+
 def count_traffic(fn, on_op=None) -> float:
     """Bytes that the elementwise ops ``fn()`` dispatches read and write (forward, and backward where ``fn`` runs
-    one; :func:`_op_traffic` per op); ``on_op(nbytes)`` also sees each op's bytes as it runs (to split them by
-    stage)."""
+    one; :func:`_op_traffic` per op, custom ops by the ops their bodies run); ``on_op(nbytes)`` also sees each
+    op's bytes as it runs (to split them by stage)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     total = 0.0
@@ -468,6 +481,10 @@ def count_traffic(fn, on_op=None) -> float:
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             nonlocal total
             kwargs = kwargs or {}
+            body = _custom_op_body(func)
+            if body is not None:  # opaque to this mode otherwise: count what its Python body runs
+                with self:
+                    return body(*args, **kwargs)
             out = func(*args, **kwargs)
             nbytes = _op_traffic(func, args, kwargs, out)
             if nbytes:

@@ -54,11 +54,14 @@ ATTENTION_BACKWARD_FLOPS = 2.5
 runs four more matmuls (dV, dP, dQ, dK) against the forward's two. Matmul backward is two matmuls: 2."""
 
 
-RING_MERGE_PASSES = 5
-"""Float32 [tokens, dim] passes per ring step after the first, forward: merging the step's (out, lse) into the
-running one (``parallel.ring.ring_forward``)."""
-RING_ACCUMULATE_PASSES = 9
-"""Float32 [tokens, dim] passes per ring step, backward: dQ, dK and dV accumulation (``ring_backward``)."""
+RING_FORWARD_BYTES = {"float32": (0.0, 28.8), "bfloat16": (12.0, 34.8)}
+"""(once, per ring step after the first): bytes per element of a rank's [tokens, dim] share that
+``parallel.ring.ring_forward`` moves outside its local attention calls, per layer: merging each step's
+(out, lse) into the running one in float32, and in bf16 the casts in and out. Counted from the code under the
+fake process group at head_dim 128, the LSE's per-head share folded in (a test pins them)."""
+RING_BACKWARD_BYTES = {"float32": (32.0, 52.0), "bfloat16": (40.0, 46.0)}
+"""(once, per ring step): the same for ``ring_backward``: the float32 dQ, dK and dV accumulators (zeroed once,
+added to every step, cast back at the end)."""
 ULYSSES_PACK_PASSES = 4
 """[tokens, dim] passes in the compute dtype per Ulysses all-to-all: packing the heads out before it, unpacking
 them after (read and write each)."""
@@ -299,10 +302,13 @@ def elementwise_seconds(cfg: WanS2VConfig, layout: SequenceLayout, micro: int, s
     if training:
         nbytes += (tr.prepare_backward + tr.layers_backward(cfg, block, injection) + head * tr.head_backward
                    + (layers_fwd if st.ac else 0.0))
-    glue = 0  # bytes per element of one [tokens, dim] pass, all layers
+    glue = 0.0  # bytes per element of the rank's [tokens, dim] share, per layer
     if st.ring > 1:
-        glue += 4 * RING_MERGE_PASSES * (st.ring - 1)
-        glue += 4 * RING_ACCUMULATE_PASSES * st.ring if training else 0
+        once, per_step = RING_FORWARD_BYTES[st.dtype]
+        glue += once + per_step * (st.ring - 1)
+        if training:
+            once, per_step = RING_BACKWARD_BYTES[st.dtype]
+            glue += once + per_step * st.ring
     if st.ulysses > 1:  # 4 all-to-alls forward (q, k, v, out), 4 backward
         glue += st.elem_bytes * ULYSSES_PACK_PASSES * 4 * (2 if training else 1)
     nbytes += glue * s_loc * cfg.dim * cfg.num_layers
@@ -667,8 +673,8 @@ def predict_inference(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, h
 __all__ = [
     "ATTENTION_BACKWARD_FLOPS",
     "OPTIMIZER_PASSES",
-    "RING_ACCUMULATE_PASSES",
-    "RING_MERGE_PASSES",
+    "RING_BACKWARD_BYTES",
+    "RING_FORWARD_BYTES",
     "ULYSSES_PACK_PASSES",
     "Op",
     "PlanError",
