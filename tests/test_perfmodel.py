@@ -17,7 +17,6 @@ from s2vbench.bench.analytic import (
     fake_training_inputs,
     forward_flops,
     parameter_count,
-    traffic_autocast,
 )
 from s2vbench.bench.measure import SavedActivations
 from s2vbench.bench.perfmodel import (
@@ -49,6 +48,7 @@ from s2vbench.model.attention import get_attention_backend
 from s2vbench.model.flow import (
     TrainConfig,
     batch_forward,
+    compute_autocast,
     flow_matching_loss,
     make_optimizer,
     synthetic_batch,
@@ -245,15 +245,11 @@ def test_fake_traffic_count_equals_a_real_step(dtype):
     # parameters in bf16 (as FSDP's mixed precision gives them to the forward) under bf16 autocast
     p = get_preset("tiny")
     cfg, lay = p.model, clip_layout(p.model, p.clip)
-    torch.manual_seed(0)
-    model = WanS2V(cfg)
-    if dtype == "bfloat16":
-        for param in model.parameters():
-            param.data = param.data.to(torch.bfloat16)
-    batch = synthetic_batch(cfg, dataclasses.replace(p.clip, text_tokens=cfg.text_len), 1)
+    model, _, batch, _ = _training("tiny", dataclasses.replace(p.clip, text_tokens=cfg.text_len), False,
+                                   dtype=dtype)
 
     def step():
-        with traffic_autocast(dtype):
+        with compute_autocast("cpu", dtype):
             loss = flow_matching_loss(model, batch, seed=0, step=0)
         loss.loss_sum.backward()
 
@@ -319,7 +315,7 @@ def test_cpu_autocast_counts_what_cuda_autocast_would():
     lay = clip_layout(p.model, p.clip)
     with fake_training_inputs(p.model, lay, "bfloat16") as (model, batch):
         def step():
-            with traffic_autocast("bfloat16"):
+            with compute_autocast("cpu", "bfloat16"):
                 loss = flow_matching_loss(model, batch, seed=0, step=0)
             loss.loss_sum.backward()
 
@@ -328,7 +324,7 @@ def test_cpu_autocast_counts_what_cuda_autocast_would():
     x = torch.randn(4, 4)
 
     def mismatched():
-        with traffic_autocast("bfloat16"):
+        with compute_autocast("cpu", "bfloat16"):
             torch.softmax(x @ x, -1)
             torch.einsum("ij,jk->ik", x, x)
 

@@ -562,7 +562,7 @@ class ElementwiseTraffic:
 def fake_training_inputs(cfg: WanS2VConfig, layout: SequenceLayout, dtype: str = "float32"):
     """Yields (model, batch): one clip of ``layout`` through ``cfg`` as fake CPU tensors (shapes and dtypes, no
     data, no memory), the model's attention the shapes-only backend, in ``dtype`` (``TRAFFIC_DTYPES``); run the
-    step inside the ``with`` (under :func:`traffic_autocast`)."""
+    step inside the ``with`` (under ``flow.compute_autocast``)."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -587,20 +587,13 @@ def fake_training_inputs(cfg: WanS2VConfig, layout: SequenceLayout, dtype: str =
         yield model, batch
 
 
-def traffic_autocast(dtype: str):
-    """The autocast a ``dtype`` step's forward runs under (as ``flow.accumulate_gradients`` enters it)."""
-    import torch
-
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
-
-
 def _stage_traffic(cfg: WanS2VConfig, layout: SequenceLayout, dtype: str = "float32") -> dict[str, float]:
     """Bytes per stage and direction of one ``dtype`` training step of ``cfg`` on ``layout``, on fake tensors.
     Forward ops belong to the stage that runs them; a backward op to the stage whose forward created the
     autograd node running it (told apart by the nodes' sequence numbers), however the engine interleaves them."""
     import torch
 
-    from ..model.flow import flow_matching_loss
+    from ..model.flow import compute_autocast, flow_matching_loss
 
     bytes_ = dict.fromkeys(("prepare forward", "blocks forward", "head forward", "head backward",
                             "blocks backward", "prepare backward"), 0.0)
@@ -638,7 +631,7 @@ def _stage_traffic(cfg: WanS2VConfig, layout: SequenceLayout, dtype: str = "floa
 
         def step():
             with torch.enable_grad():  # a caller's no_grad would leave no backward to count
-                with traffic_autocast(dtype):
+                with compute_autocast("cpu", dtype):
                     loss = flow_matching_loss(model, batch, seed=0, step=0)
                 stage[0] = "head backward"  # what backward() runs before its first node
                 loss.loss_sum.backward()
@@ -665,4 +658,4 @@ def elementwise_traffic(cfg: WanS2VConfig, layout: SequenceLayout, dtype: str = 
 
 
 __all__ += ["ElementwiseTraffic", "SHAPES_ONLY_ATTENTION", "TRAFFIC_DTYPES", "count_traffic", "elementwise_traffic",
-            "fake_training_inputs", "traffic_autocast"]
+            "fake_training_inputs"]

@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 
 from ..model import WanS2V, get_preset
-from ..model.flow import S2VBatch, TrainConfig, batch_forward, make_optimizer, synthetic_batch, train_step
+from ..model.flow import (S2VBatch, TrainConfig, batch_forward, compute_autocast, make_optimizer, synthetic_batch,
+                          train_step)
 from ..parallel import parallelize
 from ..parallel.comm import collective_seconds, count_comm
 from ..parallel.train import data_parallel_sample_indices, parallel_train_step
@@ -53,8 +54,7 @@ def _time_inference(model: WanS2V, batch: S2VBatch, point: Point, timer: StepTim
     model.eval()
     t = torch.full((batch.latents.shape[0],), 500.0, device=batch.latents.device)
     times: list[float] = []
-    autocast = torch.autocast(batch.latents.device.type, dtype=torch.bfloat16, enabled=point.dtype == "bfloat16")
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), compute_autocast(batch.latents.device.type, point.dtype):
         for i in range(point.warmup + point.steps):
             sink: list[float] = times if i >= point.warmup else []
             with timer.time(sink):

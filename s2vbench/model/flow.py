@@ -176,13 +176,19 @@ class StepStats:
     """Global gradient norm before clipping (None unless clipping is on)."""
 
 
+def compute_autocast(device_type: str, dtype: str):
+    """What a ``dtype`` step runs its forward under: bf16 autocast for "bfloat16" (the model's fp32 islands stay
+    float32), nothing for "float32"."""
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+
 def accumulate_gradients(model: WanS2V, batches: list[S2VBatch], step: int, cfg: TrainConfig) -> tuple[float, int, int]:
     """Backward of every micro-batch's loss *sum*; returns (loss sum, noisy tokens, values per token). Dividing
     the gradients once by the total afterwards makes accumulation exact for any micro-batch shapes."""
     device_type = batches[0].latents.device.type
     total_loss, tokens, per_token = 0.0, 0, 1
     for batch in batches:
-        with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16"):
+        with compute_autocast(device_type, cfg.dtype):
             loss = flow_matching_loss(model, batch, cfg.seed, step, cfg.timestep_shift)
         loss.loss_sum.backward()
         total_loss += float(loss.loss_sum.detach())
@@ -215,6 +221,6 @@ def train_step(model: WanS2V, optimizer: torch.optim.Optimizer, batch: S2VBatch 
 
 
 __all__ = ["FlowLoss", "NUM_TRAIN_TIMESTEPS", "S2VBatch", "StepStats", "TrainConfig", "accumulate_gradients",
-           "batch_forward", "draw_noise_and_time", "scale_gradients",
+           "batch_forward", "compute_autocast", "draw_noise_and_time", "scale_gradients",
            "flow_matching_loss", "make_optimizer", "sample_generator", "shift_timestep", "synthetic_batch",
            "train_step"]
