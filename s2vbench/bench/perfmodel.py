@@ -59,7 +59,7 @@ RING_FORWARD_BYTES = {"float32": (0.0, 28.8), "bfloat16": (12.0, 34.8)}
 ``parallel.ring.ring_forward`` moves outside its local attention calls, per layer: merging each step's
 (out, lse) into the running one in float32, and in bf16 the casts in and out. Counted from the code under the
 fake process group at head_dim 128, the LSE's per-head share folded in (a test pins them)."""
-RING_BACKWARD_BYTES = {"float32": (32.0, 52.0), "bfloat16": (40.0, 46.0)}
+RING_BACKWARD_BYTES = {"float32": (24.0, 52.0), "bfloat16": (36.0, 46.0)}
 """(once, per ring step): the same for ``ring_backward``: the float32 dQ, dK and dV accumulators (zeroed once,
 added to every step, cast back at the end)."""
 ULYSSES_PACK_PASSES = 4

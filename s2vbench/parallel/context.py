@@ -62,12 +62,18 @@ class ContextParallelWindow:
 
     def __call__(self, prep: PreparedSequence) -> SequenceWindow:
         lay = prep.layout
-        padded, start, length = shard_window(lay.total, self.attn.groups.size, self.attn.groups.cp_rank())
-        pad = padded - lay.total
-        window = slice(start, start + length)
+        _, start, length = shard_window(lay.total, self.attn.groups.size, self.attn.groups.cp_rank())
+        real = slice(min(start, lay.total), min(start + length, lay.total))
+        # Slice, then pad only this rank's tail: padding the whole sequence first would copy all of it (and
+        # its gradient) on every rank, traffic that grows with the clip, not with the rank's share.
+        pad = length - (real.stop - real.start)
+
+        def window(t: torch.Tensor, dim: int) -> torch.Tensor:
+            t = t.narrow(dim, real.start, real.stop - real.start)
+            return F.pad(t, (0, 0) * (t.dim() - 1 - dim) + (0, pad)) if pad else t
+
         self.attn.valid_len = lay.total
-        return SequenceWindow(tokens=F.pad(prep.tokens, (0, 0, 0, pad))[:, window],
-                              cos=F.pad(prep.cos, (0, 0, 0, pad))[window], sin=F.pad(prep.sin, (0, 0, 0, pad))[window],
+        return SequenceWindow(tokens=window(prep.tokens, 1), cos=window(prep.cos, 0), sin=window(prep.sin, 0),
                               first_token=start, num_noisy=max(0, min(length, lay.noisy - start)))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from ..kernels.attention.reference import merge_attention
 from .comm import RingExchange
@@ -22,6 +23,12 @@ def ring_forward(q, k, v, group: dist.ProcessGroup | None, valid: list[int], bac
     ex = RingExchange(group, trace=trace) if group is not None else None
     r, me = (ex.size, ex.rank) if ex is not None else (1, 0)
     acc = torch.promote_types(q.dtype, torch.float32)  # merge and accumulate in >= float32
+    if r == 1 and valid[0] > 0:  # one block (Ulysses alone): nothing to merge
+        if trace is not None:
+            trace.append("attn 0")
+        n = valid[0]
+        o, l = local_forward(q, k[:, :n], v[:, :n], backend)
+        return o.to(q.dtype), l.to(acc)
     out = lse = None
     k_cur, v_cur = k, v
     for step in range(r):
@@ -50,6 +57,12 @@ def ring_backward(dout, q, k, v, out, lse, group: dist.ProcessGroup | None, vali
     ex = RingExchange(group, kind="ring_p2p_bwd", trace=trace) if group is not None else None
     r, me = (ex.size, ex.rank) if ex is not None else (1, 0)
     dout = dout.contiguous()
+    if r == 1 and valid[0] > 0:  # one block (Ulysses alone): nothing to accumulate
+        n = valid[0]
+        dq, dk, dv = local_backward(dout, q, k[:, :n], v[:, :n], out, lse, backend)
+        if n < k.shape[1]:  # padded keys get no gradient
+            dk, dv = (F.pad(g, (0, 0, 0, 0, 0, k.shape[1] - n)) for g in (dk, dv))
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
     acc = torch.promote_types(q.dtype, torch.float32)
     dq = torch.zeros_like(q, dtype=acc)
     dk_acc = torch.zeros_like(k, dtype=acc)
