@@ -146,3 +146,39 @@ def test_activation_checkpointing_never_reruns_communication():
             assert res[True]["grads"].keys() == res[False]["grads"].keys()
             for name, g in res[False]["grads"].items():
                 assert torch.allclose(res[True]["grads"][name], g, rtol=1e-10, atol=1e-12), name
+
+
+def held_worker(rank, world, ac):
+    """For each rank of a 2-rank ring, AC on or off: is the whole prepared sequence still alive once the
+    forward has returned (before backward)?"""
+    import gc
+    import weakref
+
+    import torch.distributed as dist
+
+    from s2vbench.parallel.context import apply_context_parallel
+    from s2vbench.parallel.launch import join_fake_group
+    from s2vbench.parallel.sequence_parallel import CPGroups
+
+    alive = []
+    for me in range(2):
+        join_fake_group(2, me)
+        model = tiny_model()
+        apply_context_parallel(model, CPGroups(ulysses=None, ring=dist.group.WORLD, ulysses_size=1, ring_size=2))
+        model.activation_checkpointing = ac
+        whole = []
+        prepare = model.prepare
+        model.prepare = lambda *a, **k: whole.append(prepare(*a, **k)) or whole[-1]
+        out, _, _ = model.forward_tokens(**clip_inputs("first-uneven"))  # rank 1's window is padded
+        ref = weakref.ref(whole.pop().tokens)
+        gc.collect()
+        alive.append(ref() is not None)
+        out.sum().backward()
+    return alive
+
+
+def test_a_rank_keeps_only_its_window_of_the_sequence_for_backward():
+    # the blocks' inputs (and activation checkpointing's) are this rank's window, not a view of the whole
+    # sequence: its [S, dim] tokens are freed once the forward is done, on every rank, padded or not
+    for ac in (False, True):
+        assert run_ranks(held_worker, 1, ac, timeout_s=120)[0] == [False, False], f"ac={ac}"

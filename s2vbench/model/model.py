@@ -18,7 +18,7 @@ code reuses on a window of the sequence; :meth:`WanS2V.forward` is all three on 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -322,7 +322,10 @@ class WanS2V(nn.Module):
         sequence and the window."""
         prep = self.prepare(x, t, context, ref_latents, audio_input, motion_latents, cond_states)
         win = self.sequence_window(prep)
-        hidden = self.run_blocks(win.tokens, prep, win.num_noisy, win.first_token, win.cos, win.sin)
+        # The blocks see the window's tokens only: activation checkpointing keeps its inputs, this ``prep``
+        # among them, until backward, and a sharded window must not keep the whole sequence alive with it.
+        blocks_prep = prep if win.tokens is prep.tokens else replace(prep, tokens=win.tokens)
+        hidden = self.run_blocks(win.tokens, blocks_prep, win.num_noisy, win.first_token, win.cos, win.sin)
         return self.head_tokens(hidden[:, :win.num_noisy], prep), prep, win
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, ref_latents: torch.Tensor,

@@ -73,7 +73,10 @@ class ContextParallelWindow:
             return F.pad(t, (0, 0) * (t.dim() - 1 - dim) + (0, pad)) if pad else t
 
         self.attn.valid_len = lay.total
-        return SequenceWindow(tokens=window(prep.tokens, 1), cos=window(prep.cos, 0), sin=window(prep.sin, 0),
+        tokens = window(prep.tokens, 1)
+        if tokens._base is not None:  # a view would keep the whole sequence's storage alive until backward
+            tokens = tokens.clone()
+        return SequenceWindow(tokens=tokens, cos=window(prep.cos, 0), sin=window(prep.sin, 0),
                               first_token=start, num_noisy=max(0, min(length, lay.noisy - start)))
 
 
