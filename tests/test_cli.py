@@ -44,3 +44,15 @@ def test_report_command(tmp_path, capsys):
     row = next(line for line in text.splitlines() if line.startswith("| ring"))
     assert "1.250" in row and "1.60" in row and "80%" in row  # step time, speed-up, efficiency
     assert (tmp_path / "rep" / "speedup.png").exists()
+
+
+def test_an_error_is_one_message_not_a_traceback(tmp_path, capsys):
+    missing = tmp_path / "nope.json"
+    assert cli.main(["report", str(missing), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("s2vbench report: error: ") and str(missing) in err and "Traceback" not in err
+    # --traceback shows where it came from
+    from s2vbench.bench.results import ResultsError
+
+    with pytest.raises(ResultsError, match="does not exist"):
+        cli.main(["--traceback", "report", str(missing), "--out", str(tmp_path / "r")])

@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     from .calibrate import CALIBRATION_ROUNDS
 
     parser = argparse.ArgumentParser(prog="s2vbench", description="Wan-S2V scaling benchmarks")
+    parser.add_argument("--traceback", action="store_true",
+                        help="on an error, show the Python traceback instead of the one-line message")
     sub = parser.add_subparsers(dest="command", required=True)
     p_model = sub.add_parser("model", help="parameter counts per group; a CPU forward for tiny/small")
     model_cli.add_arguments(p_model)
@@ -210,6 +212,30 @@ def main(argv: list[str] | None = None) -> int:
                                              "uncompressed motion windows")
     longform.add_arguments(p_long)
     args = parser.parse_args(argv)
+    try:
+        return _dispatch(args, argv)
+    except _user_errors() as e:
+        if args.traceback:
+            raise
+        print(f"s2vbench {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a command raises for input or an environment it cannot use: bad values and files (ValueError and
+    its kin: JSON, TOML, config, plan and profile errors), paths (OSError), a checkpoint, a calibration, a
+    results file, a failed rank. Printed as one message; ``--traceback`` shows where it came from."""
+    from ..model.checkpoint import CheckpointError
+    from ..parallel.launch import RankFailed
+    from .calibrate import CalibrationError
+    from .results import ResultsError
+
+    return ValueError, OSError, CheckpointError, CalibrationError, ResultsError, RankFailed
+
+
+def _dispatch(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from . import buckets, calibrate, longform, plan
+
     handlers = {"plan": plan.run_plan, "predict": plan.run_predict, "calibrate": calibrate.run,
                 "buckets": buckets.run, "longform": longform.run}
     if args.command in handlers:
