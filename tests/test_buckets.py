@@ -364,3 +364,95 @@ def test_data_never_imports_bench_or_parallel():
             "'s2vbench.parallel'))]; print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# ---- the command's input checks: each fails with one message naming the flag or file, before the work ----------
+
+def _buckets_cli(tmp_path, *extra, out=None):
+    from s2vbench.bench import cli
+
+    f = tmp_path / "m.jsonl"
+    if not f.exists():
+        write_manifest(synthetic_manifest(40, seed=9), f)
+    return cli.main(["buckets", "--no-measure", "--scale-preset", "none", "--manifest", str(f),
+                     "--out", str(out or tmp_path / "out"), *extra])
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--threads", "0"], "--threads"), (["--dp", "0"], "--dp"), (["--cp", "0"], "--cp"),
+    (["--warmup=-1"], "--warmup"), (["--max-buckets", "0"], "--max-buckets"), (["--base-batch", "0"], "--base-batch"),
+    (["--preset", "nope"], "--preset"), (["--scale-preset", "nope"], "--scale-preset"),
+    (["--fixed", "4,256"], "--fixed='4,256'"), (["--fixed", "abc"], "--fixed='abc'"),
+    (["--fixed", "0,0,0"], "multiples of 64"), (["--fixed", "4,100,100"], "multiples of 64"),
+    (["--fixed", "20,1024,1024"], "over --max-tokens"), (["--frames", "16,4"], "--frames 16,4"),
+    (["--frames", "4"], "--frames='4'"), (["--max-tokens", "10"], "--max-tokens 10"),
+    (["--scale-preset", "small", "--scale-frames", "x"], "--scale-frames='x'"),
+    (["--scale-preset", "small", "--scale-max-tokens", "100"], "--scale-max-tokens 100"),
+])
+def test_bench_refuses_bad_options_before_planning(tmp_path, monkeypatch, capsys, extra, says):
+    from s2vbench.bench import buckets
+
+    def planned(*a, **k):
+        raise AssertionError("planned before the options were checked")
+
+    monkeypatch.setattr(buckets, "plan_buckets", planned)
+    try:
+        rc = _buckets_cli(tmp_path, *extra)
+    except SystemExit as e:  # argparse's own error
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and says in err and "Traceback" not in err, err
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_bench_checks_its_output_folder_first(tmp_path, monkeypatch, capsys):
+    from s2vbench.bench import buckets
+
+    monkeypatch.setattr(buckets, "plan_buckets", lambda *a, **k: pytest.fail("planned before --out was checked"))
+    (tmp_path / "afile").write_text("x")
+    assert _buckets_cli(tmp_path, out=tmp_path / "afile") == 2
+    assert "--out" in capsys.readouterr().err
+    # another run's results are never overwritten (bucket runs do not resume)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "results.json").write_text('{"schema": "s2vbench.results", "records": ["theirs"]}')
+    assert _buckets_cli(tmp_path, out=other) == 2
+    err = capsys.readouterr().err
+    assert f"--out {other} already holds a results.json" in err and "pick a new --out" in err
+    assert "theirs" in (other / "results.json").read_text()
+
+
+def test_bench_says_which_manifest_cannot_fill_a_step(tmp_path, capsys):
+    one = write_manifest(synthetic_manifest(1, seed=0, profile="talking"), tmp_path / "one.jsonl")
+    f = tmp_path / "m.jsonl"
+    f.write_bytes(one.read_bytes())
+    # one clip, one batch, four data-parallel ranks: no step (it was a ZeroDivisionError)
+    assert _buckets_cli(tmp_path, "--dp", "4") == 2
+    err = capsys.readouterr().err
+    assert f"manifest {f}" in err and "fewer than the dp=4" in err and "smaller --dp" in err
+    # the fixed baseline's clips too short for its frames: named likewise
+    assert _buckets_cli(tmp_path, "--dp", "1", "--fixed", "62,64,64") == 2
+    assert "--fixed shape with fewer frames" in capsys.readouterr().err
+    assert _buckets_cli(tmp_path, "--dp", "1") == 0
+    # no usable row at all: which manifest and why, not an empty plan
+    f.write_text('{"path": "a.mp4"}\n')
+    assert _buckets_cli(tmp_path, out=tmp_path / "out2") == 2
+    err = capsys.readouterr().err
+    assert f"manifest {f}: no clip is usable" in err and "missing field" in err
+
+
+def test_unreadable_manifests_name_the_file(tmp_path):
+    f = tmp_path / "m.jsonl"
+    good = json.dumps(synthetic_manifest(1, seed=0)[0].to_dict()).encode()
+    f.write_bytes(good + b"\n" + b'{"path": "\xff.mp4"}\n')
+    res = read_manifest(f, on_error="skip")  # a stray byte is one bad row, not a crash
+    assert len(res.rows) == 1 and res.skipped[0].line == 2 and "not UTF-8" in res.skipped[0].reason
+    (tmp_path / "d.jsonl").mkdir()
+    with pytest.raises(ManifestError, match="is a folder"):
+        read_manifest(tmp_path / "d.jsonl")
+    pytest.importorskip("pyarrow")
+    bad = tmp_path / "m.parquet"
+    bad.write_bytes(b"not parquet at all")
+    with pytest.raises(ManifestError) as e:
+        read_manifest(bad)
+    assert f"manifest {bad} cannot be read as Parquet" in str(e.value)

@@ -349,3 +349,47 @@ def test_one_rank_inference_is_validated_beside_training():
     assert rows[1].error == pytest.approx(-0.5, abs=0.02) and abs(rows[0].error) < 0.02
     records[0] = _record(points[0], [1.0] * 3, inference=[1.0, 1.5, 3.0, 1.0, 2.0])
     assert not validate(records, hw)[0][1].counted
+
+
+def test_calibrate_checks_its_output_before_measuring(tmp_path, monkeypatch, capsys):
+    import sys
+    from pathlib import Path
+
+    import s2vbench.bench.calibrate as cal
+    from s2vbench.bench import cli
+
+    monkeypatch.setattr(cal, "_measure_round", lambda *a: pytest.fail("measured before --out was checked"))
+    monkeypatch.setattr(cal.torch.cuda, "is_available", lambda: False)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "p.raw.json").mkdir()
+    cases = [(tmp_path, "is a folder"), (tmp_path / "afile" / "p.json", "is a file, not a folder"),
+             (tmp_path / "p.json", "p.raw.json, written beside it, is a folder")]
+    if sys.platform == "linux" and Path("/sys/kernel").is_dir():  # not writable even by root
+        cases.append((Path("/sys/s2vbench-test/p.json"), "cannot write there"))
+    for out, says in cases:
+        assert cli.main(["calibrate", "--out", str(out), "--rounds", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("s2vbench calibrate: error: --out") and says in err, err
+    assert not any(tmp_path.glob(".s2vbench-write-check-*"))  # the write check leaves nothing behind
+
+
+def test_a_corrupt_checkpoint_is_refused_naming_it_and_kept(tmp_path, monkeypatch, capsys):
+    import json
+
+    import s2vbench.bench.calibrate as cal
+    from s2vbench.bench import cli
+
+    monkeypatch.setattr(cal, "_measure_round", lambda *a: pytest.fail("measured over a corrupt checkpoint"))
+    checkpoint = tmp_path / "p.rounds.json"
+    for text, says in (("garbage", "cannot be read"), (b"\xff\xfe", "cannot be read"),
+                       (json.dumps([1, 2]), "is not one s2vbench wrote"),
+                       (json.dumps({"key": {}, "rounds": [{}], "measured_utc": []}), "is not one s2vbench wrote")):
+        checkpoint.write_bytes(text if isinstance(text, bytes) else text.encode())
+        with pytest.raises(cal.CalibrationError) as e:
+            cal.calibrate_cpu(rounds=1, checkpoint=checkpoint)
+        assert str(checkpoint) in str(e.value) and says in str(e.value) and "delete it" in str(e.value)
+        assert checkpoint.exists()  # never discarded behind the user's back
+    monkeypatch.setattr(cal.torch.cuda, "is_available", lambda: False)
+    assert cli.main(["calibrate", "--out", str(tmp_path / "p.json"), "--rounds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"calibration checkpoint {checkpoint}" in err and "Traceback" not in err

@@ -1,5 +1,6 @@
 """The command-line entry points, run as a user would."""
 
+import re
 import subprocess
 import sys
 
@@ -56,3 +57,114 @@ def test_an_error_is_one_message_not_a_traceback(tmp_path, capsys):
 
     with pytest.raises(ResultsError, match="does not exist"):
         cli.main(["--traceback", "report", str(missing), "--out", str(tmp_path / "r")])
+
+
+JOB = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS",
+       "SLURM_LOCALID", "SLURM_JOB_NODELIST", "SLURM_NODELIST", "SLURM_JOB_ID")
+
+
+@pytest.fixture
+def no_job(monkeypatch):
+    """A process outside any job, whatever the test runner's own environment."""
+    for var in JOB:
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+def _scaling_error(capsys, args):
+    """Run ``s2vbench scaling ARGS``, which must fail as one message before launching anything."""
+    assert cli.main(["scaling", *args]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("s2vbench scaling: error: ") and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("env, args, match", [
+    # each rank would make its own runs/<timestamp>, and rank 0 wait forever for the others' files
+    ({"RANK": "0", "WORLD_SIZE": "2"}, ["--gpus", "2", "--strategies", "fsdp"],
+     "inside a torchrun job every rank must write to the same folder: pass --out DIR"),
+    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}, ["--gpus", "2", "--strategies", "fsdp"], "inside a slurm job"),
+    ({"RANK": "5", "WORLD_SIZE": "2"}, ["--gpus", "2", "--out", "{tmp}/o"], "RANK=5 is not below WORLD_SIZE=2"),  # hung
+    ({"RANK": "-1", "WORLD_SIZE": "2"}, ["--gpus", "2", "--out", "{tmp}/o"], "RANK='-1'"),  # exited 0
+    ({"RANK": "0", "WORLD_SIZE": "3"}, ["--gpus", "1,2", "--strategies", "fsdp", "--out", "{tmp}/o"],
+     r"this job has 3 ranks \(WORLD_SIZE=3\) but the sweep has no point at 3 GPUs"),
+])
+def test_scaling_in_a_job_checks_the_job_first(no_job, capsys, tmp_path, env, args, match):
+    for var, value in env.items():
+        no_job.setenv(var, value)
+    err = _scaling_error(capsys, ["--preset", "tiny", *(a.format(tmp=tmp_path) for a in args)])
+    assert re.search(match, err), err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--gpus", "abc"], r"--gpus takes comma-separated positive integers \(e.g. 1,2,4\), got 'abc'"),
+    (["--gpus", "1.5"], "--gpus takes comma-separated positive integers"),
+    (["--gpus", "1,,2"], "--gpus takes comma-separated positive integers"),
+    (["--gpus", "0"], "--gpus takes comma-separated positive integers"),  # divided by zero
+    (["--strategies", "foo"], r"unknown strategies \['foo'\]; choose from single, fsdp, ulysses, ring, usp"),
+    (["--gpus", "2", "--strategies", "fsdp", "--frames", "50"],
+     r"no point of this sweep can run:\n  skipped .*frames must be a positive multiple of 4"),
+    (["--gpus", "3", "--strategies", "ulysses"], r"no point of this sweep can run:\n  skipped .*Ulysses degree 3"),
+    (["--gpus", "2", "--strategies", "fsdp", "--out", "{file}"], r"--out .*afile is a file; pass a folder"),
+    (["--gpus", "2", "--strategies", "fsdp", "--out", "{file}/sub"],
+     r"output folder .*afile/sub \(--out\): cannot create it"),
+    (["--points-json", "{points}"], r"--points-json .*points.json: not a list of sweep points"),
+])
+def test_scaling_input_mistakes_are_one_message(no_job, capsys, tmp_path, args, match):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "points.json").write_text('[{"preset": "tiny"}]')
+    args = [a.format(file=tmp_path / "afile", points=tmp_path / "points.json") for a in args]
+    err = _scaling_error(capsys, ["--preset", "tiny", "--out", str(tmp_path / "o"), *args])
+    assert re.search(match, err), err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--global-batch", "0"], "argument --global-batch: takes a positive integer, got '0'"),  # ran, exit 0
+    (["--global-batch=-2"], "argument --global-batch: takes a positive integer"),
+    (["--grad-accum", "0"], "argument --grad-accum: takes a positive integer"),
+    (["--steps", "0"], "argument --steps: takes a positive integer"),
+    (["--warmup=-1"], "argument --warmup: takes an integer >= 0"),
+    (["--frames", "0"], "argument --frames: takes a positive integer"),
+    (["--nodes", "0", "--sbatch"], "argument --nodes: takes a positive integer"),
+    (["--gpus-per-node=-1", "--sbatch"], "argument --gpus-per-node: takes a positive integer"),
+])
+def test_scaling_counts_are_checked_by_the_parser(no_job, capsys, args, match):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["scaling", "--preset", "tiny", "--gpus", "2", "--strategies", "fsdp", *args])
+    assert e.value.code == 2 and match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--preset", "nope"], "unknown preset 'nope'"),
+    (["--strategies", "fsdp,ulyses"], r"unknown strategies \['ulyses'\]"),  # was dropped from the job unseen
+    (["--tokens", "416", "--frames", "16"], "give either tokens or frames/height/width, not both"),
+    (["--gpus", "1,2", "--nodes", "2", "--gpus-per-node", "8"],  # a 16-task job with nothing to run
+     r"--nodes 2 x --gpus-per-node 8 is a 16-GPU job, but the sweep has points at 1, 2 GPUs only"),
+    (["--sweep", "{sweep}"], r"bad.toml: \[sweep\] gpus must be a list of integers.*got \[2.0\]"),
+])
+def test_sbatch_refuses_a_sweep_it_cannot_run(no_job, capsys, tmp_path, args, match):
+    sweep = tmp_path / "bad.toml"
+    sweep.write_text('[sweep]\npreset = "tiny"\ngpus = [2.0]\nstrategies = ["fsdp"]\n')
+    args = [a.format(sweep=sweep) for a in args]
+    err = _scaling_error(capsys, ["--preset", "tiny", "--gpus", "2", "--strategies", "fsdp", "--sbatch",
+                                  "--gpus-per-node", "2", *args])
+    assert re.search(match, err), err
+
+
+def test_sbatch_gives_every_task_one_out_folder(no_job, capsys, tmp_path):
+    base = ["scaling", "--preset", "tiny", "--gpus", "1,2", "--strategies", "fsdp,usp", "--sbatch", "--gpus-per-node",
+            "2"]
+    assert cli.main(base) == 0
+    out, err = capsys.readouterr()
+    srun = next(line for line in out.splitlines() if line.startswith("srun "))
+    assert srun.endswith(' --out "runs/s2vbench-scaling-$SLURM_JOB_ID"')  # not each task's own timestamp
+    script = tmp_path / "job.sbatch"
+    script.write_text(out)
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    # skipped points and the points of other sizes are said on stderr; stdout stays the script
+    assert "skipped usp at 2 GPUs" in err and "only the 2-GPU points; those at 1 GPUs need jobs" in err
+    assert cli.main([*base, "--out", "shared/run"]) == 0
+    srun = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("srun "))
+    assert srun.endswith("--out shared/run") and srun.count("--out") == 1

@@ -3,9 +3,10 @@
 import json
 
 import numpy as np
+import pytest
 
 from s2vbench.bench import cli
-from s2vbench.bench.compare import bootstrap_median_ci
+from s2vbench.bench.compare import bootstrap_median_ci, load_series
 from s2vbench.bench.results import Metric, Record, ResultsLog
 
 
@@ -37,8 +38,57 @@ def test_slowdown_fails_and_speedup_is_reported(tmp_path, capsys):
 def test_points_match_only_on_the_same_hardware(tmp_path, capsys):
     base = results_file(tmp_path / "base.json", {}, seed=0)
     new = results_file(tmp_path / "new.json", {"a": 2.0}, seed=1, device="NVIDIA H100")
-    assert cli.main(["compare", str(base), str(new)]) == 0
-    assert "unmatched" in capsys.readouterr().out
+    # nothing matched is nothing compared: an error (exit 2), not a pass a CI job would take for green
+    assert cli.main(["compare", str(base), str(new)]) == 2
+    out, err = capsys.readouterr()
+    assert "unmatched" in out and "nothing was compared" in err and "regression" not in out
+
+
+def test_nothing_to_compare_fails(tmp_path, capsys):
+    base = results_file(tmp_path / "base.json", {}, seed=0)
+    empty = tmp_path / "empty.json"
+    ResultsLog(empty, environment={}).flush()
+    assert cli.main(["compare", str(base), str(empty)]) == 2  # was "no point matched", exit 0
+    assert f"new {empty} has no timed points" in capsys.readouterr().err
+    pb = tmp_path / "pb.json"
+    pb.write_text(json.dumps({"machine_info": {"node": "n"}, "benchmarks": [
+        {"fullname": "t::a", "stats": {"median": 1.0, "min": 0.9, "max": 1.1}}]}))
+    pb_empty = tmp_path / "pb_empty.json"
+    pb_empty.write_text(json.dumps({"benchmarks": []}))
+    assert cli.main(["compare", str(pb), str(pb_empty)]) == 2
+    assert "has no timed points" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value", [("--level", "1.5"), ("--level", "0"), ("--repeats", "0"),
+                                         ("--repeats", "-5")])
+def test_level_and_repeats_are_checked(tmp_path, capsys, flag, value):
+    base = results_file(tmp_path / "base.json", {}, seed=0)
+    assert cli.main(["compare", str(base), str(base), flag, value]) == 2  # were numpy tracebacks
+    err = capsys.readouterr().err
+    assert err.startswith(f"s2vbench compare: error: {flag} ") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("doc, match", [
+    ({"benchmarks": [{"name": "x"}]}, "needs a 'fullname' string and a 'stats' object"),
+    ({"benchmarks": [{"fullname": "t::a", "stats": {"min": 1, "max": 2}}]}, "nor stats median, min and max"),
+    ({"machine_info": "n", "benchmarks": []}, "machine_info must be an object"),
+    ({"benchmarks": "abc"}, "'benchmarks' must be a list"),
+    ({"benchmarks": [{"fullname": "t::a", "stats": {"data": [1.0, "x"]}}]}, "not a list of positive seconds"),
+    ({"benchmarks": [{"fullname": "t::a", "stats": {"median": 0.0, "min": 0.0, "max": 0.0}}]},
+     "not a list of positive seconds"),  # was a ZeroDivisionError printing the change
+    ("{", "is not valid JSON"),
+    ([1, 2], "neither an s2vbench results file nor pytest-benchmark JSON"),
+])
+def test_malformed_inputs_name_the_file(tmp_path, doc, match):
+    path = tmp_path / "in.json"
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    with pytest.raises(ValueError, match=match) as info:
+        load_series(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(ValueError, match="is a folder"):
+        load_series(tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_series(tmp_path / "nope.json")
 
 
 def test_pytest_benchmark_json(tmp_path):

@@ -1,10 +1,11 @@
 """``s2vbench longform`` at the tiny preset: token counts per arm and clip, the forward of the uncompressed arms,
 and the written results, report and plot."""
 
+import pytest
 import torch
 
 from s2vbench.bench.longform import run_longform, run_prepared, uncompressed_forward
-from s2vbench.bench.results import read_results
+from s2vbench.bench.results import Metric, Record, ResultsError, ResultsLog, read_results
 from s2vbench.model import WanS2V, get_preset
 
 
@@ -73,3 +74,51 @@ def test_uncompressed_forward_runs_the_blocks_on_every_motion_token():
     motion = torch.randn(1, 16, 19, 16, 16)
     framepack = model.prepare(*args, motion)
     assert torch.allclose(run_prepared(model, framepack), model(*args, motion), atol=1e-6)
+
+
+BAD_OPTIONS = [(["--steps", "0"], "--steps"), (["--repeats", "0"], "--repeats"), (["--threads", "0"], "--threads"),
+               (["--clips", "0"], "--clips"), (["--split-steps", "0"], "--split-steps"),
+               (["--warmup=-1"], "--warmup"), (["--split-clips=-1"], "--split-clips"),
+               (["--token-cap", "0"], "--token-cap"), (["--vae-dim", "0"], "--vae-dim"),
+               (["--device", "foo"], "--device"), (["--preset", "nope"], "--preset")]
+if not torch.cuda.is_available():
+    BAD_OPTIONS.append((["--device", "cuda"], "no CUDA device"))
+
+
+@pytest.mark.parametrize("extra, says", BAD_OPTIONS)
+def test_longform_refuses_bad_options_before_any_work(tmp_path, monkeypatch, capsys, extra, says):
+    from s2vbench.bench import cli, longform
+
+    monkeypatch.setattr(longform, "run_longform", lambda *a, **k: pytest.fail("ran before the options were checked"))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["longform", "--preset", "tiny", "--out", str(tmp_path / "out"), *extra])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and says in err and "Traceback" not in err, err
+
+
+def test_longform_checks_its_output_folder_first(tmp_path, monkeypatch, capsys):
+    from s2vbench.bench import cli, longform
+
+    monkeypatch.setattr(longform, "run_longform", lambda *a, **k: pytest.fail("ran before --out was checked"))
+    (tmp_path / "afile").write_text("x")
+    assert cli.main(["longform", "--preset", "tiny", "--out", str(tmp_path / "afile")]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_longform_resumes_only_its_own_run(tmp_path):
+    def run(out, **kw):
+        run_longform("tiny", out, clips=1, repeats=2, split_clips=0, in_process=True, progress=False, **kw)
+
+    measured = Metric("step_time", 1.0, "s", "x")
+    other = ResultsLog(tmp_path / "other" / "results.json", environment={})
+    other.append(Record("iteration", "p1", {"world": 1}, [measured]))
+    with pytest.raises(ResultsError, match="iteration records, not a longform run"):
+        run(tmp_path / "other")
+    mine = ResultsLog(tmp_path / "mine" / "results.json", environment={})
+    mine.append(Record("longform_step", "framepack/clip01", {"preset": "tiny", "repeats": 1}, [measured]))
+    with pytest.raises(ResultsError, match="repeats=1 there, 2 now"):  # the old point is not kept as if re-measured
+        run(tmp_path / "mine")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text("{")
+    with pytest.raises(ResultsError, match="pick another output folder"):
+        run(tmp_path / "bad")

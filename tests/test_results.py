@@ -67,3 +67,61 @@ def test_bad_files_are_refused(tmp_path):
     p.write_text(json.dumps({"schema": R.SCHEMA, "schema_version": 999, "records": []}))
     with pytest.raises(R.ResultsError, match="schema_version 999"):
         R.read_results(p)
+
+
+def _file(path, records):
+    path.write_text(json.dumps({"schema": R.SCHEMA, "schema_version": R.SCHEMA_VERSION, "records": records}))
+    return path
+
+
+GOOD = {"kind": "test", "name": "a", "config": {}, "metrics": [{"name": "step_time", "value": 1.0, "unit": "s",
+                                                                 "how": "t", "status": "measured", "stats": {}}]}
+
+
+@pytest.mark.parametrize("records, match", [
+    ([{"kind": "iteration"}], r"record 0: missing field\(s\) \['name', 'config', 'metrics'\]"),  # were TypeErrors
+    ([{**GOOD, "extra_field": 1}], r"record 0: unknown field\(s\) \['extra_field'\]"),
+    (["abc"], "record 0 is a JSON str, not an object"),
+    ([{**GOOD, "config": "x"}], "config = 'x' must be an object"),
+    ([{**GOOD, "tags": [1]}], "tags = \\[1\\] must be a list of strings"),
+    ([{**GOOD, "metrics": [{**GOOD["metrics"][0], "value": "fast"}]}],
+     r"record 0 \('a'\), metric 0 \('step_time'\): value = 'fast' must be a number"),  # crashed the report
+    ([{**GOOD, "metrics": [{**GOOD["metrics"][0], "status": "guess"}]}], "status 'guess' is not one of"),
+    ([{**GOOD, "metrics": [{"name": "x"}]}], r"missing field\(s\) \['value', 'unit', 'how'\]"),
+    ("abc", "has no list of records \\('records' is str\\)"),
+])
+def test_malformed_records_name_the_file_and_field(tmp_path, records, match):
+    path = _file(tmp_path / "r.json", records)
+    with pytest.raises(R.ResultsError, match=match) as info:
+        R.read_results(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_records_and_folders_are_named(tmp_path):
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps({"schema": R.SCHEMA, "schema_version": R.SCHEMA_VERSION}))
+    with pytest.raises(R.ResultsError, match="'records' is missing"):  # was a KeyError
+        R.read_results(p)
+    with pytest.raises(R.ResultsError, match="is a folder"):
+        R.read_results(tmp_path)
+
+
+def test_non_finite_figures_read_back_as_floats(tmp_path):
+    log = R.ResultsLog(tmp_path / "r.json", environment={})
+    log.append(R.Record("test", "a", {}, [R.Metric("x", float("nan"), "s", "t", stats={"max": float("inf")})]))
+    (rec,) = R.read_results(log.path)  # to_jsonable wrote them as "nan" and "inf"
+    m = rec.metric("x")
+    assert m.value != m.value and m.stats["max"] == float("inf")
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_a_corrupt_results_file_is_never_overwritten(tmp_path, resume):
+    path = tmp_path / "results.json"
+    good = _file(path, [GOOD]).read_text()
+    path.write_text(good[: len(good) // 2])  # cut short
+    with pytest.raises(R.ResultsError, match="not valid JSON.*left untouched"):
+        R.ResultsLog(path, environment={}, resume=resume)  # resume=False used to overwrite it silently
+    assert path.read_text() == good[: len(good) // 2]
+    _file(path, [GOOD])
+    log = R.ResultsLog(path, environment={}, resume=resume)  # a readable file: resumed, or replaced on request
+    assert [r.name for r in log.records] == (["a"] if resume else [])

@@ -22,6 +22,75 @@ def test_nodelists():
         parse_nodelist("gpu[04-01]")
     with pytest.raises(ValueError, match="unbalanced"):
         parse_nodelist("gpu[01-02")
+    with pytest.raises(ValueError, match="unbalanced"):  # closes before it opens
+        parse_nodelist("gpu]01[")
+    with pytest.raises(ValueError, match="bad host"):
+        parse_nodelist("gpu[]")
+
+
+JOB = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS",
+       "SLURM_LOCALID", "SLURM_JOB_NODELIST", "SLURM_NODELIST", "SLURM_JOB_ID")
+
+
+@pytest.fixture
+def no_job(monkeypatch):
+    """A process outside any job, whatever the test runner's own environment."""
+    for var in JOB:
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("environ, match", [
+    ({"RANK": "5", "WORLD_SIZE": "2"}, r"RANK=5 is not below WORLD_SIZE=2: ranks run from 0 to 1"),  # hung
+    ({"RANK": "-1", "WORLD_SIZE": "2"}, r"RANK='-1': must be an integer >= 0"),  # did nothing, exit 0
+    ({"RANK": "0", "WORLD_SIZE": "0"}, r"WORLD_SIZE='0': must be an integer >= 1"),
+    ({"RANK": "abc", "WORLD_SIZE": "2"}, r"RANK='abc'"),
+    ({"RANK": "0", "WORLD_SIZE": "2.0"}, r"WORLD_SIZE='2.0'"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "x"}, r"LOCAL_RANK='x'"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "abc"}, r"MASTER_PORT='abc': must be an integer from 1 to 65535"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "70000"}, r"MASTER_PORT='70000'"),
+    ({"RANK": "0"}, r"RANK is set but WORLD_SIZE is not"),  # was ignored: it launched its own torchrun
+    ({"WORLD_SIZE": "2"}, r"WORLD_SIZE is set but RANK is not"),
+    ({"SLURM_PROCID": "0"}, r"SLURM_PROCID is set but SLURM_NTASKS is not"),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "abc"}, r"SLURM_NTASKS='abc'"),
+    ({"SLURM_PROCID": "2", "SLURM_NTASKS": "2"}, r"SLURM_PROCID=2 is not below SLURM_NTASKS=2"),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_ID": "abc"}, r"SLURM_JOB_ID='abc'"),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_LOCALID": "-3"}, r"SLURM_LOCALID='-3'"),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": ","}, r"SLURM_JOB_NODELIST=',' names no host"),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_NODELIST": "gpu[01-"}, r"SLURM_NODELIST: unbalanced"),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "gpu[a-b]"}, r"SLURM_JOB_NODELIST: bad range"),
+])
+def test_malformed_job_environments_are_errors_naming_the_variable(environ, match):
+    with pytest.raises(ValueError, match=match):
+        detect_env(environ)
+
+
+def test_run_in_job_refuses_a_job_with_no_point_of_its_size(no_job, tmp_path):
+    from s2vbench.bench.points import Point
+    from s2vbench.bench.scaling import run_in_job
+
+    points = [Point("tiny", 1, "single"), Point("tiny", 2, "fsdp")]
+    no_job.setenv("RANK", "0")
+    no_job.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ValueError, match=r"3 ranks \(WORLD_SIZE=3\) but the sweep has no point at 3 GPUs .*\[1, 2\]"):
+        run_in_job(points, tmp_path)  # before: every rank returned at once, rank 0 then found no results file
+    no_job.setenv("WORLD_SIZE", "2")
+    no_job.setenv("MASTER_PORT", "65535")  # each point's process group takes the next port
+    with pytest.raises(ValueError, match="MASTER_PORT=65535 leaves no room"):
+        run_in_job(points, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_launch_sweep_refuses_points_larger_than_the_node(monkeypatch, tmp_path):
+    import torch
+
+    from s2vbench.bench.points import Point
+    from s2vbench.bench.scaling import launch_sweep
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"this node has 2 GPUs and every point needs more \(\[4\]\).*--sbatch"):
+        launch_sweep([Point("tiny", 4, "fsdp")], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_environment_detection():
@@ -33,6 +102,7 @@ def test_environment_detection():
     assert (env.launcher, env.rank, env.world_size, env.local_rank) == ("slurm", 3, 16, 3)
     assert env.nodes == ("gpu01", "gpu02") and env.master_addr == "gpu01" and env.master_port == 20000 + 123456 % 20000
     assert detect_env({"HOME": "/root"}) is None
+    assert detect_env({"SLURM_NTASKS": "4"}) is None  # an allocation's shell (salloc) is not a task
 
 
 def test_sbatch_template_renders_valid_bash(tmp_path):
@@ -47,6 +117,14 @@ def test_sbatch_template_renders_valid_bash(tmp_path):
     assert check.returncode == 0, check.stderr
     with pytest.raises(ValueError, match="nodes >= 1"):
         render_sbatch("x", 0, 8, ["true"])
+    assert "--out" not in next(line for line in text.splitlines() if line.startswith("srun "))
+    # Without a folder of its own, every task of the job gets the same one, from the job id
+    text = render_sbatch("s2vbench-paper", 1, 8, ["python", "-m", "s2vbench", "scaling"], out_per_job=True)
+    assert text.rstrip().endswith('scaling --out "runs/s2vbench-paper-$SLURM_JOB_ID"')
+    script.write_text(text)
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    with pytest.raises(ValueError, match=r"SLURM job name 's2vbench-a/b c'.*letters, digits"):
+        render_sbatch("s2vbench-a/b c", 1, 8, ["true"], out_per_job=True)
 
 
 def test_shipped_sweeps_parse():
@@ -66,6 +144,29 @@ def test_weak_scaling_grows_the_batch_with_data_parallelism():
     assert [p.global_batch for p in points] == [2, 4, 8] and all(p.batch_per_rank == 2 for p in points)
     with pytest.raises(ValueError, match="unknown sweep axes"):
         sweep_points("tiny", [1], ["fsdp"], colour=[True])
+
+
+@pytest.mark.parametrize("args, kwargs, match", [
+    (("tiny", [2], ["fsdp", "ulyses"]), {}, r"unknown strategies \['ulyses'\]; choose from single, fsdp, ulysses"),
+    (("tiny", [2], []), {}, "no strategies; choose from"),
+    (("nope", [2], ["fsdp"]), {}, "unknown preset 'nope'"),
+    (("tiny", [0], ["fsdp"]), {}, r"GPU counts \(gpus\) must be one or more positive integers, got \[0\]"),
+    (("tiny", [2.0], ["fsdp"]), {}, "GPU counts"),
+    (("tiny", [], ["fsdp"]), {}, "GPU counts"),
+    (("tiny", [2], ["fsdp"]), {"global_batch": 0}, "global_batch must be an integer >= 1, got 0"),
+    (("tiny", [2], ["fsdp"]), {"steps": 0}, "steps must be an integer >= 1"),
+    (("tiny", [2], ["fsdp"]), {"warmup": -1}, "warmup must be an integer >= 0"),
+    (("tiny", [2], ["fsdp"]), {"scaling": "medium"}, "scaling must be 'strong' or 'weak'"),
+    (("tiny", [2], ["fsdp"]), {"ac": []}, "sweep axis ac is an empty list"),
+    (("tiny", [2], ["fsdp"]), {"tokens": [416], "frames": [16]}, "either tokens or frames/height/width, not both"),
+    # every combination skipped: one error with each reason, not a report on a results file never written
+    (("tiny", [2], ["fsdp"]), {"frames": 50}, r"no point of this sweep can run:\n  skipped .*multiple of 4 .*got 50"),
+    (("tiny", [3], ["ulysses"]), {}, r"no point of this sweep can run:\n  skipped .*Ulysses degree 3 must divide"),
+    (("tiny", [2], ["single"]), {}, r"no point .*\n  skipped single at 2 GPUs: strategy 'single' runs on one rank"),
+])
+def test_sweep_wide_mistakes_are_errors_not_skipped_points(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sweep_points(*args, **kwargs)
 
 
 def test_scaling_through_torchrun(tmp_path):
@@ -88,10 +189,10 @@ def test_cli_lists_and_positive_numbers_are_checked(capsys):
     from s2vbench.bench.cli import _positive_ints, _positive_minutes, _token_list, positive_int
 
     assert _positive_ints("1, 8", "--dp-replicate") == [1, 8] and _token_list(None) == [None]
-    for bad in ("", "0", "2,-1", "x"):
-        with pytest.raises(SystemExit, match="--dp-replicate takes comma-separated positive integers"):
+    for bad in ("", "0", "2,-1", "x", "1.5", "1,,2", "2,"):  # an empty item is a typo, not a shorter list
+        with pytest.raises(ValueError, match="--dp-replicate takes comma-separated positive integers"):
             _positive_ints(bad, "--dp-replicate")
-    with pytest.raises(SystemExit, match="--tokens takes"):
+    with pytest.raises(ValueError, match="--tokens takes"):
         _token_list("44544,0")
     assert positive_int("3") == 3 and _positive_minutes("0.5") == 0.5
     for parse, bad, what in ((positive_int, "0", "a positive integer"), (positive_int, "2.5", "a positive integer"),

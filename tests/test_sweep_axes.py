@@ -122,3 +122,58 @@ def test_compiled_point_matches_eager(world, strategy, ac):
     assert rec.name.endswith("/compile") and rec.config["compile"] is True
     for kind in ("all_to_all",) if strategy == "ulysses" else ():  # the same collectives as eager: none re-run
         assert runs[True][0]["real"]["comm"][kind]["calls"] == runs[False][0]["real"]["comm"][kind]["calls"]
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"global_batch": 0}, "global_batch must be an integer >= 1, got 0"),  # reached torch on every rank
+    ({"global_batch": -2}, "global_batch must be an integer >= 1"),
+    ({"grad_accum": 0}, "grad_accum must be an integer >= 1"),
+    ({"steps": 0}, "steps must be an integer >= 1"),
+    ({"warmup": -1}, "warmup must be an integer >= 0"),
+    ({"steps": "3"}, r"steps must be an integer >= 1, got '3'"),
+    ({"ac": "false"}, "ac must be true or false"),  # a truthy string
+    ({"frames": 0}, "frames must be a positive integer"),
+    ({"height": -64}, "height must be a positive integer"),
+    ({"width": 64.0}, "width must be a positive integer"),
+    ({"world": 0}, r"world \(the GPU count\) must be a positive integer, got 0"),  # divided by zero
+    ({"world": 2.0}, "world .* must be a positive integer, got 2.0"),
+])
+def test_point_validate_names_a_bad_field(fields, match):
+    p = Point(**({"preset": "tiny", "world": 2, "strategy": "fsdp"} | fields))
+    with pytest.raises(ValueError, match=match):
+        p.validate()
+
+
+@pytest.mark.parametrize("body, match", [
+    ('[sweep\npreset = "tiny"', r"not valid TOML \(Expected"),
+    ("sweep = 5", "'sweep' must be a \\[sweep\\] table, got 5"),
+    ('gpus = [1]', "a sweep file needs a \\[sweep\\] table"),
+    ('[sweep]\npreset = "tiny"\ngpus = "1,2"\nstrategies = ["fsdp"]',
+     r"\[sweep\] gpus must be a list of integers, e.g. gpus = \[1, 2, 4, 8\]; got '1,2'"),
+    ('[sweep]\npreset = "tiny"\ngpus = [2.0]\nstrategies = ["fsdp"]', r"gpus must be a list of integers.*\[2.0\]"),
+    ('[sweep]\npreset = "tiny"\ngpus = 2\nstrategies = ["fsdp"]', "gpus must be a list of integers"),
+    ('[sweep]\npreset = "tiny"\ngpus = [2]\nstrategies = "fsdp"', "strategies must be a list of strings"),
+    ('[sweep]\npreset = "tiny"\ngpus = [2]\nstrategies = ["fsdp"]\nsteps = "3"',
+     r"steps must be an integer, .*got '3'"),
+    ('[sweep]\npreset = 5\ngpus = [2]\nstrategies = ["fsdp"]', "preset must be a string"),
+    ('[sweep]\npreset = "tiny"\ngpus = [2]\nstrategies = ["fsdp"]\nac = "false"',
+     r"ac must be true or false or a list of booleans \(an axis\)"),
+    ('[sweep]\npreset = "tiny"\ngpus = [2]\nstrategies = ["fsdp"]\ntokens = ["416"]',
+     "tokens must be a list of integers"),
+    ('[sweep]\npreset = "tiny"\ngpus = [2]\nstrategies = ["fsdp"]\nbogus = [1]',
+     "unknown \\[sweep\\] field 'bogus'; known: ac,"),
+    ('[sweep]\npreset = "tiny"\ngpus = [2]\nstrategies = ["fsdp", "ulyses"]', r"unknown strategies \['ulyses'\]"),
+    ('[sweep]\npreset = "tiny"\ngpus = [2]\nstrategies = ["fsdp"]\ndtype = ["fp16"]',
+     r"no point of this sweep can run:\n  skipped .*dtype must be 'float32' or 'bfloat16', got 'fp16'"),
+])
+def test_sweep_file_mistakes_name_the_file_and_field(tmp_path, body, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
+    with pytest.raises(ValueError, match=match) as e:
+        load_sweep(path)
+    assert str(e.value).startswith(f"{path}: ")
+    with pytest.raises(ValueError, match=f"sweep file {tmp_path / 'nope.toml'}: cannot read it"):
+        load_sweep(tmp_path / "nope.toml")
+    from s2vbench.bench.scaling import _AXIS_TYPES, AXES
+
+    assert set(_AXIS_TYPES) == set(AXES)  # every axis has its TOML type

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.bucketing import BucketGeometry, BucketPlan, fit_fixed, plan_buckets
+from ..data.bucketing import BucketError, BucketGeometry, BucketPlan, fit_fixed, plan_buckets
 from ..data.manifest import ManifestError, read_manifest, shipped_manifests
-from ..data.sampler import BucketSampler, dp_cost_imbalance
-from ..model.config import get_preset
+from ..data.sampler import BucketSampler, SamplerError, dp_cost_imbalance
+from ..model.config import PRESETS, get_preset
 from .analytic import clip_step_cost
 from .results import Metric, Record, ResultsLog, atomic_write_text
 
@@ -35,28 +35,35 @@ MAX_TIMED_NAIVE_SHAPES = 32
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .cli import non_negative_int
+    from .cli import positive_int
+
     p.add_argument("--manifest", type=Path, action="append", default=None,
                    help="a .jsonl or .parquet manifest (repeatable; default: the shipped synthetic manifests)")
-    p.add_argument("--preset", default="small", help="model preset that is timed (default small)")
-    p.add_argument("--max-tokens", type=int, default=3072, help="M: most tokens of one clip (default 3072)")
+    p.add_argument("--preset", default="small", choices=sorted(PRESETS),
+                   help="model preset that is timed (default small)")
+    p.add_argument("--max-tokens", type=positive_int, default=3072, help="M: most tokens of one clip (default 3072)")
     p.add_argument("--frames", default="4,16", help="latent frame window MIN,MAX (4F pixel frames; default 4,16)")
-    p.add_argument("--max-buckets", type=int, default=16, help="most bucket shapes (default 16)")
-    p.add_argument("--base-batch", type=int, default=1, help="batch size of the costliest bucket (default 1)")
-    p.add_argument("--dp", type=int, default=4, help="data-parallel degree of the simulated job (default 4)")
-    p.add_argument("--cp", type=int, default=2, help="context-parallel degree of the simulated job (default 2)")
+    p.add_argument("--max-buckets", type=positive_int, default=16, help="most bucket shapes (default 16)")
+    p.add_argument("--base-batch", type=positive_int, default=1, help="batch size of the costliest bucket (default 1)")
+    p.add_argument("--dp", type=positive_int, default=4, help="data-parallel degree of the simulated job (default 4)")
+    p.add_argument("--cp", type=positive_int, default=2,
+                   help="context-parallel degree of the simulated job (default 2)")
     p.add_argument("--fixed", default=None, help="fixed-resolution baseline shape F,H,W (latent frames, pixels); "
                                                  "default: the largest bucket's shape")
     p.add_argument("--on-error", choices=("raise", "skip"), default="skip",
                    help="bad manifest rows: stop with an error, or skip and count them (default skip)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=3, help="timed train steps per shape (default 3)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps per shape (default 1)")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds over all shapes (default 3; the noise floor "
+    p.add_argument("--steps", type=positive_int, default=3, help="timed train steps per shape (default 3)")
+    p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed warm-up steps per shape (default 1)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="interleaved timing rounds over all shapes (default 3; the noise floor "
                                                                     "is the spread of round medians)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--no-measure", action="store_true", help="predicted figures only, no train steps")
-    p.add_argument("--scale-preset", default="14b", help="preset of the predicted-only scale check ('none' skips)")
-    p.add_argument("--scale-max-tokens", type=int, default=44544, help="its M (default 44,544: the paper's clip)")
+    p.add_argument("--scale-preset", default="14b", choices=[*sorted(PRESETS), "none"],
+                   help="preset of the predicted-only scale check ('none' skips)")
+    p.add_argument("--scale-max-tokens", type=positive_int, default=44544,
+                   help="its M (default 44,544: the paper's clip)")
     p.add_argument("--scale-frames", default="12,20", help="its latent frame window (default 12,20: 48-80 frames)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/buckets-<timestamp>)")
 
@@ -65,8 +72,45 @@ def _pair(text: str, what: str) -> tuple[int, int]:
     try:
         lo, hi = (int(x) for x in text.split(","))
     except ValueError:
-        raise SystemExit(f"{what}={text!r}: give two integers MIN,MAX, e.g. 4,16") from None
+        raise BucketError(f"{what}={text!r}: give two integers MIN,MAX, e.g. 4,16") from None
     return lo, hi
+
+
+def _geometry(cfg, max_tokens: int, frames: str, cp: int, flags: tuple[str, str]) -> BucketGeometry:
+    """The geometry of ``--max-tokens``/``--frames`` (or their ``--scale-`` twins), its errors naming the flags."""
+    lo, hi = _pair(frames, flags[1])
+    try:
+        return BucketGeometry(cfg, max_tokens, lo, hi, cp_degrees=(cp,))
+    except BucketError as e:
+        raise BucketError(f"{flags[0]} {max_tokens}, {flags[1]} {frames}: {e}") from None
+
+
+def _fixed_shape(text: str, geom: BucketGeometry) -> tuple[int, int, int]:
+    """``--fixed F,H,W``, checked against the geometry before any planning."""
+    try:
+        f, h, w = (int(x) for x in text.split(","))
+    except ValueError:
+        raise BucketError(f"--fixed={text!r}: give three integers F,H,W (latent frames, pixel height and width), "
+                          f"e.g. 4,256,256") from None
+    m = geom.pixel_multiple
+    if f < 1 or min(h, w) < m or h % m or w % m:
+        raise BucketError(f"--fixed={text!r}: F must be at least 1 latent frame and H, W positive multiples of "
+                          f"{m} pixels, e.g. 4,256,256")
+    tokens = geom.tokens(f, h, w)
+    if tokens > geom.max_tokens:  # a baseline over M would report a token utilisation above 100%
+        raise BucketError(f"--fixed={text!r}: {tokens:,} tokens, over --max-tokens {geom.max_tokens:,}; pick a "
+                          f"smaller shape or raise --max-tokens")
+    return f, h, w
+
+
+def _usable(read, path, where: str):
+    """``read``'s rows, or an error naming the manifest and why none is usable (rather than an empty plan)."""
+    if read.rows:
+        return read.rows
+    why = (f"all {len(read.skipped)} rows were skipped ({read.skipped_by_reason()})" if read.skipped
+           else "it holds no rows")
+    raise ManifestError(f"manifest {path}: no clip is usable {where}: {why}; fix the rows (--on-error raise "
+                        f"stops at the first bad one) or pass another --manifest")
 
 
 @dataclass
@@ -102,6 +146,10 @@ class MethodResult:
 def _bucketed(plan: BucketPlan, dp: int, cp: int, seed: int) -> tuple[MethodResult, dict[int, float]]:
     sampler = BucketSampler.from_plan(plan, dp, cp, seed=seed)
     ep = sampler.epoch_plan(0)
+    if not ep.steps:  # nothing to measure: every figure below would divide by zero
+        batches = sum(-(-b.clips // b.batch_size) for b in plan.buckets)
+        raise BucketError(f"{len(plan.rows)} usable clip(s) make {batches} batch(es), fewer than the dp={dp} "
+                          f"data-parallel ranks of one step; use a manifest with more usable clips or a smaller --dp")
     m = plan.geometry.max_tokens
     real: dict[int, int] = {}
     slots: dict[int, int] = {}
@@ -149,6 +197,10 @@ def _fixed(plan: BucketPlan, shape: tuple[int, int, int], cost, dp: int, seed: i
     kept = [t for t in fits if t is not None]
     too_short = len(fits) - len(kept)
     usable = len(kept) - len(kept) % dp
+    if not usable:
+        raise BucketError(f"fixed shape {shape}: {len(kept)} of {len(fits)} clip(s) are long enough for its "
+                          f"{4 * shape[0]} frames, fewer than the dp={dp} ranks of one step; pass a --fixed shape "
+                          f"with fewer frames")
     c = cost(geom.tokens(*shape))
     steps = usable // dp
     res = MethodResult("fixed", usable, len(fits) - usable, geom.tokens(*shape) / geom.max_tokens,
@@ -315,25 +367,37 @@ def _fmt(x: float | None, spec: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
+    from .results import check_output_folder
+
     out = args.out or Path("runs") / ("buckets-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    out.mkdir(parents=True, exist_ok=True)
+    # Every option is checked before the planning and the timing (minutes), so a bad one fails at once.
     manifests = args.manifest or shipped_manifests()
+    stems = [Path(m).stem for m in manifests]
+    if len(set(stems)) < len(stems):  # records and plots are named by stem: one would overwrite the other
+        raise ManifestError(f"--manifest {' '.join(map(str, manifests))}: two manifests share a file name "
+                            f"({sorted({n for n in stems if stems.count(n) > 1})}); give each its own name")
     preset = get_preset(args.preset)
     cfg = preset.model
-    fmin, fmax = _pair(args.frames, "--frames")
-    geom = BucketGeometry(cfg, args.max_tokens, fmin, fmax, cp_degrees=(args.cp,))
+    geom = _geometry(cfg, args.max_tokens, args.frames, args.cp, ("--max-tokens", "--frames"))
+    fmin, fmax = geom.min_latent_frames, geom.max_latent_frames
+    fixed = _fixed_shape(args.fixed, geom) if args.fixed else None
+    if args.scale_preset != "none":
+        big = get_preset(args.scale_preset).model
+        bgeom = _geometry(big, args.scale_max_tokens, args.scale_frames, args.cp,
+                          ("--scale-max-tokens", "--scale-frames"))
+        smin, smax = bgeom.min_latent_frames, bgeom.max_latent_frames
+    # A bucket run writes a fresh results.json (its records are not keyed to resume), so one already there,
+    # maybe another benchmark's, would be lost.
+    if (out / "results.json").exists():
+        raise ValueError(f"--out {out} already holds a results.json, which this run would overwrite (bucket runs "
+                         f"do not resume); pick a new --out, or move that file away first")
+    check_output_folder(out)
 
     def cost(n: int) -> float:
         return clip_step_cost(cfg, n)
 
-    if not args.no_measure:
-        import torch
-
-        torch.set_num_threads(args.threads)
     log = ResultsLog(out / "results.json", resume=False)
     load_before = os.getloadavg()[0]
-    times = None if args.no_measure else StepTimes(args.preset, preset.clip.text_tokens, geom.with_motion,
-                                                   args.steps, args.warmup, args.seed)
     common = {"preset": args.preset, "max_tokens": args.max_tokens, "latent_frames": [fmin, fmax], "dp": args.dp,
               "cp": args.cp, "seed": args.seed, "max_buckets": args.max_buckets, "base_batch": args.base_batch,
               "threads": args.threads, "steps": args.steps, "warmup": args.warmup}
@@ -343,20 +407,39 @@ def run(args: argparse.Namespace) -> int:
     timing_points: list[tuple[str, float, list[float]]] = []
     verdicts = []
     prepared = []
-    for path in manifests:
+    reads = [read_manifest(path, on_error=args.on_error, check=geom.row_problem) for path in manifests]
+    for path, read in zip(manifests, reads):
         name = Path(path).stem
-        try:
-            read = read_manifest(path, on_error=args.on_error, check=geom.row_problem)
-        except ManifestError as e:
-            print(f"error: {e}")
-            return 2
-        plan = plan_buckets(read.rows, geom, cost, max_buckets=args.max_buckets, base_batch=args.base_batch)
-        shape = (tuple(int(x) for x in args.fixed.split(",")) if args.fixed
-                 else max(plan.buckets, key=lambda b: b.clips).shape)
-        bucketed, per_bucket = _bucketed(plan, args.dp, args.cp, args.seed)
-        methods = [bucketed, _fixed(plan, shape, cost, args.dp, args.seed), _naive(plan, cost, args.dp, args.seed)]
+        rows = _usable(read, path, f"at --max-tokens {args.max_tokens} and --frames {args.frames}")
+        try:  # the plan's errors say what is wrong; this says which manifest
+            plan = plan_buckets(rows, geom, cost, max_buckets=args.max_buckets, base_batch=args.base_batch)
+            shape = fixed or max(plan.buckets, key=lambda b: b.clips).shape
+            bucketed, per_bucket = _bucketed(plan, args.dp, args.cp, args.seed)
+            methods = [bucketed, _fixed(plan, shape, cost, args.dp, args.seed), _naive(plan, cost, args.dp, args.seed)]
+        except (BucketError, SamplerError) as e:
+            raise BucketError(f"manifest {path}: {e}") from None
         prepared.append((path, name, read, plan, shape, bucketed, per_bucket, methods))
-    if times is not None:
+    # Predicted-only: the same planning at the big preset's M, done before the timing so that it fails first.
+    scaled = []
+    if args.scale_preset != "none":
+        for path in manifests:
+            read = read_manifest(path, on_error="skip", check=bgeom.row_problem)
+            rows = _usable(read, path, f"for the scale check (--scale-preset {args.scale_preset}, "
+                                       f"--scale-max-tokens {args.scale_max_tokens}, --scale-frames "
+                                       f"{args.scale_frames}; --scale-preset none skips it)")
+            try:
+                bplan = plan_buckets(rows, bgeom, lambda n: clip_step_cost(big, n), max_buckets=args.max_buckets,
+                                     base_batch=args.base_batch)
+                res, _ = _bucketed(bplan, args.dp, args.cp, args.seed)
+            except (BucketError, SamplerError) as e:
+                raise BucketError(f"manifest {path}, scale check (--scale-preset none skips it): {e}") from None
+            scaled.append((path, read, bplan, res, _naive(bplan, lambda n: clip_step_cost(big, n), args.dp, args.seed)))
+    times = None
+    if not args.no_measure:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        times = StepTimes(args.preset, preset.clip.text_tokens, geom.with_motion, args.steps, args.warmup, args.seed)
         keys: list[tuple] = []
         for *_, methods in prepared:
             for res in methods:
@@ -426,31 +509,21 @@ def run(args: argparse.Namespace) -> int:
                                   {"max": floor_max, **{f"{k[0]}x{k[1]}": _spread(r)
                                                         for k, r in times.rounds.items()}})]))
         plots.append(_plot_times(timing_points, floor, out))
-    # Predicted-only: the same planning at the big preset's M.
     scale_rows = []
-    if args.scale_preset != "none":
-        big = get_preset(args.scale_preset).model
-        smin, smax = _pair(args.scale_frames, "--scale-frames")
-        bgeom = BucketGeometry(big, args.scale_max_tokens, smin, smax, cp_degrees=(args.cp,))
-        for path in manifests:
-            name = Path(path).stem
-            read = read_manifest(path, on_error="skip", check=bgeom.row_problem)
-            bplan = plan_buckets(read.rows, bgeom, lambda n: clip_step_cost(big, n), max_buckets=args.max_buckets,
-                                 base_batch=args.base_batch)
-            res, _ = _bucketed(bplan, args.dp, args.cp, args.seed)
-            nres = _naive(bplan, lambda n: clip_step_cost(big, n), args.dp, args.seed)
-            for r in (res, nres):
-                metrics = _metrics(r, None)
-                log.append(Record("buckets_scale", f"{name}/{args.scale_preset}/{r.name}",
-                                  {**common, "preset": args.scale_preset, "max_tokens": args.scale_max_tokens,
-                                   "latent_frames": [smin, smax], "manifest": str(path), "method": r.name,
-                                   "skipped_rows": len(read.skipped)}, metrics, tags=["predicted"]))
-                imb = log.records[-1].metric("predicted_dp_imbalance")
-                scale_rows.append((name, r.name, r.shapes, r.clips, len(read.skipped), f"{r.utilisation:.2%}",
-                                   f"{r.crop_loss:.2%}", f"{imb.value:.3%}",
-                                   f"{bplan.batch_cost_spread():.1%}" if r.name == "bucketed" else "",
-                                   f"{min(b.batch_size for b in bplan.buckets)}-{max(b.batch_size for b in bplan.buckets)}"
-                                   if r.name == "bucketed" else "1"))
+    for path, read, bplan, res, nres in scaled:
+        name = Path(path).stem
+        for r in (res, nres):
+            metrics = _metrics(r, None)
+            log.append(Record("buckets_scale", f"{name}/{args.scale_preset}/{r.name}",
+                              {**common, "preset": args.scale_preset, "max_tokens": args.scale_max_tokens,
+                               "latent_frames": [smin, smax], "manifest": str(path), "method": r.name,
+                               "skipped_rows": len(read.skipped)}, metrics, tags=["predicted"]))
+            imb = log.records[-1].metric("predicted_dp_imbalance")
+            scale_rows.append((name, r.name, r.shapes, r.clips, len(read.skipped), f"{r.utilisation:.2%}",
+                               f"{r.crop_loss:.2%}", f"{imb.value:.3%}",
+                               f"{bplan.batch_cost_spread():.1%}" if r.name == "bucketed" else "",
+                               f"{min(b.batch_size for b in bplan.buckets)}-{max(b.batch_size for b in bplan.buckets)}"
+                               if r.name == "bucketed" else "1"))
     env = log.environment
     met = all(u >= TARGET_UTILISATION and i <= TARGET_IMBALANCE for _, u, i in verdicts)
     lines = [f"# s2vbench buckets: token-budget resolution bucketing ({args.preset} preset, M = {args.max_tokens:,})",

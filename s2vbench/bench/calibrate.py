@@ -473,14 +473,25 @@ def _finished_rounds(checkpoint, world: int) -> tuple[list[dict], list[str]]:
 
     if checkpoint is None or not Path(checkpoint).is_file():
         return [], []
+    # A checkpoint that cannot be read is refused, never ignored: it may hold minutes of finished rounds, and
+    # measuring afresh would overwrite them. The user decides whether to delete it.
     try:
         doc = json.loads(Path(checkpoint).read_text())
-        rounds, times = doc["rounds"], doc["measured_utc"]
-        ok = (doc["key"] == _checkpoint_key(world) and isinstance(rounds, list) and len(times) == len(rounds)
-              and all(isinstance(r, dict) for r in rounds))
-    except (ValueError, KeyError, TypeError):
-        ok = False
-    if not ok:
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or not UTF-8
+        raise CalibrationError(f"calibration checkpoint {checkpoint} cannot be read ({e}); if it is corrupt, "
+                               f"delete it to calibrate afresh (its rounds are lost), or pass another output"
+                               ) from None
+    try:
+        rounds, times, key = doc["rounds"], doc["measured_utc"], doc["key"]
+        well_formed = (isinstance(rounds, list) and isinstance(times, list) and len(times) == len(rounds)
+                       and all(isinstance(r, dict) for r in rounds) and all(isinstance(t, str) for t in times))
+    except (KeyError, TypeError):
+        well_formed = False
+    if not well_formed:
+        raise CalibrationError(f"calibration checkpoint {checkpoint} is not one s2vbench wrote (it needs a key and "
+                               f"equally long lists rounds and measured_utc); delete it to calibrate afresh, or "
+                               f"pass another output")
+    if key != _checkpoint_key(world):
         raise CalibrationError(f"{checkpoint} holds no calibration rounds of {world} ranks with this machine, "
                                f"torch and sweeps; delete it to calibrate afresh, or pass another output")
     return rounds, times
@@ -863,8 +874,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from .results import atomic_write_json
+    from .results import atomic_write_json, check_output_file
 
+    # The outputs are checked before the minutes of measuring, which would otherwise end in a traceback.
+    check_output_file(args.out, suffixes=(".rounds.json", ".raw.json"))
     checkpoint = args.out.with_suffix(".rounds.json")
     if torch.cuda.is_available():
         prof, raw = calibrate_gpu(args.base)
@@ -878,5 +891,4 @@ def run(args) -> int:
     return 0
 
 
-__all__ += ["add_arguments", "calibrate_and_validate", "calibrate_gpu", "predict_inference_record", "run",
-            "validation_points"]
+__all__ += ["add_arguments", "calibrate_and_validate", "calibrate_gpu", "predict_inference_record", "run", "validation_points"]

@@ -65,14 +65,26 @@ positive_int = _positive(int, "a positive integer")
 _positive_minutes = _positive(float, "a positive number of minutes")
 
 
-def _positive_ints(text: str, flag: str) -> list[int]:
-    """``20000,44544`` -> [20000, 44544]; anything else exits naming ``flag``."""
+def non_negative_int(text: str) -> int:
+    """An argparse type for counts that may be 0 (warm-up steps, clips of an optional run)."""
     try:
-        values = [int(t) for t in text.split(",") if t.strip()]
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"takes a whole number, 0 or more, got {text!r}")
+    return value
+
+
+def _positive_ints(text: str, flag: str) -> list[int]:
+    """``20000,44544`` -> [20000, 44544]; anything else (an empty item too: "1,,2" is a typo, not [1, 2]) is a
+    ValueError naming ``flag``."""
+    try:
+        values = [int(t) for t in text.split(",")]
     except ValueError:
         values = []
     if not values or any(v <= 0 for v in values):
-        raise SystemExit(f"{flag} takes comma-separated positive integers, got {text!r}")
+        raise ValueError(f"{flag} takes comma-separated positive integers (e.g. 1,2,4), got {text!r}")
     return values
 
 
@@ -82,21 +94,25 @@ def _token_list(text: str | None) -> list[int | None]:
 
 
 def _scaling(args: argparse.Namespace, argv: list[str]) -> int:
-    import json
-
     from .cluster import detect_env, render_sbatch
-    from .points import Point
     from .report import write_report
+    from .results import check_output_folder
     from .scaling import launch_sweep, load_sweep, run_in_job, sweep_points
 
+    if args.out is not None and not args.sbatch:  # a script's --out is a folder on the cluster, not here
+        check_output_folder(args.out)
+    env = None if args.sbatch else detect_env()
+    if env is not None and args.out is None:  # each rank would pick its own runs/<timestamp>; rank 0 would wait
+        raise ValueError(f"inside a {env.launcher} job every rank must write to the same folder: pass --out DIR "
+                         f"(on storage all nodes share)")
     out = args.out or _default_out()
     name = "scaling"
     if args.points_json is not None:
-        points, notes = [Point.from_dict(d) for d in json.loads(args.points_json.read_text())], []
+        points, notes = _points_json(args.points_json), []
     elif args.sweep is not None:
         points, notes, name = load_sweep(args.sweep)
     else:
-        points, notes = sweep_points(args.preset, [int(g) for g in args.gpus.split(",")], args.strategies.split(","),
+        points, notes = sweep_points(args.preset, _positive_ints(args.gpus, "--gpus"), args.strategies.split(","),
                                      global_batch=args.global_batch, scaling=args.scaling, steps=args.steps,
                                      warmup=args.warmup, ac=args.ac, dtype=args.dtype,
                                      attention_backend=args.attention_backend, frames=args.frames,
@@ -104,10 +120,22 @@ def _scaling(args: argparse.Namespace, argv: list[str]) -> int:
                                      grad_accum=args.grad_accum, inference=args.inference, compile=args.compile,
                                      tokens=_token_list(args.tokens), dp_replicate=_positive_ints(args.dp_replicate, "--dp-replicate"))
     if args.sbatch:
+        # A job runs only the points of its size (run_in_job): none is an error, some a note. Notes go to
+        # stderr, so that stdout stays the script.
+        job = args.nodes * args.gpus_per_node
+        sizes = sorted({p.world for p in points})
+        if job not in sizes:
+            raise ValueError(f"--nodes {args.nodes} x --gpus-per-node {args.gpus_per_node} is a {job}-GPU job, but "
+                             f"the sweep has points at {', '.join(map(str, sizes))} GPUs only (a job runs the points "
+                             f"of its size); choose --nodes and --gpus-per-node to make one of those")
+        others = [w for w in sizes if w != job]
+        for note in notes + ([f"note: this job runs only the {job}-GPU points; those at "
+                              f"{', '.join(map(str, others))} GPUs need jobs of those sizes"] if others else []):
+            print(note, file=sys.stderr)
         rest = [a for a in argv if a != "--sbatch"]
-        print(render_sbatch(f"s2vbench-{name}", args.nodes, args.gpus_per_node, ["python", "-m", "s2vbench", *rest]))
+        print(render_sbatch(f"s2vbench-{name}", args.nodes, args.gpus_per_node, ["python", "-m", "s2vbench", *rest],
+                            out_per_job=args.out is None))
         return 0
-    env = detect_env()
     if env is not None:
         run_in_job(points, out)
         if env.rank != 0 or args.points_json is not None:
@@ -119,6 +147,21 @@ def _scaling(args: argparse.Namespace, argv: list[str]) -> int:
         log_path = launch_sweep(points, out).path
     print(write_report([log_path], out, title=f"s2vbench scaling: {name}"))
     return 0
+
+
+def _points_json(path: Path) -> list:
+    """The points ``launch_sweep`` wrote for its torchrun ranks (an internal option; checked all the same)."""
+    import json
+
+    from .points import Point
+
+    try:
+        points = [Point.from_dict(d) for d in json.loads(path.read_text())]
+    except (json.JSONDecodeError, TypeError, AttributeError) as e:  # not JSON, not a list of points, a field missing
+        raise ValueError(f"--points-json {path}: not a list of sweep points ({e})") from None
+    for p in points:
+        p.validate()
+    return points
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     p_sc.add_argument("--gpus", default="1,2,4,8", help="comma-separated GPU counts")
     p_sc.add_argument("--strategies", default="fsdp,ulysses,ring,usp", help="comma-separated: " + ",".join(
         ("single", "fsdp", "ulysses", "ring", "usp")))
-    p_sc.add_argument("--global-batch", type=int, default=8, help="clips per step (strong scaling keeps it)")
+    p_sc.add_argument("--global-batch", type=positive_int, default=8, help="clips per step (strong scaling keeps it)")
     p_sc.add_argument("--scaling", choices=("strong", "weak"), default="strong")
-    p_sc.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step on each rank")
+    p_sc.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per step on each rank")
     p_sc.add_argument("--ac", action="store_true", help="activation checkpointing")
     p_sc.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
     p_sc.add_argument("--attention-backend", choices=("torch", "triton", "flash_attn"), default="torch",
@@ -168,22 +211,22 @@ def main(argv: list[str] | None = None) -> int:
                                                              "FSDP); warm-up absorbs it, its time is recorded")
     p_sc.add_argument("--tokens", default=None, help="comma-separated sequence-token counts instead of frames/height/"
                                                      "width: the preset's clip resized to each (within 5%%)")
-    p_sc.add_argument("--frames", type=int, default=None, help="video frames per clip (default: the preset's)")
-    p_sc.add_argument("--height", type=int, default=None, help="pixel height (default: the preset's)")
-    p_sc.add_argument("--width", type=int, default=None, help="pixel width (default: the preset's)")
+    p_sc.add_argument("--frames", type=positive_int, default=None, help="video frames per clip (default: the preset's)")
+    p_sc.add_argument("--height", type=positive_int, default=None, help="pixel height (default: the preset's)")
+    p_sc.add_argument("--width", type=positive_int, default=None, help="pixel width (default: the preset's)")
     p_sc.add_argument("--dp-replicate", default="1",
                       help="comma-separated HSDP replica-group counts: each strategy runs on GPUs / dp_replicate "
                            "ranks, replicated across the groups (default 1: no replication)")
     p_sc.add_argument("--trace", action="store_true", help="a Chrome trace of one step of rank 0 per point")
     p_sc.add_argument("--inference", action="store_true", help="also time CFG denoising steps (2 forwards)")
-    p_sc.add_argument("--steps", type=int, default=3)
-    p_sc.add_argument("--warmup", type=int, default=1)
+    p_sc.add_argument("--steps", type=positive_int, default=3)
+    p_sc.add_argument("--warmup", type=non_negative_int, default=1)
     p_sc.add_argument("--sweep", type=Path, default=None, help="a TOML sweep file (overrides the flags above)")
     p_sc.add_argument("--points-json", type=Path, default=None, help=argparse.SUPPRESS)
     p_sc.add_argument("--out", type=Path, default=None, help="output folder (default runs/<timestamp>)")
     p_sc.add_argument("--sbatch", action="store_true", help="print an sbatch script for this sweep and exit")
-    p_sc.add_argument("--nodes", type=int, default=1, help="with --sbatch: nodes")
-    p_sc.add_argument("--gpus-per-node", type=int, default=8, help="with --sbatch: GPUs per node")
+    p_sc.add_argument("--nodes", type=positive_int, default=1, help="with --sbatch: nodes")
+    p_sc.add_argument("--gpus-per-node", type=positive_int, default=8, help="with --sbatch: GPUs per node")
     p_cmp = sub.add_parser("compare", help="regression check: flags medians outside the baseline's bootstrap CI; "
                                            "exits 1 on a regression")
     p_cmp.add_argument("baseline", type=Path)

@@ -24,6 +24,8 @@ def _split_top_level(s: str) -> list[str]:
             depth += 1
         elif ch == "]":
             depth -= 1
+        if depth < 0:  # "gpu]01[" balances in the end but is no hostlist
+            break
         if ch == "," and depth == 0:
             parts.append(cur)
             cur = ""
@@ -42,6 +44,8 @@ def parse_nodelist(nodelist: str) -> list[str]:
     for part in _split_top_level(nodelist.strip()):
         m = re.match(r"^([^\[]*)\[([^\]]+)\](.*)$", part)
         if not m:
+            if "[" in part or "]" in part:
+                raise ValueError(f"bad host {part!r} in nodelist {nodelist!r}")
             hosts.append(part)
             continue
         prefix, ranges, rest = m.groups()
@@ -76,19 +80,59 @@ class ClusterEnv:
     """Hosts of the allocation (SLURM), or just the master (torchrun)."""
 
 
+def _env_int(env, name: str, default: int | None = None, minimum: int = 0, maximum: int | None = None) -> int:
+    """``env[name]`` as an integer in [minimum, maximum]; a ValueError naming the variable otherwise."""
+    text = env.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < minimum or (maximum is not None and value > maximum):
+        bound = f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
+        raise ValueError(f"environment variable {name}={text!r}: must be {bound}; fix or unset it")
+    return value
+
+
+def _pair(env, rank: str, world: str) -> tuple[int, int] | None:
+    """(rank, world size) from two variables that only mean something together; None when neither is set."""
+    if rank not in env and world not in env:
+        return None
+    missing = world if rank in env else rank
+    if missing not in env:
+        there = rank if rank in env else world
+        raise ValueError(f"environment variable {there} is set but {missing} is not: a job sets both; launch "
+                         f"through torchrun or srun, or unset {there} to run outside a job")
+    r, w = _env_int(env, rank), _env_int(env, world, minimum=1)
+    if r >= w:  # a rank nobody waits for would hang in init_process_group
+        raise ValueError(f"environment variable {rank}={r} is not below {world}={w}: ranks run from 0 to {w - 1}")
+    return r, w
+
+
 def detect_env(environ: dict[str, str] | None = None) -> ClusterEnv | None:
-    """The job this process belongs to, or None when it runs alone."""
+    """The job this process belongs to, or None when it runs alone. Malformed or incomplete job variables are
+    a ValueError naming the variable (a bad rank or world size would otherwise hang or do nothing)."""
     env = os.environ if environ is None else environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return ClusterEnv("torchrun", int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
-                          env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)),
-                          (env.get("MASTER_ADDR", "127.0.0.1"),))
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        nodes = tuple(parse_nodelist(env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "localhost")))
-        job = int(env.get("SLURM_JOB_ID", "0"))
-        return ClusterEnv("slurm", int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]),
-                          int(env.get("SLURM_LOCALID", 0)), env.get("MASTER_ADDR", nodes[0]),
-                          int(env.get("MASTER_PORT", 20000 + job % 20000)), nodes)
+    torchrun = _pair(env, "RANK", "WORLD_SIZE")
+    if torchrun is not None:
+        addr = env.get("MASTER_ADDR", "127.0.0.1")
+        return ClusterEnv("torchrun", *torchrun, _env_int(env, "LOCAL_RANK", 0), addr,
+                          _env_int(env, "MASTER_PORT", 29500, 1, 65535), (addr,))
+    # SLURM_NTASKS alone is an allocation's shell (salloc), not a task: only SLURM_PROCID asks for its partner
+    slurm = _pair(env, "SLURM_PROCID", "SLURM_NTASKS") if "SLURM_PROCID" in env else None
+    if slurm is not None:
+        var = "SLURM_JOB_NODELIST" if env.get("SLURM_JOB_NODELIST") else "SLURM_NODELIST"
+        text = env.get(var) or "localhost"
+        try:
+            nodes = tuple(parse_nodelist(text))
+        except ValueError as e:
+            raise ValueError(f"environment variable {var}: {e}") from None
+        if not nodes:
+            raise ValueError(f"environment variable {var}={text!r} names no host")
+        job = _env_int(env, "SLURM_JOB_ID", 0)
+        return ClusterEnv("slurm", *slurm, _env_int(env, "SLURM_LOCALID", 0), env.get("MASTER_ADDR", nodes[0]),
+                          _env_int(env, "MASTER_PORT", 20000 + job % 20000, 1, 65535), nodes)
     return None
 
 
@@ -99,14 +143,22 @@ def export_for_torch(env: ClusterEnv) -> None:
 
 
 def render_sbatch(job_name: str, nodes: int, gpus_per_node: int, command: list[str], time_limit: str = "02:00:00",
-                  partition: str | None = None, account: str | None = None) -> str:
-    """An sbatch script running ``command`` once per GPU (srun), inside the allocation."""
+                  partition: str | None = None, account: str | None = None, out_per_job: bool = False) -> str:
+    """An sbatch script running ``command`` once per GPU (srun), inside the allocation. ``out_per_job``
+    appends ``--out runs/<job name>-<job id>``, expanded in the script: every task of a job must write to
+    the same folder, and one a caller left to a per-process default would differ between tasks."""
     if nodes < 1 or gpus_per_node < 1:
         raise ValueError(f"need nodes >= 1 and gpus_per_node >= 1, got {nodes} and {gpus_per_node}")
+    if not re.fullmatch(r"[A-Za-z0-9._+-]+", job_name):  # #SBATCH lines split on blanks; the name is a path too
+        raise ValueError(f"SLURM job name {job_name!r}: use letters, digits and . _ + - only (for s2vbench "
+                         f"scaling --sbatch: in the sweep file's name)")
     extra = "".join(f"#SBATCH --{k}={v}\n" for k, v in (("partition", partition), ("account", account)) if v)
     text = TEMPLATE.read_text()
+    cmd = " ".join(shlex.quote(c) for c in command)
+    if out_per_job:
+        cmd += f' --out "runs/{job_name}-$SLURM_JOB_ID"'
     return text.format(job_name=job_name, nodes=nodes, gpus_per_node=gpus_per_node, time_limit=time_limit,
-                       extra_sbatch=extra, command=" ".join(shlex.quote(c) for c in command))
+                       extra_sbatch=extra, command=cmd)
 
 
 __all__ = ["ClusterEnv", "detect_env", "export_for_torch", "parse_nodelist", "render_sbatch"]

@@ -11,6 +11,7 @@ exit non-zero. Reads our results files and pytest-benchmark JSON
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +39,53 @@ class Series:
         return statistics.median(self.samples)
 
 
+def _timings(path: Path, point: str, values) -> list[float]:
+    """Positive, finite seconds, or an error naming the file and the point (instead of a numpy error later)."""
+    if not isinstance(values, list) or not values or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf for v in values):
+        raise ValueError(f"{path}: point {point!r} has timings {values!r:.120}, not a list of positive seconds; "
+                         f"compare needs files as s2vbench or pytest-benchmark wrote them")
+    return [float(v) for v in values]
+
+
+def _pytest_benchmark(path: Path, doc: dict) -> dict[tuple[str, str], Series]:
+    mi = doc.get("machine_info", {})
+    cpu = mi.get("cpu", {}) if isinstance(mi, dict) else None
+    if not isinstance(mi, dict) or not isinstance(cpu, dict):
+        raise ValueError(f"{path}: pytest-benchmark machine_info must be an object (with cpu an object), got "
+                         f"{mi!r:.80}; pass the JSON that pytest --benchmark-json wrote")
+    hw = f"{cpu.get('brand_raw', mi.get('processor'))}|{mi.get('node')}"
+    if not isinstance(doc["benchmarks"], list):
+        raise ValueError(f"{path}: pytest-benchmark 'benchmarks' must be a list, got {doc['benchmarks']!r:.80}")
+    out: dict[tuple[str, str], Series] = {}
+    for i, b in enumerate(doc["benchmarks"]):
+        name = b.get("fullname") if isinstance(b, dict) else None
+        st = b.get("stats") if isinstance(b, dict) else None
+        if not isinstance(name, str) or not isinstance(st, dict):
+            raise ValueError(f"{path}: benchmark {i} needs a 'fullname' string and a 'stats' object, got "
+                             f"{b!r:.120}; pass the JSON that pytest --benchmark-json wrote")
+        if st.get("data"):
+            out[(name, hw)] = Series((name, hw), _timings(path, name, st["data"]))
+        elif not {"median", "min", "max"} <= set(st):
+            raise ValueError(f"{path}: benchmark {name!r} has neither raw timings (stats.data, saved with "
+                             f"--benchmark-save-data) nor stats median, min and max")
+        else:
+            med, lo, hi = _timings(path, name, [st["median"], st["min"], st["max"]])
+            out[(name, hw)] = Series((name, hw), [med], lo, hi)
+    return out
+
+
 def load_series(path: Path) -> dict[tuple[str, str], Series]:
-    doc = json.loads(Path(path).read_text())
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist; pass a results.json or pytest-benchmark JSON") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder; pass the results.json inside it") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); was it cut short? Re-run the benchmark that wrote "
+                         f"it") from None
     out: dict[tuple[str, str], Series] = {}
     if isinstance(doc, dict) and doc.get("schema") == SCHEMA:
         for r in read_results(path):
@@ -47,19 +93,12 @@ def load_series(path: Path) -> dict[tuple[str, str], Series]:
             if not steps:
                 continue
             hw = f"{r.environment.get('device')}|{r.environment.get('cpu')}"
-            out[(r.name, hw)] = Series((r.name, hw), steps)
+            out[(r.name, hw)] = Series((r.name, hw), _timings(path, r.name, steps))
         return out
     if isinstance(doc, dict) and "benchmarks" in doc:  # pytest-benchmark
-        mi = doc.get("machine_info", {})
-        hw = f"{mi.get('cpu', {}).get('brand_raw', mi.get('processor'))}|{mi.get('node')}"
-        for b in doc["benchmarks"]:
-            st = b["stats"]
-            if st.get("data"):
-                out[(b["fullname"], hw)] = Series((b["fullname"], hw), list(st["data"]))
-            else:
-                out[(b["fullname"], hw)] = Series((b["fullname"], hw), [st["median"]], st["min"], st["max"])
-        return out
-    raise ValueError(f"{path} is neither an s2vbench results file nor pytest-benchmark JSON")
+        return _pytest_benchmark(path, doc)
+    raise ValueError(f"{path} is neither an s2vbench results file nor pytest-benchmark JSON; pass a results.json "
+                     f"that s2vbench wrote or the file of pytest --benchmark-json")
 
 
 def bootstrap_median_ci(samples: list[float], level: float = 0.95, repeats: int = 2000, seed: int = 0,
@@ -68,6 +107,8 @@ def bootstrap_median_ci(samples: list[float], level: float = 0.95, repeats: int 
     that size drawn from a resample of the baseline (both runs' sampling noise)."""
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
     x = np.asarray(samples, dtype=np.float64)
     if len(x) == 1:
         return float(x[0]), float(x[0])
@@ -112,16 +153,29 @@ def compare(baseline: dict, new: dict, level: float = 0.95, repeats: int = 2000
 def run_compare(baseline: Path, new: Path, level: float = 0.95, repeats: int = 2000) -> int:
     from tabulate import tabulate
 
-    verdicts, unmatched = compare(load_series(baseline), load_series(new), level, repeats)
+    # checked before reading anything: cli passes --level and --repeats through unchecked
+    if not 0 < level < 1:
+        raise ValueError(f"--level {level}: a confidence level lies strictly between 0 and 1, e.g. 0.95 or 0.99")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"--repeats {repeats}: the number of bootstrap resamples must be a positive integer, "
+                         f"e.g. 2000")
+    series = {}
+    for which, path in (("baseline", baseline), ("new", new)):
+        series[which] = load_series(path)
+        if not series[which]:  # nothing to compare can never pass a regression check
+            raise ValueError(f"{which} {path} has no timed points (no records with step times, or no benchmarks); "
+                             f"nothing to compare: pass a results file of a run that timed its points")
+    verdicts, unmatched = compare(series["baseline"], series["new"], level, repeats)
     rows = [(v.key[0], v.key[1], f"{v.baseline:.4g}", f"{v.new:.4g}", f"[{v.low:.4g}, {v.high:.4g}]",
              f"{v.new / v.baseline - 1:+.1%}", v.verdict) for v in verdicts]
     print(tabulate(rows, headers=["point", "hardware", "baseline s", "new s", f"{level:.0%} CI of baseline median",
                                   "change", "verdict"]))
     for key in unmatched:
         print(f"unmatched (config or hardware differs): {key[0]} on {key[1]}")
-    regressions = [v for v in verdicts if v.verdict == "regression"]
     if not verdicts:
-        print("no point matched by config and hardware")
+        raise ValueError(f"no point of {new} matched one of {baseline} by config and hardware (listed above), so "
+                         f"nothing was compared; compare runs of the same points on the same hardware")
+    regressions = [v for v in verdicts if v.verdict == "regression"]
     print(f"{len(regressions)} regression(s) among {len(verdicts)} matched point(s)")
     return 1 if regressions else 0
 

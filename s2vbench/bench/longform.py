@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from ..model import PreparedSequence, WanS2V, get_preset
-from ..model.config import Preset, WanS2VConfig
+from ..model.config import PRESETS, Preset, WanS2VConfig
 from ..model.pipeline import (
     RANDOM_VAE_DIM,
     GenerationConfig,
@@ -59,7 +59,7 @@ from ..model.sequence import MOTION, SequenceLayout, rope_positions, sequence_la
 from ..model.vae import WanVAE, WanVAEConfig
 from .analytic import forward_flops
 from .measure import peak_rss_bytes
-from .results import Metric, Record, ResultsLog, atomic_write_text
+from .results import Metric, Record, ResultsError, ResultsLog, atomic_write_text
 
 ARMS = ("framepack", "window", "history")
 ARM_TITLES = {"framepack": "FramePack (as released)", "window": "uncompressed 19-frame window",
@@ -333,6 +333,21 @@ def _spread(xs: list[float]) -> dict[str, float]:
     return {"median": _median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
+def _check_resumable(log: ResultsLog, step_config: dict[str, Any], split_config: dict[str, Any] | None) -> None:
+    """Refuse to resume a results file of another benchmark or of other settings: its points would be kept as
+    if they had been measured with these, and the report would mix the two."""
+    other = sorted({r.kind for r in log.records} - {KIND_STEP, KIND_SPLIT})
+    if other:
+        raise ResultsError(f"{log.path} holds {', '.join(other)} records, not a longform run's; pick another "
+                           f"output folder")
+    for r in log.records:
+        want = step_config if r.kind == KIND_STEP else split_config
+        diff = [f"{k}={r.config.get(k)!r} there, {v!r} now" for k, v in (want or {}).items() if r.config.get(k) != v]
+        if diff:
+            raise ResultsError(f"{log.path} holds a longform run with other settings (point {r.name!r}: "
+                               f"{'; '.join(diff)}); resume it with the same options, or pick another output folder")
+
+
 def run_longform(preset_name: str, out: Path, clips: int = 10, warmup: int = 1, repeats: int = 2, steps: int = 40,
                  token_cap: int | None = None, threads: int = 1, device: str = "cpu", split_clips: int = 2,
                  split_steps: int = 2, vae_dim: int | None = None, split_audio: bool = True,
@@ -343,15 +358,22 @@ def run_longform(preset_name: str, out: Path, clips: int = 10, warmup: int = 1, 
     cfg, clip = preset.model, preset.clip
     if token_cap is None:
         token_cap = DEFAULT_CPU_TOKEN_CAP if device == "cpu" else None
-    log = ResultsLog(out / "results.json")
-    env = dict(log.environment)
-    env["load_average"] = _loadavg()
-    log.environment = env
-    vae_dim = vae_dim or RANDOM_VAE_DIM.get(preset_name, 96)
+    vae_dim = RANDOM_VAE_DIM.get(preset_name, 96) if vae_dim is None else vae_dim
     base_config = {"preset": preset_name, "latent_frames": clip.latent_frames, "latent_height": clip.latent_height,
                    "latent_width": clip.latent_width, "infer_frames": clip.infer_frames,
                    "text_tokens": clip.text_tokens, "warmup": warmup, "repeats": repeats, "steps": steps,
                    "threads": threads, "device": device, "token_cap": token_cap, "in_process": in_process}
+    try:
+        log = ResultsLog(out / "results.json")
+    except ResultsError as e:
+        raise ResultsError(f"{e}; longform resumes the results.json of its output folder: repair or move it, or "
+                           f"pick another output folder") from None
+    split_config = {**{k: v for k, v in base_config.items() if k != "steps"}, "clips": split_clips,
+                    "steps": split_steps, "vae_dim": vae_dim}
+    _check_resumable(log, base_config, split_config if split_clips > 0 else None)
+    env = dict(log.environment)
+    env["load_average"] = _loadavg()
+    log.environment = env
 
     def say(msg: str) -> None:
         if progress:
@@ -652,22 +674,45 @@ def write_report(log: ResultsLog, out: Path) -> Path:
 
 
 # ---- command line -------------------------------------------------------------------------------------
+def _device(text: str) -> str:
+    """``--device``: cpu, or a CUDA device this machine has, checked before any model is built."""
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu or cuda (cuda:N for one GPU)") from None
+    if dev.type == "cpu":
+        return "cpu"  # one spelling: the measurements branch on device == "cpu"
+    if dev.type != "cuda":
+        raise argparse.ArgumentTypeError(f"{text!r}: longform measures on cpu or cuda only")
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: torch {torch.__version__} sees no CUDA device on this machine; "
+                                         f"use --device cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="small", help="model preset (default small)")
-    parser.add_argument("--clips", type=int, default=10, help="clips 1..N per arm (default 10)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed CFG steps per point (median reported)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed forwards per point before the timed steps")
-    parser.add_argument("--steps", type=int, default=40, help="sampling steps per clip for the per-clip cost")
-    parser.add_argument("--token-cap", type=int, default=None,
+    from .cli import non_negative_int
+    from .cli import positive_int
+
+    parser.add_argument("--preset", default="small", choices=sorted(PRESETS), help="model preset (default small)")
+    parser.add_argument("--clips", type=positive_int, default=10, help="clips 1..N per arm (default 10)")
+    parser.add_argument("--repeats", type=positive_int, default=2, help="timed CFG steps per point (median reported)")
+    parser.add_argument("--warmup", type=non_negative_int, default=1,
+                        help="untimed forwards per point before the timed steps")
+    parser.add_argument("--steps", type=positive_int, default=40, help="sampling steps per clip for the per-clip cost")
+    parser.add_argument("--token-cap", type=positive_int, default=None,
                         help=f"largest sequence the history arm runs (default {DEFAULT_CPU_TOKEN_CAP:,} on CPU, "
                              f"none on GPU, where the cap is the first out-of-memory)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per point on CPU (default 1)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--split-clips", type=int, default=2, help="clips of the real pipeline run for the sampler "
-                        "split (0 skips it)")
-    parser.add_argument("--split-steps", type=int, default=2, help="UniPC steps per clip in that run")
-    parser.add_argument("--vae-dim", type=int, default=None, help="random VAE base width in the split (default 8 for "
-                        "tiny and small, 96 otherwise)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads per point on CPU (default 1)")
+    parser.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--split-clips", type=non_negative_int, default=2, help="clips of the real pipeline run for "
+                        "the sampler split (0 skips it)")
+    parser.add_argument("--split-steps", type=positive_int, default=2, help="UniPC steps per clip in that run")
+    parser.add_argument("--vae-dim", type=positive_int, default=None, help="random VAE base width in the split "
+                        "(default 8 for tiny and small, 96 otherwise)")
     parser.add_argument("--no-audio-model", action="store_true", help="skip the wav2vec2 timing in the split")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/longform-<time>); an "
                         "existing results.json there is resumed")
@@ -677,10 +722,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .results import check_output_folder
+
     out = args.out or Path("runs") / f"longform-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    if args.clips < 1:
-        raise SystemExit("--clips must be at least 1")
-    get_preset(args.preset)  # a clear error for an unknown preset before any work
+    check_output_folder(out)  # before the first point, not at its first write
     log = run_longform(args.preset, out, clips=args.clips, warmup=args.warmup, repeats=args.repeats, steps=args.steps,
                        token_cap=args.token_cap, threads=args.threads, device=args.device,
                        split_clips=args.split_clips, split_steps=args.split_steps, vae_dim=args.vae_dim,

@@ -18,7 +18,7 @@ from .perfmodel import (
     predict_inference,
     predict_training,
 )
-from .profiles import HardwareProfile, load_profile
+from .profiles import HardwareProfile, ProfileError, load_profile
 
 try:
     import tomllib
@@ -87,25 +87,75 @@ PREDICTION_HEADERS = ["configuration", "GPUs", "clips/iter", "s/iter", "compute 
 # ---- plan ---------------------------------------------------------------------------------------------
 
 
+_PLAN_FORMAT = "see s2vbench/bench/sweeps/plan_14b_usp.toml for the format"
+
+_PLAN_TYPES = {"preset": (str, "a preset name such as \"14b\""), "frames": (int, "a whole number of video frames"),
+               "size": (str, "\"WIDTHxHEIGHT\" in pixels, e.g. \"1024x768\""),
+               "width": (int, "a whole number of pixels"), "height": (int, "a whole number of pixels"),
+               "global_batch": (int, "a whole number of clips per iteration"),
+               "with_motion": (bool, "true or false"), "hardware": (str, "a profile name or JSON file"),
+               "parallel": (dict, "a [parallel] table")}
+_PARALLEL_TYPES = {"dp_shard": int, "ulysses": int, "ring": int, "dp_replicate": int, "grad_accum": int,
+                   "ac": bool, "offload_activations": bool, "dtype": str}
+
+
+def _plan_value(path: Path, key: str, value, kind: type, what: str):
+    # TOML gives typed values: check them rather than convert (bool("false") is True, int([48]) fails unnamed)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise PlanError(f"{path}: {key} = {value!r} must be {what}; {_PLAN_FORMAT}")
+    return value
+
+
 def load_plan(path: Path) -> tuple[Workload, Strategy, str]:
     """A plan TOML: top-level workload keys, a [parallel] table and ``hardware``."""
     if not path.is_file():
-        raise PlanError(f"no plan file {path}; see s2vbench/bench/sweeps/plan_14b_usp.toml for the format")
-    doc = tomllib.loads(path.read_text())
-    known = {"preset", "frames", "size", "width", "height", "global_batch", "with_motion", "hardware", "parallel"}
-    unknown = set(doc) - known
+        raise PlanError(f"no plan file {path}; {_PLAN_FORMAT}")
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise PlanError(f"{path} is not valid TOML ({exc}); {_PLAN_FORMAT}") from None
+    if not doc:  # an empty file would silently plan the defaults (one rank)
+        raise PlanError(f"{path} is empty: a plan names at least its workload and a [parallel] table; "
+                        f"{_PLAN_FORMAT}")
+    unknown = set(doc) - set(_PLAN_TYPES)
     if unknown:
-        raise PlanError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+        raise PlanError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(_PLAN_TYPES)}")
+    for key, (kind, what) in _PLAN_TYPES.items():
+        if key in doc:
+            _plan_value(path, key, doc[key], kind, what)
     if "size" in doc:
-        width, height = parse_size(doc["size"])
+        if "width" in doc or "height" in doc:
+            raise PlanError(f"{path}: give either size or width and height, not both (size = {doc['size']!r}, "
+                            f"width = {doc.get('width')!r}, height = {doc.get('height')!r})")
+        try:
+            width, height = parse_size(doc["size"])
+        except PlanError as exc:
+            raise PlanError(f"{path}: {exc}") from None
     else:
         width, height = doc.get("width", 1024), doc.get("height", 768)
-    work = Workload(doc.get("preset", "14b"), int(doc.get("frames", 48)), width, height,
-                    int(doc.get("global_batch", 1)), bool(doc.get("with_motion", True)))
-    par = dict(doc.get("parallel", {}))
+    global_batch = doc.get("global_batch", 1)
+    if global_batch < 1:
+        raise PlanError(f"{path}: global_batch = {global_batch} must be at least 1 (clips per iteration)")
+    work = Workload(doc.get("preset", "14b"), doc.get("frames", 48), width, height, global_batch,
+                    doc.get("with_motion", True))
+    try:  # the preset, frames and size, checked here so that the error names the file
+        work.model()
+    except (PlanError, ConfigError) as exc:
+        raise PlanError(f"{path}: {exc}") from None
+    par = doc.get("parallel", {})
     fields = set(Strategy.__dataclass_fields__)
     if set(par) - fields:
         raise PlanError(f"{path}: unknown [parallel] keys {sorted(set(par) - fields)}; known: {sorted(fields)}")
+    for key, value in par.items():
+        kind = _PARALLEL_TYPES.get(key)
+        if kind is None:  # a field added to Strategy later: its own checks apply
+            continue
+        _plan_value(path, f"[parallel] {key}", value, kind, {int: "a positive integer", bool: "true or false",
+                                                              str: "a string"}[kind])
+        if kind is int and value < 1:
+            raise PlanError(f"{path}: [parallel] {key} = {value} must be a positive integer")
+    if par.get("dtype", "bfloat16") not in ("bfloat16", "float32"):
+        raise PlanError(f"{path}: [parallel] dtype = {par['dtype']!r}: choose \"bfloat16\" or \"float32\"")
     return work, Strategy(**par), doc.get("hardware", "h100-sxm")
 
 
@@ -186,6 +236,9 @@ def claim_table(work: Workload, gpus: int, hw: HardwareProfile) -> tuple[list[li
             preds.append((name, predict_training(cfg, lay, st, hw, gb)))
         except PlanError as exc:
             print(f"skipped {name}: {exc}", file=sys.stderr)
+    if not preds:  # an empty table is no answer
+        raise PlanError(f"none of the configurations can be predicted on {gpus} GPUs (the reasons are above); "
+                        f"pick a GPU count they fit, such as 8")
     return [prediction_row(n, p) for n, p in preds], preds
 
 
@@ -323,12 +376,18 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    # errors (PlanError, ProfileError, ConfigError: ValueErrors) reach cli.main, which prints them as one line;
+    # those that the plan file's values cause name the file
+    work, st, hw_name = load_plan(args.config)
     try:
-        work, st, hw_name = load_plan(args.config)
-        print(describe_plan(work, st, load_profile(args.hw or hw_name)))
-    except (PlanError, ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        hw = load_profile(args.hw or hw_name)
+    except ProfileError as exc:
+        raise (exc if args.hw else ProfileError(f"{args.config}: hardware = {hw_name!r}: {exc}")) from None
+    try:
+        text = describe_plan(work, st, hw)
+    except PlanError as exc:  # the [parallel] degrees do not fit the model or the batch
+        raise PlanError(f"{args.config}: {exc}") from None
+    print(text)
     return 0
 
 
@@ -344,26 +403,34 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
 def run_predict(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    try:
-        width, height = parse_size(args.size)
-        work = Workload(args.preset, args.frames, width, height, args.gpus)
-        names = [h.strip() for h in args.hw.split(",") if h.strip()]
-        for name in names:
-            hw = load_profile(name)
-            rows, preds = claim_table(work, args.gpus, hw)
-            _cfg, lay = work.model()
-            print(f"{work.preset}: {work.frames} frames of {width}x{height} = {lay.total:,} tokens per clip, "
-                  f"{args.gpus} GPUs, profile {hw.name} (predicted)")
-            print(tabulate(rows, PREDICTION_HEADERS, tablefmt="github"))
-            for n, p in preds:
-                for note in p.notes:
-                    print(f"  {n}: {note}")
-            print(f"({_profile_caveat(hw)})\n")
-        if args.report is not None:
-            print(write_claim(args.report, work, args.gpus, names))
-    except (PlanError, ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # everything checked before the first table prints, so a bad value never leaves a partial or empty answer;
+    # errors reach cli.main, which prints them as one line (exit 2)
+    if args.gpus < 1:
+        raise PlanError(f"--gpus {args.gpus}: predict needs at least 1 GPU, e.g. --gpus 8")
+    if args.report is not None:
+        from .results import check_output_folder
+
+        check_output_folder(args.report, "--report")
+    width, height = parse_size(args.size)
+    work = Workload(args.preset, args.frames, width, height, args.gpus)
+    names = [h.strip() for h in args.hw.split(",") if h.strip()]
+    if not names:
+        raise PlanError(f"--hw {args.hw!r} names no hardware profile; pass one or more, comma-separated, e.g. "
+                        f"--hw h100-sxm,h200")
+    profiles = [load_profile(name) for name in names]
+    work.model()
+    for hw in profiles:
+        rows, preds = claim_table(work, args.gpus, hw)
+        _cfg, lay = work.model()
+        print(f"{work.preset}: {work.frames} frames of {width}x{height} = {lay.total:,} tokens per clip, "
+              f"{args.gpus} GPUs, profile {hw.name} (predicted)")
+        print(tabulate(rows, PREDICTION_HEADERS, tablefmt="github"))
+        for n, p in preds:
+            for note in p.notes:
+                print(f"  {n}: {note}")
+        print(f"({_profile_caveat(hw)})\n")
+    if args.report is not None:
+        print(write_claim(args.report, work, args.gpus, names))
     return 0
 
 

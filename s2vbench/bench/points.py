@@ -16,6 +16,10 @@ TOKEN_TOLERANCE = 0.05
 """A requested token count is met by a clip geometry whose token count is within this relative distance."""
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def strategy_degrees(strategy: str, world: int) -> tuple[int, int, int]:
     """(dp_shard, ulysses, ring) of a strategy at a world size."""
     if strategy == "single":
@@ -160,6 +164,8 @@ class Point:
     @property
     def degrees(self) -> tuple[int, int, int]:
         """(dp_shard, ulysses, ring) inside one replica group."""
+        if not _is_int(self.world) or self.world < 1:  # 0 would divide by zero below, 2.0 name a "w2.0" point
+            raise ValueError(f"world (the GPU count) must be a positive integer, got {self.world!r}")
         if not isinstance(self.dp_replicate, int) or isinstance(self.dp_replicate, bool) or self.dp_replicate < 1:
             raise ValueError(f"dp_replicate must be a positive integer, got {self.dp_replicate!r}")
         if self.world % self.dp_replicate:
@@ -219,8 +225,14 @@ class Point:
             raise ValueError(f"scaling must be 'strong' or 'weak', got {self.scaling!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
-        if self.steps < 1 or self.warmup < 0:
-            raise ValueError(f"need steps >= 1 and warmup >= 0, got {self.steps} and {self.warmup}")
+        # Checked before anything divides by them: a global batch of 0 used to reach torch on every rank
+        for field, low in (("global_batch", 1), ("grad_accum", 1), ("steps", 1), ("warmup", 0)):
+            value = getattr(self, field)
+            if not _is_int(value) or value < low:
+                raise ValueError(f"{field} must be an integer >= {low}, got {value!r}")
+        for field in ("ac", "trace", "inference", "compile", "oversubscribed"):
+            if not isinstance(getattr(self, field), bool):  # "false" would be truthy
+                raise ValueError(f"{field} must be true or false, got {getattr(self, field)!r}")
         if self.strategy == "single" and self.dp_replicate != 1:
             raise ValueError("strategy 'single' runs on one rank and cannot be replicated; for replicated data "
                              "parallelism use strategy 'fsdp' with dp_replicate")
@@ -233,6 +245,10 @@ class Point:
                              f"({self.frames}/{self.height}/{self.width}), not both")
         if self.attention_backend not in LOCAL_BACKENDS:
             raise ValueError(f"attention_backend {self.attention_backend!r}: choose one of {LOCAL_BACKENDS}")
+        for field in ("frames", "height", "width", "tokens"):
+            value = getattr(self, field)
+            if value is not None and (not _is_int(value) or value <= 0):
+                raise ValueError(f"{field} must be a positive integer, got {value!r}")
         if self.frames is not None and (self.frames <= 0 or self.frames % 4):
             raise ValueError(f"frames must be a positive multiple of 4 (16 fps, 4 frames per latent), got {self.frames}")
         for what, px in (("height", self.height), ("width", self.width)):

@@ -9,6 +9,7 @@ not measured here; the CPU profile is written by each calibration run.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -92,6 +93,50 @@ class Link:
         return self.kinds.get(kind, (float(self.bandwidth), float(self.latency)))
 
 
+_FORMAT = ("see s2vbench/bench/profiles/h100-sxm.json for the format, or write a profile with "
+           "`s2vbench calibrate --out FILE`")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _figure(where: str, field: str, value, zero: bool = False) -> float:
+    """A finite JSON number, > 0 (>= 0 with ``zero``): a negative peak or a zero node size would otherwise give
+    negative times or a division by zero far from the file."""
+    if not _is_number(value) or not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise ProfileError(f"{where}: {field} = {value!r} must be a {'non-negative' if zero else 'positive'} "
+                           f"number; {_FORMAT}")
+    return float(value)
+
+
+def _link(where: str, field: str, d) -> Link:
+    if not isinstance(d, dict) or not {"bandwidth", "latency"} <= set(d) <= {"bandwidth", "latency", "kinds"}:
+        raise ProfileError(f"{where}: {field} must be an object with bandwidth (bytes/s), latency (s) and optional "
+                           f"kinds, got {d!r:.100}; {_FORMAT}")
+    kinds = d.get("kinds", {})
+    if not isinstance(kinds, dict):
+        raise ProfileError(f"{where}: {field}.kinds must be an object of collective kind -> [bandwidth, latency]; "
+                           f"{_FORMAT}")
+    try:
+        return Link(_figure(where, f"{field}.bandwidth", d["bandwidth"]),
+                    _figure(where, f"{field}.latency", d["latency"], zero=True), kinds)
+    except ProfileError as exc:
+        raise ProfileError(str(exc) if str(exc).startswith(where) else f"{where}: {field}: {exc}") from None
+
+
+def _curve(where: str, field: str, d) -> EfficiencyCurve:
+    if not isinstance(d, dict) or set(d) != {"flops", "efficiency"} or not all(
+            isinstance(d[k], (list, tuple)) and all(_is_number(v) and math.isfinite(v) for v in d[k])
+            for k in ("flops", "efficiency")):
+        raise ProfileError(f"{where}: {field} must be an object of two lists of numbers, flops (ascending) and "
+                           f"efficiency, got {d!r:.100}; {_FORMAT}")
+    try:
+        return EfficiencyCurve(tuple(d["flops"]), tuple(d["efficiency"]))
+    except ProfileError as exc:
+        raise ProfileError(f"{where}: {field}: {exc}; {_FORMAT}") from None
+
+
 @dataclass(frozen=True)
 class HardwareProfile:
     """One accelerator and its interconnect."""
@@ -149,36 +194,60 @@ class HardwareProfile:
         return self.memory_bandwidth if self.elementwise_bandwidth is None else self.elementwise_bandwidth
 
     @classmethod
-    def from_dict(cls, d: dict) -> HardwareProfile:
-        if float(d.get("elementwise_factor", 1.0)) != 1.0 and "elementwise_bandwidth" not in d:
-            raise ProfileError(f"hardware profile {d.get('name', '?')!r} was written by an older s2vbench (its "
+    def from_dict(cls, d: dict, source: str | Path | None = None) -> HardwareProfile:
+        """A profile from its JSON form, every field checked; ``source`` (the file) is named in the errors."""
+        where = f"hardware profile {source}" if source is not None else "hardware profile"
+        if not isinstance(d, dict):
+            raise ProfileError(f"{where} is a JSON {type(d).__name__}, not an object; {_FORMAT}")
+        where = f"{where} ({d.get('name', '?')!r})" if source is None else where
+        factor = d.get("elementwise_factor", 1.0)
+        if _is_number(factor) and factor != 1.0 and "elementwise_bandwidth" not in d:
+            raise ProfileError(f"{where} was written by an older s2vbench (its "
                                f"elementwise_factor was fitted to an assumed traffic that the model now counts "
                                f"from the model's ops); re-run `s2vbench calibrate --out FILE` to write a current one")
         if "fixed_overhead" in d and "op_overhead" not in d:
-            raise ProfileError(f"hardware profile {d.get('name', '?')!r} was written by an older s2vbench (it has "
+            raise ProfileError(f"{where} was written by an older s2vbench (it has "
                                f"fixed_overhead, which the model replaced by a measured op_overhead); re-run "
                                f"`s2vbench calibrate --out FILE` to write a current one")
-        try:
-            return cls(name=d["name"], peak_flops=float(d["peak_flops"]),
-                       memory_bandwidth=float(d["memory_bandwidth"]), memory_capacity=float(d["memory_capacity"]),
-                       intra_node=Link(**d["intra_node"]), inter_node=Link(**d["inter_node"]),
-                       host_link=float(d["host_link"]), gpus_per_node=int(d["gpus_per_node"]),
-                       matmul=EfficiencyCurve(tuple(d["matmul"]["flops"]), tuple(d["matmul"]["efficiency"])),
-                       attention=EfficiencyCurve(tuple(d["attention"]["flops"]),
-                                                 tuple(d["attention"]["efficiency"])),
-                       attention_backward=(None if d.get("attention_backward") is None else
-                                           EfficiencyCurve(tuple(d["attention_backward"]["flops"]),
-                                                           tuple(d["attention_backward"]["efficiency"]))),
-                       comm_overlaps_compute=bool(d.get("comm_overlaps_compute", True)),
-                       op_overhead=float(d.get("op_overhead", 0.0)),
-                       op_overhead_sharded=float(d.get("op_overhead_sharded", d.get("op_overhead", 0.0))),
-                       rank_skew=float(d.get("rank_skew", 0.0)),
-                       elementwise_bandwidth=(None if d.get("elementwise_bandwidth") is None else
-                                              float(d["elementwise_bandwidth"])),
-                       elementwise_factor=float(d.get("elementwise_factor", 1.0)), sources=dict(d.get("sources", {})))
-        except (KeyError, TypeError) as exc:
-            raise ProfileError(f"hardware profile {d.get('name', '?')!r} is malformed ({exc!r}); see "
-                               f"s2vbench/bench/profiles/h100-sxm.json for the format") from None
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(fields))
+        missing = [n for n, f in fields.items() if n not in d and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if unknown or missing:  # a misspelt optional field would otherwise silently keep its default
+            raise ProfileError(f"{where}: " + "; ".join(
+                ([f"unknown field(s) {unknown}"] if unknown else []) + ([f"missing field(s) {missing}"] if missing
+                                                                         else [])) + f"; {_FORMAT}")
+        name = d["name"]
+        if not isinstance(name, str) or not name:
+            raise ProfileError(f"{where}: name = {name!r} must be a non-empty string; {_FORMAT}")
+        gpus = d["gpus_per_node"]
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+            raise ProfileError(f"{where}: gpus_per_node = {gpus!r} must be a positive integer (devices per node); "
+                               f"{_FORMAT}")
+        overlaps = d.get("comm_overlaps_compute", True)
+        if not isinstance(overlaps, bool):  # bool("false") is True
+            raise ProfileError(f"{where}: comm_overlaps_compute = {overlaps!r} must be true or false; {_FORMAT}")
+        sources = d.get("sources", {})
+        if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
+            raise ProfileError(f"{where}: sources must be an object of strings (where each figure came from); "
+                               f"{_FORMAT}")
+        ew_bw = d.get("elementwise_bandwidth")
+        return cls(name=name, peak_flops=_figure(where, "peak_flops", d["peak_flops"]),
+                   memory_bandwidth=_figure(where, "memory_bandwidth", d["memory_bandwidth"]),
+                   memory_capacity=_figure(where, "memory_capacity", d["memory_capacity"]),
+                   intra_node=_link(where, "intra_node", d["intra_node"]),
+                   inter_node=_link(where, "inter_node", d["inter_node"]),
+                   host_link=_figure(where, "host_link", d["host_link"]), gpus_per_node=gpus,
+                   matmul=_curve(where, "matmul", d["matmul"]), attention=_curve(where, "attention", d["attention"]),
+                   attention_backward=(None if d.get("attention_backward") is None else
+                                       _curve(where, "attention_backward", d["attention_backward"])),
+                   comm_overlaps_compute=overlaps,
+                   op_overhead=_figure(where, "op_overhead", d.get("op_overhead", 0.0), zero=True),
+                   op_overhead_sharded=_figure(where, "op_overhead_sharded",
+                                               d.get("op_overhead_sharded", d.get("op_overhead", 0.0)), zero=True),
+                   rank_skew=_figure(where, "rank_skew", d.get("rank_skew", 0.0), zero=True),
+                   elementwise_bandwidth=None if ew_bw is None else _figure(where, "elementwise_bandwidth", ew_bw),
+                   elementwise_factor=_figure(where, "elementwise_factor", factor, zero=True), sources=dict(sources))
 
     def save(self, path: str | Path) -> Path:
         from .results import atomic_write_json
@@ -209,10 +278,13 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
     if not path.is_file():
         raise ProfileError(f"no hardware profile {str(name_or_path)!r}; shipped: {', '.join(shipped_profiles())}, "
                            f"or pass a JSON file written by `s2vbench calibrate`")
-    doc = json.loads(path.read_text())
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"hardware profile {path} is not valid JSON ({exc}); {_FORMAT}") from None
     if isinstance(doc, dict) and "name" not in doc and isinstance(doc.get("profile"), dict):
         doc = doc["profile"]  # the calibration.json of `s2vbench run`: its fitted profile
-    return HardwareProfile.from_dict(doc)
+    return HardwareProfile.from_dict(doc, source=path)
 
 
 __all__ = [

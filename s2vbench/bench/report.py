@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .results import Record, atomic_write_text, read_results
+from .results import Record, ResultsError, atomic_write_text, check_output_folder, read_results
 
 
 def _value(rec: Record, name: str):
@@ -52,10 +52,30 @@ def group_key(r: Record) -> tuple:
             c.get("compile", False), c.get("tokens"))
 
 
+def check_iteration(r: Record) -> None:
+    """What the report reads of an iteration record: its rank count, a step time (positive where measured) and,
+    where timed, the exposed communication; a ValueError naming the record otherwise, not a crash mid-report."""
+    world = r.config.get("world")
+    if isinstance(world, bool) or not isinstance(world, int) or world < 1:
+        raise ValueError(f"iteration record {r.name!r} has config.world = {world!r}, not a positive rank count; "
+                         f"the report reads the records that `s2vbench run` and `scaling` write")
+    try:
+        step = r.metric("step_time").value
+    except KeyError:
+        raise ValueError(f"iteration record {r.name!r} has no step_time metric") from None
+    if step is not None and (not isinstance(step, (int, float)) or isinstance(step, bool)
+                             or not 0 < step < float("inf")):
+        raise ValueError(f"iteration record {r.name!r} has step_time {step!r}, not a positive number of seconds")
+    if step is not None and not any(m.name == "exposed_comm" for m in r.metrics):
+        raise ValueError(f"iteration record {r.name!r} is timed but has no exposed_comm metric")
+
+
 def speedups(records: list[Record]) -> tuple[dict[tuple, Record], dict[str, tuple[float, float]]]:
     """Per comparison group, the baseline (the fastest point at the smallest rank count that ran), and per
     point its (speed-up, efficiency) against its group's baseline."""
     ran = timed(records)
+    for r in ran:
+        check_iteration(r)
     bases: dict[tuple, Record] = {}
     for key in {group_key(r) for r in ran}:
         group = [r for r in ran if group_key(r) == key]
@@ -144,8 +164,39 @@ def _plots(records: list[Record], out: Path) -> list[str]:
 
 def write_report(results: list[Path], out: Path, title: str | None = None) -> Path:
     """Write ``out/report.md`` (and its PNGs) from the records of ``results``."""
-    records = [r for p in results for r in read_results(p)]
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_folder(out)  # before anything is read: a bad folder would fail only at the end
+    records: list[Record] = []
+    seen: dict[Path, Path] = {}
+    owner: dict[str, Path] = {}
+    for p in map(Path, results):
+        if p.resolve() in seen:  # every row would appear twice, silently
+            raise ValueError(f"{p} is given twice (also as {seen[p.resolve()]}); pass each results file once")
+        seen[p.resolve()] = p
+        recs = read_results(p)
+        if not recs:
+            raise ResultsError(f"{p} holds no records, so there is nothing to report; did its run finish a point?")
+        for r in recs:
+            if r.kind != "iteration":
+                continue
+            try:
+                check_iteration(r)
+            except ValueError as e:
+                raise ResultsError(f"{p}: {e}") from None
+            if r.name in owner:  # speed-ups are keyed by point name: two runs of one point would mix
+                raise ResultsError(f"point {r.name!r} is in {owner[r.name]} and again in {p}; report each run on "
+                                   f"its own")
+            owner[r.name] = p
+        records += recs
+    if not owner:
+        kinds = sorted({r.kind for r in records})
+        raise ResultsError(f"{', '.join(map(str, results))} hold(s) no iteration records (only {', '.join(kinds)}), "
+                           f"which are what the report tables; pass the results.json of `s2vbench run`, `scaling` or "
+                           f"`gpu-run` (buckets and longform write their own report.md)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot make the report folder {out} ({e.strerror or e}); pass --out a folder you can "
+                      f"write") from None
     plots = _plots(records, out)
     env = records[0].environment if records else {}
     bases, sp = speedups(records)
@@ -232,4 +283,4 @@ def write_report(results: list[Path], out: Path, title: str | None = None) -> Pa
     return path
 
 
-__all__ = ["speedups", "write_report"]
+__all__ = ["check_iteration", "speedups", "write_report"]

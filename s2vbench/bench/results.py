@@ -234,27 +234,102 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
 
 
-def _record_from_dict(d: dict[str, Any]) -> Record:
-    d = dict(d)
-    d["metrics"] = [Metric(**m) for m in d.get("metrics", [])]
-    return Record(**d)
+_NON_FINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+"""How ``to_jsonable`` writes non-finite floats (JSON has none): read back as the floats they were."""
+
+_FIX = ("it was not written by this s2vbench, or was edited or cut short; restore it from a copy or re-run the "
+        "benchmark that wrote it")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _fields(d: Any, cls: type, where: str) -> dict[str, Any]:
+    """``d`` as the keyword arguments of dataclass ``cls``: an object with its required fields and no others."""
+    if not isinstance(d, dict):
+        raise ResultsError(f"{where} is a JSON {type(d).__name__}, not an object; {_FIX}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    missing = [n for n, f in fields.items() if n not in d and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if unknown or missing:
+        raise ResultsError(f"{where}: " + "; ".join(
+            ([f"unknown field(s) {unknown}"] if unknown else []) + ([f"missing field(s) {missing}"] if missing else []))
+            + f" (a {cls.__name__} has {list(fields)}); {_FIX}")
+    return dict(d)
+
+
+def _check_type(where: str, field: str, value: Any, kind: type | tuple[type, ...], what: str) -> None:
+    if not isinstance(value, kind):
+        raise ResultsError(f"{where}: {field} = {value!r:.80} must be {what}; {_FIX}")
+
+
+def _figure(where: str, field: str, value: Any) -> float | int | None:
+    """A metric's value or statistic: a number or None (non-finite floats as ``to_jsonable`` wrote them)."""
+    if isinstance(value, str) and value in _NON_FINITE:
+        return _NON_FINITE[value]
+    if value is not None and not _is_number(value):
+        raise ResultsError(f"{where}: {field} = {value!r:.80} must be a number or null; {_FIX}")
+    return value
+
+
+def _metric_from_dict(d: Any, where: str) -> Metric:
+    m = _fields(d, Metric, where)
+    for key in ("name", "unit", "how", "status"):
+        if key in m:
+            _check_type(where, key, m[key], str, "a string")
+    where = f"{where} ({m['name']!r})"
+    m["value"] = _figure(where, "value", m["value"])
+    _check_type(where, "stats", m.get("stats", {}), dict, "an object of figures")
+    m["stats"] = {k: _figure(where, f"stats[{k!r}]", v) for k, v in m.get("stats", {}).items()}
+    try:
+        return Metric(**m)
+    except ResultsError as e:  # its honesty rules, told where the metric is
+        raise ResultsError(f"{where}: {e}; {_FIX}") from None
+
+
+def _record_from_dict(d: Any, where: str = "record") -> Record:
+    """A record read back, every field checked: a results file from elsewhere is refused with what is wrong
+    and where, instead of failing later in whatever reads the field."""
+    r = _fields(d, Record, where)
+    for key, kind, what in (("kind", str, "a string"), ("name", str, "a string"), ("config", dict, "an object"),
+                            ("metrics", list, "a list of metrics"), ("environment", dict, "an object"),
+                            ("tags", list, "a list of strings"), ("notes", str, "a string"),
+                            ("created_utc", str, "a string")):
+        if key in r:
+            _check_type(where, key, r[key], kind, what)
+    where = f"{where} ({r['name']!r})"
+    if not all(isinstance(t, str) for t in r.get("tags", [])):
+        raise ResultsError(f"{where}: tags = {r['tags']!r:.80} must be a list of strings; {_FIX}")
+    r["metrics"] = [_metric_from_dict(m, f"{where}, metric {i}") for i, m in enumerate(r["metrics"])]
+    return Record(**r)
 
 
 def read_results(path: str | Path) -> list[Record]:
-    """Records of a results file, after checking its schema and version."""
+    """Records of a results file, after checking its schema, version and every record's fields."""
     path = Path(path)
+    if path.is_dir():
+        raise ResultsError(f"{path} is a folder, not a results file; pass the results.json inside it")
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
         raise ResultsError(f"results file {path} does not exist") from None
-    except json.JSONDecodeError as e:
-        raise ResultsError(f"results file {path} is not valid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ResultsError(f"results file {path} is not valid JSON ({e}); {_FIX}") from None
+    except OSError as e:
+        raise ResultsError(f"results file {path} cannot be read ({e.strerror or e})") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise ResultsError(f"{path} is not an s2vbench results file (schema {doc.get('schema') if isinstance(doc, dict) else None!r})")
+        schema = doc.get("schema") if isinstance(doc, dict) else None
+        raise ResultsError(f"{path} is not an s2vbench results file (schema {schema!r}); pass a results.json that "
+                           f"s2vbench wrote")
     if doc.get("schema_version") != SCHEMA_VERSION:
         raise ResultsError(f"{path} has schema_version {doc.get('schema_version')}, this s2vbench reads "
                            f"{SCHEMA_VERSION}; re-run the benchmark or use the matching s2vbench version")
-    return [_record_from_dict(r) for r in doc["records"]]
+    if not isinstance(doc.get("records"), list):
+        raise ResultsError(f"{path} has no list of records ('records' is "
+                           f"{'missing' if 'records' not in doc else type(doc['records']).__name__}); {_FIX}")
+    return [_record_from_dict(r, f"{path}: record {i}") for i, r in enumerate(doc["records"])]
 
 
 class ResultsLog:
@@ -266,7 +341,17 @@ class ResultsLog:
     def __init__(self, path: str | Path, environment: dict[str, Any] | None = None, resume: bool = True):
         self.path = Path(path)
         self.environment = capture_environment() if environment is None else environment
-        self.records: list[Record] = read_results(self.path) if resume and self.path.exists() else []
+        self.records: list[Record] = []
+        if self.path.exists():
+            # read even when not resuming: a file that is not a readable results file (cut short, edited, another
+            # tool's) is refused rather than overwritten, so that nothing in it is lost
+            try:
+                records = read_results(self.path)
+            except ResultsError as e:
+                raise ResultsError(f"{e}. It was left untouched: repair it or move it aside, or write to another "
+                                   f"folder") from None
+            if resume:
+                self.records = records
 
     def append(self, record: Record) -> Record:
         if not record.environment:
@@ -287,6 +372,38 @@ class ResultsLog:
         return any(r.name == name for r in self.records)
 
 
+def check_output_folder(folder, flag: str = "--out"):
+    """Make ``folder`` (and its parents) and create and remove a file in it, so that an output that is a file,
+    cannot be made or is not writable fails at once, naming ``flag``, not at the first write after minutes of
+    measuring. Returns the folder as a Path."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{flag} {folder} is a file, not a folder; pass a folder to write into")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".s2vbench-write-check-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag} {folder}: cannot write there ({e.strerror or e}); pass a folder you can "
+                         f"write") from None
+    return folder
+
+
+def check_output_file(path, flag: str = "--out", suffixes: tuple[str, ...] = ()):
+    """Like :func:`check_output_folder` for a file to write: ``path`` and its siblings with ``suffixes``
+    (written beside it) must not be folders, and the folder holding them must be writable. Returns the Path."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; {flag} names the file to write, e.g. "
+                         f"{path / 'profile.json'}")
+    for other in (path.with_suffix(s) for s in suffixes):
+        if other.is_dir():
+            raise ValueError(f"{flag} {path}: {other}, written beside it, is a folder; move it away or pass "
+                             f"another {flag}")
+    check_output_folder(path.parent, flag=f"{flag} {path}: its folder")
+    return path
+
+
 __all__ = ["Metric", "Record", "ResultsError", "ResultsLog", "SCHEMA", "SCHEMA_VERSION", "STATUSES",
-           "atomic_write_json", "atomic_write_text", "capture_environment", "read_results", "step_times",
-           "to_jsonable"]
+           "atomic_write_json", "atomic_write_text", "capture_environment", "check_output_file",
+           "check_output_folder", "read_results", "step_times", "to_jsonable"]

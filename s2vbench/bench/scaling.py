@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ..model import get_preset
 from .cluster import detect_env, export_for_torch
-from .points import Point, clip_for_tokens
+from .points import STRATEGIES, Point, _is_int, clip_for_tokens
 from .results import ResultsLog
 from .sweep import failure_record, point_record
 from .worker import run_point_rank
@@ -46,6 +47,7 @@ def sweep_points(preset: str, gpus: list[int], strategies: list[str], global_bat
     unknown = set(axes) - set(AXES)
     if unknown:
         raise ValueError(f"unknown sweep axes {sorted(unknown)}; known: {AXES}")
+    _check_sweep_wide(preset, gpus, strategies, global_batch, scaling, steps, warmup, lists)
     for tokens in lists.get("tokens", []):  # an unreachable token count is an error, not a skipped combination
         if tokens is not None:
             clip_for_tokens(preset, tokens)
@@ -70,7 +72,34 @@ def sweep_points(preset: str, gpus: list[int], strategies: list[str], global_bat
             notes.append(f"skipped {p.name}: the same ranks and degrees as {same.name}")
             continue
         points.append(p)
+    if not points:  # say why here: running on would only find that no results file was written
+        raise ValueError("no point of this sweep can run:\n  " + "\n  ".join(notes))
     return points, notes
+
+
+def _check_sweep_wide(preset: str, gpus: list, strategies: list, global_batch, scaling, steps, warmup,
+                      lists: dict[str, list]) -> None:
+    """What is wrong for every point is an error, not one skipped-point note per combination (and a
+    misspelt strategy is not a combination that cannot run: it would be dropped from the sweep unseen)."""
+    get_preset(preset)
+    if not gpus or any(not _is_int(g) or g < 1 for g in gpus):
+        raise ValueError(f"GPU counts (gpus) must be one or more positive integers, got {gpus!r}")
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if not strategies or unknown:
+        what = f"unknown strategies {unknown}" if unknown else "no strategies"
+        raise ValueError(f"{what}; choose from {', '.join(STRATEGIES)}")
+    for what, value, low in (("global_batch", global_batch, 1), ("steps", steps, 1), ("warmup", warmup, 0)):
+        if not _is_int(value) or value < low:
+            raise ValueError(f"{what} must be an integer >= {low}, got {value!r}")
+    if scaling not in ("strong", "weak"):
+        raise ValueError(f"scaling must be 'strong' or 'weak', got {scaling!r}")
+    for axis, values in lists.items():
+        if not values:
+            raise ValueError(f"sweep axis {axis} is an empty list; give it at least one value or leave it out")
+    if any(t is not None for t in lists.get("tokens", [])) and \
+            any(v is not None for k in ("frames", "height", "width") for v in lists.get(k, [])):
+        raise ValueError("give either tokens or frames/height/width, not both: a token count sets the clip's "
+                         "geometry itself")
 
 
 def _hsdp(extra: dict) -> str:
@@ -78,19 +107,81 @@ def _hsdp(extra: dict) -> str:
     return f" with dp_replicate {rep}" if rep != 1 else ""
 
 
+_SWEEP_FIELDS = {"name": str, "description": str, "preset": str, "scaling": str, "global_batch": int, "steps": int,
+                 "warmup": int}
+"""Scalar fields of a sweep file, and their TOML types."""
+_SWEEP_LISTS = {"gpus": int, "strategies": str}
+_AXIS_TYPES = {"ac": bool, "trace": bool, "inference": bool, "compile": bool, "dtype": str, "attention_backend": str,
+               "frames": int, "height": int, "width": int, "tokens": int, "grad_accum": int, "dp_replicate": int}
+"""Each axis: one value or a list of them, of this type."""
+_TYPE_NAMES = {int: ("an integer", "integers"), str: ("a string", "strings"), bool: ("true or false", "booleans")}
+_EXAMPLES = {"name": '"paper-8gpu"', "description": '"..."', "preset": '"14b"', "scaling": '"strong"',
+             "global_batch": "8", "steps": "5", "warmup": "2", "gpus": "[1, 2, 4, 8]",
+             "strategies": '["fsdp", "ulysses"]', "ac": "[false, true]", "trace": "false", "inference": "false",
+             "compile": "false", "dtype": '["bfloat16"]', "attention_backend": '"triton"', "frames": "48",
+             "height": "768", "width": "1024", "tokens": "[20000, 44544]", "grad_accum": "1", "dp_replicate": "[1, 2]"}
+
+
+def _has_type(value, kind: type) -> bool:
+    return _is_int(value) if kind is int else isinstance(value, kind)
+
+
+def _check_sweep_types(path: Path, s: dict) -> None:
+    """TOML values of the wrong type fail deep in the sweep (or, as "false", read as true): name the field."""
+    for key, value in s.items():
+        if key in _SWEEP_FIELDS:
+            kind, listed = _SWEEP_FIELDS[key], False
+        elif key in _SWEEP_LISTS:
+            kind, listed = _SWEEP_LISTS[key], True
+        elif key in _AXIS_TYPES:
+            kind, listed = _AXIS_TYPES[key], isinstance(value, list)
+        else:
+            known = sorted({*_SWEEP_FIELDS, *_SWEEP_LISTS, *_AXIS_TYPES})
+            raise ValueError(f"{path}: unknown [sweep] field {key!r}; known: {', '.join(known)}")
+        single, plural = _TYPE_NAMES[kind]
+        if listed and not (isinstance(value, list) and all(_has_type(v, kind) for v in value)):
+            raise ValueError(f"{path}: [sweep] {key} must be a list of {plural}, e.g. {key} = {_EXAMPLES[key]}; "
+                             f"got {value!r}")
+        if not listed and not _has_type(value, kind):
+            axis = f" or a list of {plural} (an axis)" if key in _AXIS_TYPES else ""
+            raise ValueError(f"{path}: [sweep] {key} must be {single}{axis}, e.g. {key} = {_EXAMPLES[key]}; got "
+                             f"{value!r}")
+
+
 def load_sweep(path: Path) -> tuple[list[Point], list[str], str]:
     """Points, notes and name of a TOML sweep (a ``[sweep]`` table; list-valued axes are crossed)."""
-    doc = tomllib.loads(Path(path).read_text())
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except OSError as e:
+        raise ValueError(f"sweep file {path}: cannot read it ({e.strerror or e}); pass a TOML file such as "
+                         f"s2vbench/bench/sweeps/cpu_smoke.toml") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML ({e})") from None
     if "sweep" not in doc:
         raise ValueError(f"{path}: a sweep file needs a [sweep] table")
+    if not isinstance(doc["sweep"], dict):
+        raise ValueError(f"{path}: 'sweep' must be a [sweep] table, got {doc['sweep']!r}")
     s = dict(doc["sweep"])
+    _check_sweep_types(path, s)
     name = s.pop("name", Path(path).stem)
     s.pop("description", None)
     for key in ("preset", "gpus", "strategies"):
         if key not in s:
             raise ValueError(f"{path}: [sweep] needs '{key}'")
-    points, notes = sweep_points(s.pop("preset"), list(s.pop("gpus")), list(s.pop("strategies")), **s)
+    try:
+        points, notes = sweep_points(s.pop("preset"), s.pop("gpus"), s.pop("strategies"), **s)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     return points, notes, name
+
+
+def _make_out(out: Path) -> None:
+    """Create the output folder before any rank starts, not when the first point's result is written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"output folder {out} (--out): cannot create it ({e.strerror}); pass a folder you can "
+                         f"write to") from None
 
 
 def _rank_file(out: Path, point: Point, rank: int) -> Path:
@@ -102,9 +193,18 @@ def run_in_job(points: list[Point], out: Path, timeout_s: float = 900.0) -> None
     env = detect_env()
     if env is None:
         raise RuntimeError("run_in_job needs a torchrun or SLURM environment (RANK/WORLD_SIZE or SLURM_PROCID)")
+    mine = [p for p in points if p.world == env.world_size]
+    size = "WORLD_SIZE" if env.launcher == "torchrun" else "SLURM_NTASKS"
+    if not mine:  # every rank would return at once, having measured nothing
+        raise ValueError(f"this job has {env.world_size} ranks ({size}={env.world_size}) but the sweep has no point "
+                         f"at {env.world_size} GPUs (its GPU counts: {sorted({p.world for p in points})}); run it "
+                         f"in a job of one of those sizes, or sweep --gpus {env.world_size}")
+    if env.master_port + len(mine) > 65535:  # each point's process group takes the next port
+        raise ValueError(f"MASTER_PORT={env.master_port} leaves no room for the {len(mine)} ports of this job's "
+                         f"points above it; use a port below {65535 - len(mine)}")
+    _make_out(out)
     export_for_torch(env)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    mine = [p for p in points if p.world == env.world_size]
     log = ResultsLog(out / "results.json") if env.rank == 0 else None
     for i, point in enumerate(mine):
         if log is not None and log.done(point.name):
@@ -139,10 +239,14 @@ def run_in_job(points: list[Point], out: Path, timeout_s: float = 900.0) -> None
 
 def launch_sweep(points: list[Point], out: Path, timeout_s: float = 3600.0) -> ResultsLog:
     """Outside a job: one ``torch.distributed.run`` per GPU count, on this node."""
-    out.mkdir(parents=True, exist_ok=True)
+    gpus_per_node = torch.cuda.device_count() or None
+    if gpus_per_node is not None and all(p.world > gpus_per_node for p in points):  # nothing would run
+        raise ValueError(f"this node has {gpus_per_node} GPUs and every point needs more "
+                         f"({sorted({p.world for p in points})}); run the sweep in a SLURM job (--sbatch) or sweep "
+                         f"--gpus up to {gpus_per_node}")
+    _make_out(out)
     spec = out / "sweep.json"
     spec.write_text(json.dumps([p.to_dict() for p in points]))
-    gpus_per_node = torch.cuda.device_count() or None
     for world in sorted({p.world for p in points}):
         if gpus_per_node is not None and world > gpus_per_node:
             print(f"skipping {world}-GPU points: this node has {gpus_per_node} GPUs; run the sbatch template")

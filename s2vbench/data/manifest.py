@@ -147,12 +147,22 @@ def _raw_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
     """(line or row number, parsed object or None, parse error or None) for each record of the file."""
     if path.suffix == ".parquet":
         pa = _pyarrow()
-        table = pa.parquet.read_table(path)
+        try:
+            table = pa.parquet.read_table(path)
+        except (pa.ArrowException, OSError) as e:  # truncated, not Parquet at all, unreadable
+            raise ManifestError(f"manifest {path} cannot be read as Parquet ({e}); write it again (e.g. with "
+                                f"write_manifest) or use a JSON Lines manifest (.jsonl)") from None
         for i, d in enumerate(table.to_pylist(), start=1):
             yield i, d, None
         return
-    with path.open() as f:
-        for i, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for i, raw in enumerate(f, start=1):
+            # Decoded line by line, so that a stray byte is one bad row (skipped or named) and not a crash.
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield i, None, f"bad json: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})"
+                continue
             if not line.strip():
                 continue
             try:
@@ -173,6 +183,8 @@ def read_manifest(path: str | Path, on_error: str = "raise", check: RowCheck | N
     path = Path(path)
     if not path.exists():
         raise ManifestError(f"manifest {path} does not exist")
+    if path.is_dir():
+        raise ManifestError(f"manifest {path} is a folder; pass the .jsonl or .parquet file in it")
     if path.suffix not in (".jsonl", ".parquet"):
         raise ManifestError(f"manifest {path}: unknown format {path.suffix!r}; use .jsonl (JSON Lines) or .parquet")
     result = ReadResult([], [], str(path))
