@@ -107,7 +107,7 @@ def test_predict_report_at_a_file(tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("")
     assert cli.main(["predict", "--report", str(afile)]) == 2
-    assert "is a file; pass a folder" in capsys.readouterr().err
+    assert "is a file, not a folder; pass a folder" in capsys.readouterr().err
 
 
 def _iteration_log(path, names=("p1",), **config):
@@ -131,7 +131,7 @@ def test_report_refuses_what_would_give_an_empty_wrong_or_doubled_report(tmp_pat
         write_report([good, _iteration_log(tmp_path / "copy.json")], tmp_path / "r")
     afile = tmp_path / "afile"
     afile.write_text("")
-    with pytest.raises(ValueError, match="is a file; pass a folder"):
+    with pytest.raises(ValueError, match="is a file, not a folder; pass a folder"):
         write_report([good], afile)
     other = tmp_path / "buckets.json"
     ResultsLog(other, environment={}).append(Record("buckets", "b", {}, [Metric("x", 1.0, "1", "x")]))

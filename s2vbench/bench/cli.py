@@ -96,11 +96,8 @@ def _token_list(text: str | None) -> list[int | None]:
 def _scaling(args: argparse.Namespace, argv: list[str]) -> int:
     from .cluster import detect_env, render_sbatch
     from .report import write_report
-    from .results import check_output_folder
     from .scaling import launch_sweep, load_sweep, run_in_job, sweep_points
 
-    if args.out is not None and not args.sbatch:  # a script's --out is a folder on the cluster, not here
-        check_output_folder(args.out)
     env = None if args.sbatch else detect_env()
     if env is not None and args.out is None:  # each rank would pick its own runs/<timestamp>; rank 0 would wait
         raise ValueError(f"inside a {env.launcher} job every rank must write to the same folder: pass --out DIR "

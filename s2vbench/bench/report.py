@@ -164,7 +164,9 @@ def _plots(records: list[Record], out: Path) -> list[str]:
 
 def write_report(results: list[Path], out: Path, title: str | None = None) -> Path:
     """Write ``out/report.md`` (and its PNGs) from the records of ``results``."""
-    out = check_output_folder(out)  # before anything is read: a bad folder would fail only at the end
+    out = Path(out)
+    if out.exists() and not out.is_dir():  # before anything is read; the folder is made once the input is good
+        check_output_folder(out)
     records: list[Record] = []
     seen: dict[Path, Path] = {}
     owner: dict[str, Path] = {}
@@ -192,11 +194,7 @@ def write_report(results: list[Path], out: Path, title: str | None = None) -> Pa
         raise ResultsError(f"{', '.join(map(str, results))} hold(s) no iteration records (only {', '.join(kinds)}), "
                            f"which are what the report tables; pass the results.json of `s2vbench run`, `scaling` or "
                            f"`gpu-run` (buckets and longform write their own report.md)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OSError(f"cannot make the report folder {out} ({e.strerror or e}); pass --out a folder you can "
-                      f"write") from None
+    check_output_folder(out)
     plots = _plots(records, out)
     env = records[0].environment if records else {}
     bases, sp = speedups(records)

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from ..model import get_preset
 from .cluster import detect_env, export_for_torch
 from .points import STRATEGIES, Point, _is_int, clip_for_tokens
-from .results import ResultsLog
+from .results import ResultsLog, check_output_folder
 from .sweep import failure_record, point_record
 from .worker import run_point_rank
 
@@ -175,15 +175,6 @@ def load_sweep(path: Path) -> tuple[list[Point], list[str], str]:
     return points, notes, name
 
 
-def _make_out(out: Path) -> None:
-    """Create the output folder before any rank starts, not when the first point's result is written."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"output folder {out} (--out): cannot create it ({e.strerror}); pass a folder you can "
-                         f"write to") from None
-
-
 def _rank_file(out: Path, point: Point, rank: int) -> Path:
     return out / "ranks" / point.name.replace("/", "__") / f"rank{rank}.pt"
 
@@ -202,7 +193,7 @@ def run_in_job(points: list[Point], out: Path, timeout_s: float = 900.0) -> None
     if env.master_port + len(mine) > 65535:  # each point's process group takes the next port
         raise ValueError(f"MASTER_PORT={env.master_port} leaves no room for the {len(mine)} ports of this job's "
                          f"points above it; use a port below {65535 - len(mine)}")
-    _make_out(out)
+    check_output_folder(out)  # before any rank starts, not at the first point's write
     export_for_torch(env)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     log = ResultsLog(out / "results.json") if env.rank == 0 else None
@@ -244,7 +235,7 @@ def launch_sweep(points: list[Point], out: Path, timeout_s: float = 3600.0) -> R
         raise ValueError(f"this node has {gpus_per_node} GPUs and every point needs more "
                          f"({sorted({p.world for p in points})}); run the sweep in a SLURM job (--sbatch) or sweep "
                          f"--gpus up to {gpus_per_node}")
-    _make_out(out)
+    check_output_folder(out)  # before any rank starts, not at the first point's write
     spec = out / "sweep.json"
     spec.write_text(json.dumps([p.to_dict() for p in points]))
     for world in sorted({p.world for p in points}):
