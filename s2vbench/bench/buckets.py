@@ -35,8 +35,7 @@ MAX_TIMED_NAIVE_SHAPES = 32
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import non_negative_int
-    from .cli import positive_int
+    from .cli import non_negative_int, positive_int
 
     p.add_argument("--manifest", type=Path, action="append", default=None,
                    help="a .jsonl or .parquet manifest (repeatable; default: the shipped synthetic manifests)")

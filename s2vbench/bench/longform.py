@@ -694,8 +694,7 @@ def _device(text: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .cli import non_negative_int
-    from .cli import positive_int
+    from .cli import non_negative_int, positive_int
 
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS), help="model preset (default small)")
     parser.add_argument("--clips", type=positive_int, default=10, help="clips 1..N per arm (default 10)")
