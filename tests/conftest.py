@@ -34,6 +34,18 @@ def shared() -> Path:
     return path
 
 
+JOB_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS",
+       "SLURM_LOCALID", "SLURM_JOB_NODELIST", "SLURM_NODELIST", "SLURM_JOB_ID")
+
+
+@pytest.fixture
+def no_job(monkeypatch):
+    """The test as a process outside any job, whatever the test runner's own environment."""
+    for var in JOB_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
 ON_GPU = torch.cuda.is_available()
 """Kernel tests run on the GPU when there is one (bf16 included), else in the Triton interpreter (float32 only)."""
 DEVICE = "cuda" if ON_GPU else "cpu"

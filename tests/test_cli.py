@@ -59,18 +59,6 @@ def test_an_error_is_one_message_not_a_traceback(tmp_path, capsys):
         cli.main(["--traceback", "report", str(missing), "--out", str(tmp_path / "r")])
 
 
-JOB = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS",
-       "SLURM_LOCALID", "SLURM_JOB_NODELIST", "SLURM_NODELIST", "SLURM_JOB_ID")
-
-
-@pytest.fixture
-def no_job(monkeypatch):
-    """A process outside any job, whatever the test runner's own environment."""
-    for var in JOB:
-        monkeypatch.delenv(var, raising=False)
-    return monkeypatch
-
-
 def _scaling_error(capsys, args):
     """Run ``s2vbench scaling ARGS``, which must fail as one message before launching anything."""
     assert cli.main(["scaling", *args]) == 2

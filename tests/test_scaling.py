@@ -28,18 +28,6 @@ def test_nodelists():
         parse_nodelist("gpu[]")
 
 
-JOB = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS",
-       "SLURM_LOCALID", "SLURM_JOB_NODELIST", "SLURM_NODELIST", "SLURM_JOB_ID")
-
-
-@pytest.fixture
-def no_job(monkeypatch):
-    """A process outside any job, whatever the test runner's own environment."""
-    for var in JOB:
-        monkeypatch.delenv(var, raising=False)
-    return monkeypatch
-
-
 @pytest.mark.parametrize("environ, match", [
     ({"RANK": "5", "WORLD_SIZE": "2"}, r"RANK=5 is not below WORLD_SIZE=2: ranks run from 0 to 1"),  # hung
     ({"RANK": "-1", "WORLD_SIZE": "2"}, r"RANK='-1': must be an integer >= 0"),  # did nothing, exit 0
