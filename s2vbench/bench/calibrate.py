@@ -508,9 +508,9 @@ def calibrate_cpu(world: int = 2, rounds: int = CALIBRATION_ROUNDS, timeout_s: f
     (on the same machine, torch and sweeps). With a ``deadline`` (``time.monotonic()``), a round after the
     first starts only if it would end by then, at the length of the longest round measured so far in this
     call; ``raw["rounds_cut"]`` then says how many of ``rounds`` ran and why."""
-    from .results import atomic_write_json
+    from .results import atomic_write_json, is_int
 
-    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+    if not is_int(rounds) or rounds < 1:
         raise ValueError(f"calibration rounds must be a positive integer, not {rounds!r}")
     measured, times = _finished_rounds(checkpoint, world)
     measured, times = measured[:rounds], times[:rounds]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .results import SCHEMA, read_results, step_times
+from .results import SCHEMA, is_int, is_number, read_results, step_times
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Series:
 def _timings(path: Path, point: str, values) -> list[float]:
     """Positive, finite seconds, or an error naming the file and the point (instead of a numpy error later)."""
     if not isinstance(values, list) or not values or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf for v in values):
+            is_number(v) and 0 < v < math.inf for v in values):
         raise ValueError(f"{path}: point {point!r} has timings {values!r:.120}, not a list of positive seconds; "
                          f"compare needs files as s2vbench or pytest-benchmark wrote them")
     return [float(v) for v in values]
@@ -107,7 +107,7 @@ def bootstrap_median_ci(samples: list[float], level: float = 0.95, repeats: int 
     that size drawn from a resample of the baseline (both runs' sampling noise)."""
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+    if not is_int(repeats) or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
     x = np.asarray(samples, dtype=np.float64)
     if len(x) == 1:
@@ -156,7 +156,7 @@ def run_compare(baseline: Path, new: Path, level: float = 0.95, repeats: int = 2
     # checked before reading anything: cli passes --level and --repeats through unchecked
     if not 0 < level < 1:
         raise ValueError(f"--level {level}: a confidence level lies strictly between 0 and 1, e.g. 0.95 or 0.99")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+    if not is_int(repeats) or repeats < 1:
         raise ValueError(f"--repeats {repeats}: the number of bootstrap resamples must be a positive integer, "
                          f"e.g. 2000")
     series = {}

@@ -19,6 +19,7 @@ from .perfmodel import (
     predict_training,
 )
 from .profiles import HardwareProfile, ProfileError, load_profile
+from .results import has_type
 
 try:
     import tomllib
@@ -101,7 +102,7 @@ _PARALLEL_TYPES = {"dp_shard": int, "ulysses": int, "ring": int, "dp_replicate":
 
 def _plan_value(path: Path, key: str, value, kind: type, what: str):
     # TOML gives typed values: check them rather than convert (bool("false") is True, int([48]) fails unnamed)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    if not has_type(value, kind):
         raise PlanError(f"{path}: {key} = {value!r} must be {what}; {_PLAN_FORMAT}")
     return value
 

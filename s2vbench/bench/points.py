@@ -9,15 +9,12 @@ from dataclasses import asdict, dataclass
 from ..model import ClipShape, clip_layout, get_preset, sequence_layout
 from ..parallel import ParallelConfig
 from ..parallel.local_attention import BACKENDS as LOCAL_BACKENDS
+from .results import is_int
 
 STRATEGIES = ("single", "fsdp", "ulysses", "ring", "usp")
 """single: one rank; fsdp: data parallel with sharding; ulysses / ring: context parallel; usp: both."""
 TOKEN_TOLERANCE = 0.05
 """A requested token count is met by a clip geometry whose token count is within this relative distance."""
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def strategy_degrees(strategy: str, world: int) -> tuple[int, int, int]:
@@ -56,7 +53,7 @@ def clip_for_tokens(preset: str, tokens: int, tolerance: float = TOKEN_TOLERANCE
     height x aspect, rounded down or up); only when no such clip comes within ``tolerance`` are other frame
     counts tried (the one nearest the preset's that comes within ``tolerance``). Raises ValueError naming the
     nearest counts when nothing comes within ``tolerance``."""
-    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens <= 0:
+    if not is_int(tokens) or tokens <= 0:
         raise ValueError(f"tokens must be a positive integer, got {tokens!r}")
     base = get_preset(preset).clip
     aspect = base.latent_width / base.latent_height
@@ -164,9 +161,9 @@ class Point:
     @property
     def degrees(self) -> tuple[int, int, int]:
         """(dp_shard, ulysses, ring) inside one replica group."""
-        if not _is_int(self.world) or self.world < 1:  # 0 would divide by zero below, 2.0 name a "w2.0" point
+        if not is_int(self.world) or self.world < 1:  # 0 would divide by zero below, 2.0 name a "w2.0" point
             raise ValueError(f"world (the GPU count) must be a positive integer, got {self.world!r}")
-        if not isinstance(self.dp_replicate, int) or isinstance(self.dp_replicate, bool) or self.dp_replicate < 1:
+        if not is_int(self.dp_replicate) or self.dp_replicate < 1:
             raise ValueError(f"dp_replicate must be a positive integer, got {self.dp_replicate!r}")
         if self.world % self.dp_replicate:
             raise ValueError(f"dp_replicate {self.dp_replicate} does not divide the {self.world} ranks into equal "
@@ -228,7 +225,7 @@ class Point:
         # Checked before anything divides by them: a global batch of 0 used to reach torch on every rank
         for field, low in (("global_batch", 1), ("grad_accum", 1), ("steps", 1), ("warmup", 0)):
             value = getattr(self, field)
-            if not _is_int(value) or value < low:
+            if not is_int(value) or value < low:
                 raise ValueError(f"{field} must be an integer >= {low}, got {value!r}")
         for field in ("ac", "trace", "inference", "compile", "oversubscribed"):
             if not isinstance(getattr(self, field), bool):  # "false" would be truthy
@@ -247,7 +244,7 @@ class Point:
             raise ValueError(f"attention_backend {self.attention_backend!r}: choose one of {LOCAL_BACKENDS}")
         for field in ("frames", "height", "width", "tokens"):
             value = getattr(self, field)
-            if value is not None and (not _is_int(value) or value <= 0):
+            if value is not None and (not is_int(value) or value <= 0):
                 raise ValueError(f"{field} must be a positive integer, got {value!r}")
         if self.frames is not None and (self.frames <= 0 or self.frames % 4):
             raise ValueError(f"frames must be a positive multiple of 4 (16 fps, 4 frames per latent), got {self.frames}")

@@ -15,6 +15,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .results import is_int, is_number
+
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
 
@@ -97,14 +99,10 @@ _FORMAT = ("see s2vbench/bench/profiles/h100-sxm.json for the format, or write a
            "`s2vbench calibrate --out FILE`")
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _figure(where: str, field: str, value, zero: bool = False) -> float:
     """A finite JSON number, > 0 (>= 0 with ``zero``): a negative peak or a zero node size would otherwise give
     negative times or a division by zero far from the file."""
-    if not _is_number(value) or not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+    if not is_number(value) or not math.isfinite(value) or value < 0 or (value == 0 and not zero):
         raise ProfileError(f"{where}: {field} = {value!r} must be a {'non-negative' if zero else 'positive'} "
                            f"number; {_FORMAT}")
     return float(value)
@@ -127,7 +125,7 @@ def _link(where: str, field: str, d) -> Link:
 
 def _curve(where: str, field: str, d) -> EfficiencyCurve:
     if not isinstance(d, dict) or set(d) != {"flops", "efficiency"} or not all(
-            isinstance(d[k], (list, tuple)) and all(_is_number(v) and math.isfinite(v) for v in d[k])
+            isinstance(d[k], (list, tuple)) and all(is_number(v) and math.isfinite(v) for v in d[k])
             for k in ("flops", "efficiency")):
         raise ProfileError(f"{where}: {field} must be an object of two lists of numbers, flops (ascending) and "
                            f"efficiency, got {d!r:.100}; {_FORMAT}")
@@ -201,7 +199,7 @@ class HardwareProfile:
             raise ProfileError(f"{where} is a JSON {type(d).__name__}, not an object; {_FORMAT}")
         where = f"{where} ({d.get('name', '?')!r})" if source is None else where
         factor = d.get("elementwise_factor", 1.0)
-        if _is_number(factor) and factor != 1.0 and "elementwise_bandwidth" not in d:
+        if is_number(factor) and factor != 1.0 and "elementwise_bandwidth" not in d:
             raise ProfileError(f"{where} was written by an older s2vbench (its "
                                f"elementwise_factor was fitted to an assumed traffic that the model now counts "
                                f"from the model's ops); re-run `s2vbench calibrate --out FILE` to write a current one")
@@ -221,7 +219,7 @@ class HardwareProfile:
         if not isinstance(name, str) or not name:
             raise ProfileError(f"{where}: name = {name!r} must be a non-empty string; {_FORMAT}")
         gpus = d["gpus_per_node"]
-        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        if not is_int(gpus) or gpus < 1:
             raise ProfileError(f"{where}: gpus_per_node = {gpus!r} must be a positive integer (devices per node); "
                                f"{_FORMAT}")
         overlaps = d.get("comm_overlaps_compute", True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .results import Record, ResultsError, atomic_write_text, check_output_folder, read_results
+from .results import Record, ResultsError, atomic_write_text, check_output_folder, is_int, is_number, read_results
 
 
 def _value(rec: Record, name: str):
@@ -56,15 +56,14 @@ def check_iteration(r: Record) -> None:
     """What the report reads of an iteration record: its rank count, a step time (positive where measured) and,
     where timed, the exposed communication; a ValueError naming the record otherwise, not a crash mid-report."""
     world = r.config.get("world")
-    if isinstance(world, bool) or not isinstance(world, int) or world < 1:
+    if not is_int(world) or world < 1:
         raise ValueError(f"iteration record {r.name!r} has config.world = {world!r}, not a positive rank count; "
                          f"the report reads the records that `s2vbench run` and `scaling` write")
     try:
         step = r.metric("step_time").value
     except KeyError:
         raise ValueError(f"iteration record {r.name!r} has no step_time metric") from None
-    if step is not None and (not isinstance(step, (int, float)) or isinstance(step, bool)
-                             or not 0 < step < float("inf")):
+    if step is not None and (not is_number(step) or not 0 < step < float("inf")):
         raise ValueError(f"iteration record {r.name!r} has step_time {step!r}, not a positive number of seconds")
     if step is not None and not any(m.name == "exposed_comm" for m in r.metrics):
         raise ValueError(f"iteration record {r.name!r} is timed but has no exposed_comm metric")

@@ -241,8 +241,19 @@ _FIX = ("it was not written by this s2vbench, or was edited or cut short; restor
         "benchmark that wrote it")
 
 
-def _is_number(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """An integer as JSON and TOML give it: a bool is not one (``True`` would pass as 1)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    """A number as JSON and TOML give it, bools excluded."""
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def has_type(v: Any, kind: type) -> bool:
+    """``isinstance(v, kind)``, except that a bool is not an int."""
+    return is_int(v) if kind is int else isinstance(v, kind)
 
 
 def _fields(d: Any, cls: type, where: str) -> dict[str, Any]:
@@ -269,7 +280,7 @@ def _figure(where: str, field: str, value: Any) -> float | int | None:
     """A metric's value or statistic: a number or None (non-finite floats as ``to_jsonable`` wrote them)."""
     if isinstance(value, str) and value in _NON_FINITE:
         return _NON_FINITE[value]
-    if value is not None and not _is_number(value):
+    if value is not None and not is_number(value):
         raise ResultsError(f"{where}: {field} = {value!r:.80} must be a number or null; {_FIX}")
     return value
 
@@ -406,4 +417,4 @@ def check_output_file(path, flag: str = "--out", suffixes: tuple[str, ...] = ())
 
 __all__ = ["Metric", "Record", "ResultsError", "ResultsLog", "SCHEMA", "SCHEMA_VERSION", "STATUSES",
            "atomic_write_json", "atomic_write_text", "capture_environment", "check_output_file",
-           "check_output_folder", "read_results", "step_times", "to_jsonable"]
+           "check_output_folder", "has_type", "is_int", "is_number", "read_results", "step_times", "to_jsonable"]

@@ -25,8 +25,8 @@ import torch.distributed as dist
 
 from ..model import get_preset
 from .cluster import detect_env, export_for_torch
-from .points import STRATEGIES, Point, _is_int, clip_for_tokens
-from .results import ResultsLog, check_output_folder
+from .points import STRATEGIES, Point, clip_for_tokens
+from .results import ResultsLog, check_output_folder, has_type, is_int
 from .sweep import failure_record, point_record
 from .worker import run_point_rank
 
@@ -82,14 +82,14 @@ def _check_sweep_wide(preset: str, gpus: list, strategies: list, global_batch, s
     """What is wrong for every point is an error, not one skipped-point note per combination (and a
     misspelt strategy is not a combination that cannot run: it would be dropped from the sweep unseen)."""
     get_preset(preset)
-    if not gpus or any(not _is_int(g) or g < 1 for g in gpus):
+    if not gpus or any(not is_int(g) or g < 1 for g in gpus):
         raise ValueError(f"GPU counts (gpus) must be one or more positive integers, got {gpus!r}")
     unknown = [s for s in strategies if s not in STRATEGIES]
     if not strategies or unknown:
         what = f"unknown strategies {unknown}" if unknown else "no strategies"
         raise ValueError(f"{what}; choose from {', '.join(STRATEGIES)}")
     for what, value, low in (("global_batch", global_batch, 1), ("steps", steps, 1), ("warmup", warmup, 0)):
-        if not _is_int(value) or value < low:
+        if not is_int(value) or value < low:
             raise ValueError(f"{what} must be an integer >= {low}, got {value!r}")
     if scaling not in ("strong", "weak"):
         raise ValueError(f"scaling must be 'strong' or 'weak', got {scaling!r}")
@@ -122,10 +122,6 @@ _EXAMPLES = {"name": '"paper-8gpu"', "description": '"..."', "preset": '"14b"', 
              "height": "768", "width": "1024", "tokens": "[20000, 44544]", "grad_accum": "1", "dp_replicate": "[1, 2]"}
 
 
-def _has_type(value, kind: type) -> bool:
-    return _is_int(value) if kind is int else isinstance(value, kind)
-
-
 def _check_sweep_types(path: Path, s: dict) -> None:
     """TOML values of the wrong type fail deep in the sweep (or, as "false", read as true): name the field."""
     for key, value in s.items():
@@ -139,10 +135,10 @@ def _check_sweep_types(path: Path, s: dict) -> None:
             known = sorted({*_SWEEP_FIELDS, *_SWEEP_LISTS, *_AXIS_TYPES})
             raise ValueError(f"{path}: unknown [sweep] field {key!r}; known: {', '.join(known)}")
         single, plural = _TYPE_NAMES[kind]
-        if listed and not (isinstance(value, list) and all(_has_type(v, kind) for v in value)):
+        if listed and not (isinstance(value, list) and all(has_type(v, kind) for v in value)):
             raise ValueError(f"{path}: [sweep] {key} must be a list of {plural}, e.g. {key} = {_EXAMPLES[key]}; "
                              f"got {value!r}")
-        if not listed and not _has_type(value, kind):
+        if not listed and not has_type(value, kind):
             axis = f" or a list of {plural} (an axis)" if key in _AXIS_TYPES else ""
             raise ValueError(f"{path}: [sweep] {key} must be {single}{axis}, e.g. {key} = {_EXAMPLES[key]}; got "
                              f"{value!r}")
