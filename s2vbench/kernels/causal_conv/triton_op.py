@@ -73,6 +73,16 @@ def _ln_silu_fwd(Z, Y, MEAN, RSTD, GROUP, eps, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _normalised_and_grad(Z, DY, offs, ok, mean, rstd):
+    """n = LayerNorm(z) and dn = dy * SiLU'(n) at ``offs``; both backward passes need them, and recomputing
+    beats keeping a row-sized buffer."""
+    n = (tl.load(Z + offs, mask=ok, other=0.0) - mean) * rstd
+    sig = tl.sigmoid(n)
+    dn = tl.load(DY + offs, mask=ok, other=0.0).to(tl.float32) * sig * (1 + n * (1 - sig))
+    return n, dn
+
+
+@triton.jit
 def _ln_silu_bwd(Z, DY, MEAN, RSTD, DZ, GROUP, BLOCK: tl.constexpr):
     """dz = rstd * (dn - mean(dn) - n * mean(dn * n)), dn = dy * SiLU'(n)."""
     row = tl.program_id(0)
@@ -84,9 +94,7 @@ def _ln_silu_bwd(Z, DY, MEAN, RSTD, DZ, GROUP, BLOCK: tl.constexpr):
     for c0 in range(0, GROUP, BLOCK):
         c = c0 + tl.arange(0, BLOCK)
         ok = c < GROUP
-        n = (tl.load(Z + base + c, mask=ok, other=0.0) - mean) * rstd
-        sig = tl.sigmoid(n)
-        dn = tl.load(DY + base + c, mask=ok, other=0.0).to(tl.float32) * sig * (1 + n * (1 - sig))
+        n, dn = _normalised_and_grad(Z, DY, base + c, ok, mean, rstd)
         a += tl.where(ok, dn, 0.0)
         bsum += tl.where(ok, dn * n, 0.0)
     mean_dn = tl.sum(a, 0) / GROUP
@@ -94,9 +102,7 @@ def _ln_silu_bwd(Z, DY, MEAN, RSTD, DZ, GROUP, BLOCK: tl.constexpr):
     for c0 in range(0, GROUP, BLOCK):
         c = c0 + tl.arange(0, BLOCK)
         ok = c < GROUP
-        n = (tl.load(Z + base + c, mask=ok, other=0.0) - mean) * rstd
-        sig = tl.sigmoid(n)
-        dn = tl.load(DY + base + c, mask=ok, other=0.0).to(tl.float32) * sig * (1 + n * (1 - sig))
+        n, dn = _normalised_and_grad(Z, DY, base + c, ok, mean, rstd)
         tl.store(DZ + base + c, rstd * (dn - mean_dn - n * mean_dnn), mask=ok)
 
 
