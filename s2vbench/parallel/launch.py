@@ -2,7 +2,8 @@
 
 Every process gets ``init_process_group`` with a timeout, so each collective has one. The parent watches
 all ranks: the first rank that raises (or dies) brings the others down, and its traceback is re-raised in
-the parent as :class:`RankFailed`; a run that outlives its deadline is killed and reported with the ranks
+the parent as :class:`RankFailed` (a rank that died unreported, killed by the OOM killer say, is named over
+the peers it left failing in a collective); a run that outlives its deadline is killed and reported with the ranks
 that had not finished. Used by the tests and by local (CPU, gloo) benchmark points.
 """
 
@@ -69,6 +70,34 @@ def join_fake_group(world_size: int, rank: int = 0) -> None:
     dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world_size)
 
 
+DEATH_GRACE_S = 1.0
+"""How long a rank's failure report waits for a peer's death to show: a killed rank reports nothing, and the
+peers it leaves in a collective fail with a connection reset that would otherwise hide the cause."""
+
+
+def _dead_without_report(procs, reported) -> int | None:
+    for r, p in enumerate(procs):
+        if r not in reported and p.exitcode not in (None, 0):
+            return r
+    return None
+
+
+def _death(code: int) -> str:
+    why = " (SIGKILL: the kernel's OOM killer, or a kill -9)" if code == -9 else ""
+    return f"process exited with code {code}{why} without reporting"
+
+
+def _raise_root_cause(procs, reported, rank: int, payload: str):
+    deadline = time.monotonic() + DEATH_GRACE_S
+    while time.monotonic() < deadline:
+        dead = _dead_without_report(procs, reported | {rank: None})
+        if dead is not None:
+            last = payload.strip().splitlines()[-1] if payload.strip() else ""
+            raise RankFailed(dead, f"{_death(procs[dead].exitcode)}; rank {rank} then failed with: {last}")
+        time.sleep(0.05)
+    raise RankFailed(rank, payload)
+
+
 def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any, backend: str = "gloo", timeout_s: float = 120.0,
               threads_per_rank: int = 1) -> list[Any]:
     """``fn(rank, world_size, *args)`` on ``world_size`` spawned processes; returns the per-rank results.
@@ -89,15 +118,15 @@ def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any, backend: str 
             try:
                 rank, ok, payload = results.get(timeout=0.2)
             except _queue.Empty:
-                for r, p in enumerate(procs):
-                    if r not in out and p.exitcode not in (None, 0):
-                        raise RankFailed(r, f"process exited with code {p.exitcode} without reporting") from None
+                dead = _dead_without_report(procs, out)
+                if dead is not None:
+                    raise RankFailed(dead, _death(procs[dead].exitcode)) from None
                 if time.monotonic() > deadline:
                     missing = [r for r in range(world_size) if r not in out]
                     raise TimeoutError(f"ranks {missing} did not finish within {timeout_s:.0f} s") from None
                 continue
             if not ok:
-                raise RankFailed(rank, payload)
+                _raise_root_cause(procs, out, rank, payload)
             out[rank] = torch.load(io.BytesIO(payload), weights_only=False)
     finally:
         for p in procs:
