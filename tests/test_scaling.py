@@ -1,5 +1,6 @@
 """Scaling sweeps: SLURM/torchrun environments, nodelists, the sbatch template, TOML sweeps, torchrun end to end."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -169,6 +170,16 @@ def test_scaling_through_torchrun(tmp_path):
         assert r.metric("step_time").value > 0 and r.metric("compute_time").value > 0
         assert r.config["world"] == 2 and r.environment["torch"]
     assert (out / "report.md").exists() and (out / "speedup.png").exists()
+    # Resume with the first point finished and the second lost: every rank must skip the first (before, rank 0
+    # alone skipped it and went on to the second point's port, while rank 1 waited on the first's until timeout)
+    doc = json.loads((out / "results.json").read_text())
+    kept, lost = doc["records"]
+    doc["records"] = [kept]
+    (out / "results.json").write_text(json.dumps(doc))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads((out / "results.json").read_text())["records"]
+    assert [r["name"] for r in again] == [kept["name"], lost["name"]] and again[0] == kept
 
 
 def test_cli_lists_and_positive_numbers_are_checked(capsys):

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from ..model import get_preset
 from .cluster import detect_env, export_for_torch
 from .points import STRATEGIES, Point, clip_for_tokens
-from .results import ResultsLog, check_output_folder, has_type, is_int
+from .results import ResultsLog, check_output_folder, has_type, is_int, read_results
 from .sweep import failure_record, point_record
 from .worker import run_point_rank
 
@@ -193,8 +193,11 @@ def run_in_job(points: list[Point], out: Path, timeout_s: float = 900.0) -> None
     export_for_torch(env)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     log = ResultsLog(out / "results.json") if env.rank == 0 else None
+    # Every rank reads what is finished before any point runs (rank 0 writes only once all ranks have joined a
+    # point), so all skip the same points: a rank that ran a point rank 0 skipped would wait for it forever.
+    finished = {r.name for r in read_results(out / "results.json")} if (out / "results.json").exists() else set()
     for i, point in enumerate(mine):
-        if log is not None and log.done(point.name):
+        if point.name in finished:
             continue
         # A fresh process group per point (the worker ends each point on a no-op group for compute-only
         # timing), on a fresh port whose store rank 0 serves itself, not torchrun's agent.
