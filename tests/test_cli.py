@@ -117,6 +117,7 @@ def test_scaling_input_mistakes_are_one_message(no_job, capsys, tmp_path, args, 
     (["--frames", "0"], "argument --frames: takes a positive integer"),
     (["--nodes", "0", "--sbatch"], "argument --nodes: takes a positive integer"),
     (["--gpus-per-node=-1", "--sbatch"], "argument --gpus-per-node: takes a positive integer"),
+    (["--cpus-per-task", "0", "--sbatch"], "argument --cpus-per-task: takes a positive integer"),
 ])
 def test_scaling_counts_are_checked_by_the_parser(no_job, capsys, args, match):
     with pytest.raises(SystemExit) as e:
@@ -131,6 +132,8 @@ def test_scaling_counts_are_checked_by_the_parser(no_job, capsys, args, match):
     (["--gpus", "1,2", "--nodes", "2", "--gpus-per-node", "8"],  # a 16-task job with nothing to run
      r"--nodes 2 x --gpus-per-node 8 is a 16-GPU job, but the sweep has points at 1, 2 GPUs only"),
     (["--sweep", "{sweep}"], r"bad.toml: \[sweep\] gpus must be a list of integers.*got \[2.0\]"),
+    (["--time-limit", "2h"], r"SLURM time limit '2h': use \[days-\]hours:minutes:seconds"),
+    (["--partition", "gpu; rm -rf ~"], r"SLURM partition 'gpu; rm -rf ~': use letters, digits"),
 ])
 def test_sbatch_refuses_a_sweep_it_cannot_run(no_job, capsys, tmp_path, args, match):
     sweep = tmp_path / "bad.toml"
@@ -156,3 +159,21 @@ def test_sbatch_gives_every_task_one_out_folder(no_job, capsys, tmp_path):
     assert cli.main([*base, "--out", "shared/run"]) == 0
     srun = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("srun "))
     assert srun.endswith("--out shared/run") and srun.count("--out") == 1
+
+
+def test_sbatch_script_runs_this_python_from_where_it_was_rendered(no_job, capsys, tmp_path, monkeypatch):
+    import shlex
+    import sys
+
+    work = tmp_path / "my repo"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert cli.main(["scaling", "--preset", "tiny", "--gpus", "2", "--strategies", "fsdp", "--sbatch",
+                     "--gpus-per-node", "2", "--time-limit", "1-12:00:00", "--partition", "h100", "--account",
+                     "proj-7", "--cpus-per-task", "16"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for line in ("#SBATCH --time=1-12:00:00", "#SBATCH --partition=h100", "#SBATCH --account=proj-7",
+                 "#SBATCH --cpus-per-task=16", f"cd {shlex.quote(str(work))}"):
+        assert line in lines, line
+    srun = next(line for line in lines if line.startswith("srun "))
+    assert shlex.split(srun)[2:5] == [sys.executable, "-m", "s2vbench"]  # no activated environment needed

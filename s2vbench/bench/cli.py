@@ -130,8 +130,10 @@ def _scaling(args: argparse.Namespace, argv: list[str]) -> int:
                               f"{', '.join(map(str, others))} GPUs need jobs of those sizes"] if others else []):
             print(note, file=sys.stderr)
         rest = [a for a in argv if a != "--sbatch"]
-        print(render_sbatch(f"s2vbench-{name}", args.nodes, args.gpus_per_node, ["python", "-m", "s2vbench", *rest],
-                            out_per_job=args.out is None))
+        command = [sys.executable, "-m", "s2vbench", *rest]
+        print(render_sbatch(f"s2vbench-{name}", args.nodes, args.gpus_per_node, command, out_per_job=args.out is None,
+                            time_limit=args.time_limit, partition=args.partition, account=args.account,
+                            cpus_per_task=args.cpus_per_task, workdir=Path.cwd()))
         return 0
     if env is not None:
         run_in_job(points, out)
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                                                               "existing one is resumed")
     p_run.add_argument("--quiet", action="store_true", help="no progress bar")
     p_run.add_argument("--no-calibration", action="store_true",
-                       help="skip the performance model's calibration and validation (about 2 min)")
+                       help="skip the performance model's calibration and validation (about 2 to 3 min)")
     p_run.add_argument("--calibration-rounds", type=positive_int, default=CALIBRATION_ROUNDS,
                        help=f"independent calibration rounds, each figure their median (default "
                             f"{CALIBRATION_ROUNDS}, 30 to 60 s each)")
@@ -192,18 +194,21 @@ def main(argv: list[str] | None = None) -> int:
     p_rep.add_argument("--title", default=None)
     p_sc = sub.add_parser("scaling", help="sweep GPU counts and strategies: inside torchrun/SLURM, or launching "
                                           "torchrun per GPU count on this node")
-    p_sc.add_argument("--preset", default="14b")
-    p_sc.add_argument("--gpus", default="1,2,4,8", help="comma-separated GPU counts")
+    p_sc.add_argument("--preset", default="14b", help="model preset (default 14b)")
+    p_sc.add_argument("--gpus", default="1,2,4,8", help="comma-separated GPU counts (default 1,2,4,8)")
     p_sc.add_argument("--strategies", default="fsdp,ulysses,ring,usp", help="comma-separated: " + ",".join(
-        ("single", "fsdp", "ulysses", "ring", "usp")))
-    p_sc.add_argument("--global-batch", type=positive_int, default=8, help="clips per step (strong scaling keeps it)")
-    p_sc.add_argument("--scaling", choices=("strong", "weak"), default="strong")
-    p_sc.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per step on each rank")
+        ("single", "fsdp", "ulysses", "ring", "usp")) + " (default fsdp,ulysses,ring,usp)")
+    p_sc.add_argument("--global-batch", type=positive_int, default=8, help="clips per step (strong scaling keeps it; default 8)")
+    p_sc.add_argument("--scaling", choices=("strong", "weak"), default="strong",
+                      help="strong: --global-batch clips per step at every GPU count; weak: --global-batch clips per "
+                           "data-parallel group, so the global batch grows with data parallelism (default strong)")
+    p_sc.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per step on each rank (default 1)")
     p_sc.add_argument("--ac", action="store_true", help="activation checkpointing")
-    p_sc.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
+    p_sc.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16",
+                      help="bfloat16: mixed precision over float32 master weights (default bfloat16)")
     p_sc.add_argument("--attention-backend", choices=("torch", "triton", "flash_attn"), default="torch",
                       help="attention kernel (under context parallelism: the local, per-ring-step attention); "
-                           "flash_attn needs the gpu extra")
+                           "flash_attn needs the gpu extra (default torch)")
     p_sc.add_argument("--compile", action="store_true", help="torch.compile each block and audio injector (before "
                                                              "FSDP); warm-up absorbs it, its time is recorded")
     p_sc.add_argument("--tokens", default=None, help="comma-separated sequence-token counts instead of frames/height/"
@@ -216,14 +221,21 @@ def main(argv: list[str] | None = None) -> int:
                            "ranks, replicated across the groups (default 1: no replication)")
     p_sc.add_argument("--trace", action="store_true", help="a Chrome trace of one step of rank 0 per point")
     p_sc.add_argument("--inference", action="store_true", help="also time CFG denoising steps (2 forwards)")
-    p_sc.add_argument("--steps", type=positive_int, default=3)
-    p_sc.add_argument("--warmup", type=non_negative_int, default=1)
+    p_sc.add_argument("--steps", type=positive_int, default=3, help="timed steps per point (default 3)")
+    p_sc.add_argument("--warmup", type=non_negative_int, default=1,
+                      help="untimed warm-up steps per point, excluded from every figure (default 1)")
     p_sc.add_argument("--sweep", type=Path, default=None, help="a TOML sweep file (overrides the flags above)")
     p_sc.add_argument("--points-json", type=Path, default=None, help=argparse.SUPPRESS)
     p_sc.add_argument("--out", type=Path, default=None, help="output folder (default runs/<timestamp>)")
     p_sc.add_argument("--sbatch", action="store_true", help="print an sbatch script for this sweep and exit")
-    p_sc.add_argument("--nodes", type=positive_int, default=1, help="with --sbatch: nodes")
-    p_sc.add_argument("--gpus-per-node", type=positive_int, default=8, help="with --sbatch: GPUs per node")
+    p_sc.add_argument("--nodes", type=positive_int, default=1, help="with --sbatch: nodes (default 1)")
+    p_sc.add_argument("--gpus-per-node", type=positive_int, default=8, help="with --sbatch: GPUs per node (default 8)")
+    p_sc.add_argument("--cpus-per-task", type=positive_int, default=8, help="with --sbatch: CPU cores per GPU task "
+                                                                           "(default 8)")
+    p_sc.add_argument("--time-limit", default="02:00:00", help="with --sbatch: the job's time limit, "
+                                                              "[days-]hours:minutes:seconds (default 02:00:00)")
+    p_sc.add_argument("--partition", default=None, help="with --sbatch: the SLURM partition (default: the cluster's)")
+    p_sc.add_argument("--account", default=None, help="with --sbatch: the SLURM account (default: yours)")
     p_cmp = sub.add_parser("compare", help="regression check: flags medians outside the baseline's bootstrap CI; "
                                            "exits 1 on a regression")
     p_cmp.add_argument("baseline", type=Path)

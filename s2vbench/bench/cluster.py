@@ -143,12 +143,21 @@ def export_for_torch(env: ClusterEnv) -> None:
 
 
 def render_sbatch(job_name: str, nodes: int, gpus_per_node: int, command: list[str], time_limit: str = "02:00:00",
-                  partition: str | None = None, account: str | None = None, out_per_job: bool = False) -> str:
+                  partition: str | None = None, account: str | None = None, out_per_job: bool = False,
+                  cpus_per_task: int = 8, workdir: str | Path = ".") -> str:
     """An sbatch script running ``command`` once per GPU (srun), inside the allocation. ``out_per_job``
     appends ``--out runs/<job name>-<job id>``, expanded in the script: every task of a job must write to
     the same folder, and one a caller left to a per-process default would differ between tasks."""
     if nodes < 1 or gpus_per_node < 1:
         raise ValueError(f"need nodes >= 1 and gpus_per_node >= 1, got {nodes} and {gpus_per_node}")
+    if cpus_per_task < 1:
+        raise ValueError(f"need cpus_per_task >= 1, got {cpus_per_task}")
+    if not re.fullmatch(r"(\d+-)?\d{1,3}(:\d{2}){0,2}", time_limit):
+        raise ValueError(f"SLURM time limit {time_limit!r}: use [days-]hours:minutes:seconds, e.g. 02:00:00 or "
+                         f"1-12:00:00")
+    for what, value in (("partition", partition), ("account", account)):
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9._,-]+", value):
+            raise ValueError(f"SLURM {what} {value!r}: use letters, digits and . _ , - only")
     if not re.fullmatch(r"[A-Za-z0-9._+-]+", job_name):  # #SBATCH lines split on blanks; the name is a path too
         raise ValueError(f"SLURM job name {job_name!r}: use letters, digits and . _ + - only (for s2vbench "
                          f"scaling --sbatch: in the sweep file's name)")
@@ -158,7 +167,8 @@ def render_sbatch(job_name: str, nodes: int, gpus_per_node: int, command: list[s
     if out_per_job:
         cmd += f' --out "runs/{job_name}-$SLURM_JOB_ID"'
     return text.format(job_name=job_name, nodes=nodes, gpus_per_node=gpus_per_node, time_limit=time_limit,
-                       extra_sbatch=extra, command=cmd)
+                       extra_sbatch=extra, command=cmd, cpus_per_task=cpus_per_task,
+                       workdir=shlex.quote(str(workdir)))
 
 
 __all__ = ["ClusterEnv", "detect_env", "export_for_torch", "parse_nodelist", "render_sbatch"]

@@ -13,7 +13,8 @@ early enough to leave stages 3 and 4 their time, and stages 5 and 6 spend whatev
 5. the causal-conv benchmark at the real shape (T = 153);
 6. the attention benchmark at Wan shapes (B=1, H=40, D=128, N 4k..80k), as far as the budget goes.
 A second run with the same ``--out`` resumes: finished points are skipped.
-Needs nothing beyond the GPU image (torch, triton); run from the repository root with ``PYTHONPATH=.``.
+Needs nothing beyond the GPU image (torch, triton, numpy, tabulate); run from the repository root with
+``PYTHONPATH=.``.
 Without CUDA it runs tiny shapes: torch rows are timed on CPU and Triton rows say plainly they need CUDA.
 """
 

@@ -335,7 +335,7 @@ def write_claim(out: Path, work: Workload, gpus: int, hardware: list[str]) -> Pa
     lines = [f"# Predicted: {work.preset}, {work.frames} frames of {work.width}x{work.height}, {gpus} GPUs", "",
              ("Every figure here is **predicted** by `s2vbench/bench/perfmodel.py`, not measured. Regenerate with "
              f"`s2vbench predict --preset {work.preset} --frames {work.frames} --size {work.width}x{work.height} "
-             f"--gpus {gpus} --report {out}`."), ""]
+             f"--gpus {gpus} --hw {','.join(hardware)} --report {out}`."), ""]
     gpu_counts = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
     for name in hardware:
         hw = load_profile(name)

@@ -13,11 +13,19 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors import safe_open
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that does not match the model, or cannot be found."""
+
+
+def _safe_open():
+    """safetensors' reader, imported only where a checkpoint is read: building or timing the model needs none."""
+    try:
+        from safetensors import safe_open
+    except ImportError as e:
+        raise CheckpointError(f"reading a checkpoint needs safetensors ({e}): pip install safetensors") from e
+    return safe_open
 
 
 def checkpoint_files(path: str | Path) -> dict[str, Path]:
@@ -45,7 +53,7 @@ def checkpoint_files(path: str | Path) -> dict[str, Path]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     where: dict[str, Path] = {}
     for f in files:
-        with safe_open(str(f), framework="pt") as sf:
+        with _safe_open()(str(f), framework="pt") as sf:
             for key in sf.keys():
                 if key in where:
                     raise CheckpointError(f"key {key!r} is in both {where[key].name} and {f.name}")
@@ -66,7 +74,7 @@ def load_state_dict(path: str | Path, keys: list[str] | None = None, dtype: torc
         by_file.setdefault(where[k], []).append(k)
     out: dict[str, torch.Tensor] = {}
     for f, ks in by_file.items():
-        with safe_open(str(f), framework="pt", device=str(device)) as sf:
+        with _safe_open()(str(f), framework="pt", device=str(device)) as sf:
             for k in ks:
                 t = sf.get_tensor(k)
                 out[k] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
@@ -88,7 +96,7 @@ class LoadReport:
 def _shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
     shapes = {}
     for k, f in checkpoint_files(path).items():
-        with safe_open(str(f), framework="pt") as sf:
+        with _safe_open()(str(f), framework="pt") as sf:
             shapes[k] = tuple(sf.get_slice(k).get_shape())
     return shapes
 

@@ -51,8 +51,9 @@ def describe(name: str, forward: bool = True, seed: int = 0) -> str:
                                                                  colalign=("left", "right", "right"))]
     clip = preset.clip
     layout = clip_layout(preset.model, clip)
-    lines.append(f"clip: {clip.infer_frames} frames of {8 * clip.latent_height}x{8 * clip.latent_width} px -> latent "
-                 f"{clip.latent_frames}x{clip.latent_height}x{clip.latent_width}; tokens noisy {layout.noisy:,} + "
+    lines.append(f"clip: {clip.infer_frames} frames of {8 * clip.latent_width}x{8 * clip.latent_height} px (width x "
+                 f"height) -> latent {clip.latent_frames}x{clip.latent_height}x{clip.latent_width} (frames x height x "
+                 f"width); tokens noisy {layout.noisy:,} + "
                  f"ref {layout.ref:,} + motion {layout.motion:,} = {layout.total:,}")
     if on_cpu:
         out, seconds = smoke_forward(model, preset, seed)
