@@ -198,3 +198,96 @@ def test_cli_lists_and_positive_numbers_are_checked(capsys):
                              (_positive_minutes, "-1", "minutes"), (_positive_minutes, "nan", "minutes")):
         with pytest.raises(argparse.ArgumentTypeError, match=what):
             parse(bad)
+
+
+def _job_of_one(monkeypatch):
+    from s2vbench.parallel.launch import free_port
+
+    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(k, v)
+
+
+def test_a_job_records_an_oom_point_goes_on_and_resumes_past_a_point_it_died_in(no_job, tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    from s2vbench.bench import scaling
+    from s2vbench.bench.points import Point
+    from s2vbench.bench.worker import PointOOM
+
+    _job_of_one(monkeypatch)
+    oom, boom, fine = (Point("tiny", 1, "single", global_batch=b, dtype="float32", steps=1, warmup=0)
+                       for b in (1, 2, 3))
+    real, calls = scaling.run_point_rank, []
+
+    def flaky(rank, world, d):
+        name = Point.from_dict(d).name
+        calls.append(name)
+        if name == oom.name:
+            raise PointOOM("out of memory on at least one rank")  # every rank raises it at the same step
+        if name == boom.name:
+            raise RuntimeError("boom on this rank only")
+        return real(rank, world, d)
+
+    monkeypatch.setattr(scaling, "run_point_rank", flaky)
+    with pytest.raises(RuntimeError, match="boom on this rank only"):
+        scaling.run_in_job([oom, boom, fine], tmp_path)
+    assert not dist.is_initialized()
+    assert [r.name for r in read_results(tmp_path / "results.json")] == [oom.name]  # the OOM did not end the job
+    assert "boom on this rank only" in (tmp_path / "ranks" / boom.name.replace("/", "__") / "rank0.failed.txt").read_text()
+    calls.clear()
+    scaling.run_in_job([oom, boom, fine], tmp_path)  # the next job over the same folder
+    assert calls == [fine.name], "neither the recorded point nor the one the last job died in runs again"
+    recs = {r.name: r for r in read_results(tmp_path / "results.json")}
+    assert list(recs) == [oom.name, boom.name, fine.name]
+    assert recs[oom.name].tags == ["oom"] and recs[boom.name].tags == ["failed"]
+    assert "boom on this rank only" in recs[boom.name].notes
+    assert recs[fine.name].metric("step_time").value > 0
+
+
+def test_launch_sweep_records_the_point_a_launch_died_in_and_launches_the_rest(no_job, tmp_path, monkeypatch):
+    from s2vbench.bench import scaling
+    from s2vbench.bench.points import Point
+    from s2vbench.bench.results import Metric, Record, ResultsLog
+
+    points = [Point("tiny", 2, s, dtype="float32", steps=1) for s in ("fsdp", "ulysses", "ring")]
+    launches = []
+
+    def fake_torchrun(world, spec, out, timeout_s):
+        launches.append(world)
+        log = ResultsLog(out / "results.json")
+        todo = [p for p in points if not log.done(p.name)]
+        if len(launches) == 1:  # a rank is SIGKILLed in the first point: nothing reported
+            return 1, "exitcode  : -9 (pid: 4242)"
+        if len(launches) == 2:  # a rank raises in the next one and leaves its traceback
+            scaling._write_atomic(scaling._failure_file(out, todo[0], 1), b"ValueError: rank 1 broke")
+            return 1, "ChildFailedError"
+        for p in todo:
+            log.append(Record("iteration", p.name, p.to_dict(), [Metric("step_time", 1.0, "s", "fake")]))
+        return 0, ""
+
+    monkeypatch.setattr(scaling, "_torchrun", fake_torchrun)
+    log = scaling.launch_sweep(points, tmp_path)
+    assert launches == [2, 2, 2]
+    recs = {r.name: r for r in log.records}
+    assert [recs[p.name].tags for p in points] == [["oom"], ["failed"], []]
+    assert "rank 1 broke" in recs[points[1].name].notes
+
+
+def test_a_torchrun_past_its_timeout_is_killed_with_its_ranks(tmp_path):
+    import time
+
+    from s2vbench.bench import scaling
+    from s2vbench.bench.points import Point
+
+    spec = tmp_path / "sweep.json"
+    spec.write_text(json.dumps([Point("tiny", 1, "single", steps=1000).to_dict()]))  # minutes of work
+    t0 = time.monotonic()
+    code, _ = scaling._torchrun(1, spec, tmp_path, timeout_s=3)
+    assert code is None
+    # before: torchrun was SIGKILLed and its rank, in a session of its own, ran on, holding the pipes that
+    # the launcher then waited on until the rank finished
+    assert time.monotonic() - t0 < 30
+    time.sleep(0.5)
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(spec) not in ps, "torchrun or one of its ranks outlived the timeout"

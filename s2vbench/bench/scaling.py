@@ -3,21 +3,24 @@
 Inside a job (``RANK``/``WORLD_SIZE`` from torchrun, or ``SLURM_PROCID``/``SLURM_NTASKS``) every rank runs the
 points whose GPU count equals the job's world size, writes its measurements to ``<out>/ranks/``, and rank 0
 assembles each point's record into ``<out>/results.json`` (so no collective is needed after a point, which
-may have died of OOM). Outside a job it launches ``torch.distributed.run`` once per GPU count and records a
-point whose launch failed as OOM or failed. A sweep can come from flags or a TOML file.
+may have died of OOM). Outside a job it launches ``torch.distributed.run`` per GPU count and records a point
+a launch died in as OOM or failed, then launches the rest again. A sweep can come from flags or a TOML file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import gc
 import io
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -28,7 +31,7 @@ from .cluster import detect_env, export_for_torch
 from .points import STRATEGIES, Point, clip_for_tokens
 from .results import ResultsLog, check_output_folder, has_type, is_int, read_results
 from .sweep import failure_record, point_record
-from .worker import run_point_rank
+from .worker import PointOOM, run_point_rank
 
 try:
     import tomllib
@@ -175,8 +178,46 @@ def _rank_file(out: Path, point: Point, rank: int) -> Path:
     return out / "ranks" / point.name.replace("/", "__") / f"rank{rank}.pt"
 
 
+def _failure_file(out: Path, point: Point, rank: int) -> Path:
+    return _rank_file(out, point, rank).with_suffix(".failed.txt")
+
+
+def _died_in(out: Path, points: list[Point]) -> dict[str, str]:
+    """Points an earlier job died in, with the failing ranks' tracebacks: a job cannot go on past a failure
+    that only some ranks saw (the others wait in a collective), so it leaves these behind and dies."""
+    found = {}
+    for p in points:
+        folder = _rank_file(out, p, 0).parent
+        files = sorted(folder.glob("rank*.failed.txt")) if folder.is_dir() else []
+        if files:
+            found[p.name] = "\n".join(f"{f.name.split('.')[0]}: {f.read_text()[-2000:]}" for f in files)
+    return found
+
+
+def _record_deaths(log: ResultsLog, out: Path, points: list[Point]) -> int:
+    """Record the points of ``points`` an earlier job died in; returns how many were new."""
+    new = 0
+    for name, text in _died_in(out, points).items():
+        if not log.done(name):
+            point = next(p for p in points if p.name == name)
+            log.append(failure_record(point, RuntimeError(f"the job died in this point: {text}")))
+            new += 1
+    return new
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 def run_in_job(points: list[Point], out: Path, timeout_s: float = 900.0) -> None:
-    """Run this job's points (world size = the job's) on this rank; rank 0 records them."""
+    """Run this job's points (world size = the job's) on this rank; rank 0 records them.
+
+    An out-of-memory error, which every rank learns of together (``worker.PointOOM``), is recorded and the job
+    goes on. Any other failure leaves ``ranks/<point>/rank<r>.failed.txt`` and ends the job (its peers may be
+    stuck in a collective); the next job over the same ``--out`` records that point as failed and goes on."""
     env = detect_env()
     if env is None:
         raise RuntimeError("run_in_job needs a torchrun or SLURM environment (RANK/WORLD_SIZE or SLURM_PROCID)")
@@ -192,10 +233,15 @@ def run_in_job(points: list[Point], out: Path, timeout_s: float = 900.0) -> None
     check_output_folder(out)  # before any rank starts, not at the first point's write
     export_for_torch(env)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    log = ResultsLog(out / "results.json") if env.rank == 0 else None
-    # Every rank reads what is finished before any point runs (rank 0 writes only once all ranks have joined a
-    # point), so all skip the same points: a rank that ran a point rank 0 skipped would wait for it forever.
-    finished = {r.name for r in read_results(out / "results.json")} if (out / "results.json").exists() else set()
+    results_path = out / "results.json"
+    # Every rank reads what is finished, or was died in, before any point runs (rank 0 writes only once all
+    # ranks have joined a point), so all skip the same points: a rank that ran a point rank 0 skipped would
+    # wait for it forever.
+    finished = {r.name for r in read_results(results_path)} if results_path.exists() else set()
+    finished |= set(_died_in(out, mine))
+    log = ResultsLog(results_path) if env.rank == 0 else None
+    if log is not None:
+        _record_deaths(log, out, mine)
     for i, point in enumerate(mine):
         if point.name in finished:
             continue
@@ -206,13 +252,19 @@ def run_in_job(points: list[Point], out: Path, timeout_s: float = 900.0) -> None
         dist.init_process_group(backend, timeout=_dt.timedelta(seconds=timeout_s))
         try:
             result = run_point_rank(env.rank, env.world_size, {**point.to_dict(), "trace_dir": str(out / "traces")})
-            path = _rank_file(out, point, env.rank)
-            path.parent.mkdir(parents=True, exist_ok=True)
             buf = io.BytesIO()
             torch.save(result, buf)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(buf.getvalue())
-            tmp.replace(path)
+            _write_atomic(_rank_file(out, point, env.rank), buf.getvalue())
+        except PointOOM as e:  # all ranks raised it at the same step: record the point and go on together
+            if log is not None:
+                log.append(failure_record(point, e))
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        except Exception:  # not KeyboardInterrupt: an interrupted point is run again on resume, not recorded
+            _write_atomic(_failure_file(out, point, env.rank), traceback.format_exc().encode())
+            raise
         finally:
             if dist.is_initialized():
                 dist.destroy_process_group()
@@ -220,6 +272,9 @@ def run_in_job(points: list[Point], out: Path, timeout_s: float = 900.0) -> None
             files = [_rank_file(out, point, r) for r in range(env.world_size)]
             deadline = time.monotonic() + timeout_s
             while not all(f.exists() for f in files):
+                died = [r for r in range(env.world_size) if _failure_file(out, point, r).exists()]
+                if died:  # do not wait out the timeout for ranks that will never report
+                    raise RuntimeError(f"{point.name}: ranks {died} failed (tracebacks in {files[0].parent})")
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{point.name}: ranks did not report within {timeout_s:.0f} s")
                 time.sleep(0.2)
@@ -227,8 +282,39 @@ def run_in_job(points: list[Point], out: Path, timeout_s: float = 900.0) -> None
             log.append(point_record(point, results))
 
 
+TORCHRUN_GRACE_S = 60.0
+"""How long a timed-out torchrun gets to stop its ranks after SIGTERM before it is killed."""
+
+
+def _torchrun(world: int, spec: Path, out: Path, timeout_s: float) -> tuple[int | None, str]:
+    """One ``torch.distributed.run`` of this node's ``world``-rank points: (exit code, or None when it timed
+    out and was killed with all its ranks; the tail of its stderr)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
+           "-m", "s2vbench", "scaling", "--points-json", str(spec), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=timeout_s)
+        return proc.returncode, err[-3000:]
+    except subprocess.TimeoutExpired:
+        pass
+    # torchrun's ranks run in sessions of their own, out of reach of a signal to its group: SIGTERM makes
+    # torchrun stop them itself; SIGKILL only after a grace period, and whatever still holds the pipes then
+    # is left behind rather than waited for.
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=TORCHRUN_GRACE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        err = ""
+    return None, (err or "")[-3000:]
+
+
 def launch_sweep(points: list[Point], out: Path, timeout_s: float = 3600.0) -> ResultsLog:
-    """Outside a job: one ``torch.distributed.run`` per GPU count, on this node."""
+    """Outside a job: ``torch.distributed.run`` per GPU count, on this node, until each point has a record.
+
+    A launch that dies in a point (a rank killed, say) leaves it to the next launch to skip: the point it died
+    in is recorded as OOM or failed, and the rest of that GPU count's points are launched again."""
     gpus_per_node = torch.cuda.device_count() or None
     if gpus_per_node is not None and all(p.world > gpus_per_node for p in points):  # nothing would run
         raise ValueError(f"this node has {gpus_per_node} GPUs and every point needs more "
@@ -241,14 +327,21 @@ def launch_sweep(points: list[Point], out: Path, timeout_s: float = 3600.0) -> R
         if gpus_per_node is not None and world > gpus_per_node:
             print(f"skipping {world}-GPU points: this node has {gpus_per_node} GPUs; run the sbatch template")
             continue
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
-               "-m", "s2vbench", "scaling", "--points-json", str(spec), "--out", str(out)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-        log = ResultsLog(out / "results.json")
-        for p in points:
-            if p.world == world and not log.done(p.name):
-                reason = f"torchrun exited with code {proc.returncode}: {proc.stderr[-3000:]}"
-                log.append(failure_record(p, RuntimeError(reason)))
+        mine = [p for p in points if p.world == world]
+        while True:
+            log = ResultsLog(out / "results.json")
+            pending = [p for p in mine if not log.done(p.name)]
+            if not pending:
+                break
+            code, err = _torchrun(world, spec, out, timeout_s)
+            log = ResultsLog(out / "results.json")
+            # A launch that died without leaving a traceback (a rank killed) died in the first point still
+            # without a record: points run in order. Either way every launch makes progress.
+            left = [p for p in pending if not log.done(p.name)]
+            if not _record_deaths(log, out, pending) and left:
+                why = (f"torchrun timed out after {timeout_s:.0f} s and was killed" if code is None
+                       else f"torchrun exited with code {code}")
+                log.append(failure_record(left[0], RuntimeError(f"{why}: {err}")))
     return ResultsLog(out / "results.json")
 
 
