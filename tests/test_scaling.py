@@ -219,14 +219,16 @@ def test_a_job_records_an_oom_point_goes_on_and_resumes_past_a_point_it_died_in(
     oom, boom, fine = (Point("tiny", 1, "single", global_batch=b, dtype="float32", steps=1, warmup=0)
                        for b in (1, 2, 3))
     real, calls = scaling.run_point_rank, []
+    fixed = False
 
     def flaky(rank, world, d):
         name = Point.from_dict(d).name
         calls.append(name)
         if name == oom.name:
             raise PointOOM("out of memory on at least one rank")  # every rank raises it at the same step
-        if name == boom.name:
+        if name == boom.name and not fixed:
             raise RuntimeError("boom on this rank only")
+        assert not scaling._rank_file(tmp_path, Point.from_dict(d), 0).exists(), "an earlier job's file is left"
         return real(rank, world, d)
 
     monkeypatch.setattr(scaling, "run_point_rank", flaky)
@@ -236,6 +238,9 @@ def test_a_job_records_an_oom_point_goes_on_and_resumes_past_a_point_it_died_in(
     assert [r.name for r in read_results(tmp_path / "results.json")] == [oom.name]  # the OOM did not end the job
     assert "boom on this rank only" in (tmp_path / "ranks" / boom.name.replace("/", "__") / "rank0.failed.txt").read_text()
     calls.clear()
+    stale = scaling._rank_file(tmp_path, fine, 0)
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"from a job that died before recording this point")
     scaling.run_in_job([oom, boom, fine], tmp_path)  # the next job over the same folder
     assert calls == [fine.name], "neither the recorded point nor the one the last job died in runs again"
     recs = {r.name: r for r in read_results(tmp_path / "results.json")}
@@ -243,6 +248,15 @@ def test_a_job_records_an_oom_point_goes_on_and_resumes_past_a_point_it_died_in(
     assert recs[oom.name].tags == ["oom"] and recs[boom.name].tags == ["failed"]
     assert "boom on this rank only" in recs[boom.name].notes
     assert recs[fine.name].metric("step_time").value > 0
+    # the record is now the one place that says it failed: remove it, and the point runs again
+    doc = json.loads((tmp_path / "results.json").read_text())
+    doc["records"] = [r for r in doc["records"] if r["name"] != boom.name]
+    (tmp_path / "results.json").write_text(json.dumps(doc))
+    calls.clear()
+    fixed = True
+    scaling.run_in_job([oom, boom, fine], tmp_path)
+    assert calls == [boom.name]
+    assert read_results(tmp_path / "results.json")[-1].metric("step_time").value > 0
 
 
 def test_launch_sweep_records_the_point_a_launch_died_in_and_launches_the_rest(no_job, tmp_path, monkeypatch):

@@ -198,10 +198,14 @@ def _record_deaths(log: ResultsLog, out: Path, points: list[Point]) -> int:
     """Record the points of ``points`` an earlier job died in; returns how many were new."""
     new = 0
     for name, text in _died_in(out, points).items():
+        point = next(p for p in points if p.name == name)
         if not log.done(name):
-            point = next(p for p in points if p.name == name)
             log.append(failure_record(point, RuntimeError(f"the job died in this point: {text}")))
             new += 1
+        # The record now says it (written first: a rank reading tracebacks, then records, sees one or the
+        # other); a user who removes the record runs the point again.
+        for f in _rank_file(out, point, 0).parent.glob("rank*.failed.txt"):
+            f.replace(f.with_name(f.name.replace(".failed.txt", ".failed.recorded.txt")))
     return new
 
 
@@ -237,11 +241,15 @@ def run_in_job(points: list[Point], out: Path, timeout_s: float = 900.0) -> None
     # Every rank reads what is finished, or was died in, before any point runs (rank 0 writes only once all
     # ranks have joined a point), so all skip the same points: a rank that ran a point rank 0 skipped would
     # wait for it forever.
-    finished = {r.name for r in read_results(results_path)} if results_path.exists() else set()
-    finished |= set(_died_in(out, mine))
+    finished = set(_died_in(out, mine))
+    finished |= {r.name for r in read_results(results_path)} if results_path.exists() else set()
     log = ResultsLog(results_path) if env.rank == 0 else None
     if log is not None:
         _record_deaths(log, out, mine)
+        for point in mine:  # an earlier job's rank files of a point to run would pass for this job's
+            if point.name not in finished:
+                for r in range(env.world_size):
+                    _rank_file(out, point, r).unlink(missing_ok=True)
     for i, point in enumerate(mine):
         if point.name in finished:
             continue
