@@ -20,6 +20,7 @@ from s2vbench.bench.analytic import (
 )
 from s2vbench.bench.measure import SavedActivations
 from s2vbench.bench.perfmodel import (
+    outside_layers_flops,
     ATTENTION_BACKWARD_FLOPS,
     Op,
     PlanError,
@@ -184,6 +185,26 @@ def _flat_profile(**overrides) -> HardwareProfile:
     return HardwareProfile(**fields)
 
 
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_compute_outside_the_layers_is_what_torch_counts_there(preset):
+    # Embeddings, FramePack, audio encoder, text/time embeddings and head: the model's own prepare and head,
+    # counted by torch's FlopCounterMode (their FLOPs are all linears and convolutions). A formula that left
+    # out self-attention once made this always negative, clamped to 0.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from s2vbench.bench.worker import synthetic_batch
+
+    p = get_preset(preset)
+    cfg, lay = _layout(preset)
+    model = WanS2V(cfg)
+    b = synthetic_batch(cfg, p.clip, 1, seed=0)
+    with torch.no_grad(), FlopCounterMode(display=False) as counted:
+        prep = model.prepare(b.latents, torch.full((1,), 500.0), b.context, b.ref_latents, b.audio_input,
+                             b.motion_latents, b.cond_states)
+        model.head_tokens(torch.zeros(1, lay.noisy, cfg.dim), prep)
+    assert outside_layers_flops(cfg, lay) == pytest.approx(counted.get_total_flops(), rel=1e-3)
+
+
 def test_backward_costs_by_hand():
     hw = _flat_profile()
     mm, attn = Op("mm", "matmul", 1e9, calls=3), Op("attn", "attention", 1e9, calls=2)
@@ -198,7 +219,8 @@ def test_backward_costs_by_hand():
     pred = predict_training(cfg, lay, Strategy(ac=False, dtype="float32"), hw, global_batch=1)
     ops = [o for unit in unit_ops(cfg, lay, 1, 1, 1) for o in unit]
     ff = forward_flops(cfg, lay)
-    outside = max(0.0, ff.matmul + ff.cross_attention - sum(o.flops * o.calls for o in ops)) / (0.5e12)
+    outside = outside_layers_flops(cfg, lay, ff) / 0.5e12
+    assert outside > 0
     layers = sum(op_time(o, hw) + op_time(o, hw, backward=True) for o in ops)
     assert pred.compute == pytest.approx(layers + 3 * outside)  # outside the layers: forward plus twice that
     slower = predict_training(cfg, lay, Strategy(ac=False, dtype="float32"), slow, global_batch=1)

@@ -263,8 +263,15 @@ def op_time(op: Op, hw: HardwareProfile, backward: bool = False) -> float:
     return op.calls * ATTENTION_BACKWARD_FLOPS * op.flops / (hw.peak_flops * curve(op.flops))
 
 
-def _layers_flops(cfg: WanS2VConfig, layout: SequenceLayout) -> float:
-    return sum(o.flops * o.calls for ops in unit_ops(cfg, layout, 1, 1, 1) for o in ops)
+def outside_layers_flops(cfg: WanS2VConfig, layout: SequenceLayout, ff: ForwardFlops | None = None) -> float:
+    """Forward FLOPs of one clip outside the FSDP units: embeddings, FramePack, the audio encoder, text and time
+    embeddings, head (the whole clip, on every rank)."""
+    ff = forward_flops(cfg, layout) if ff is None else ff
+    layers = sum(o.flops * o.calls for ops in unit_ops(cfg, layout, 1, 1, 1) for o in ops)
+    if ff.total - layers < -1e-9 * ff.total:  # a clamp here once hid a formula that was always negative
+        raise AssertionError(f"the units' FLOPs ({layers:.4g}) exceed the whole forward's ({ff.total:.4g}): "
+                             f"analytic.forward_flops and unit_ops disagree")
+    return max(0.0, ff.total - layers)
 
 
 def _layer_times(cfg: WanS2VConfig, layout: SequenceLayout, micro: int, st: Strategy, hw: HardwareProfile,
@@ -278,7 +285,7 @@ def _layer_times(cfg: WanS2VConfig, layout: SequenceLayout, micro: int, st: Stra
     bwd = [sum(op_time(o, hw, backward=True) for o in ops) for ops in units]
     kept = {"self attention"} if st.world_size > 1 else set()
     recompute = [sum(op_time(o, hw) for o in ops if o.name not in kept) if st.ac else 0.0 for ops in units]
-    outside_flops = micro * max(0.0, ff.matmul + ff.cross_attention - _layers_flops(cfg, layout))
+    outside_flops = micro * outside_layers_flops(cfg, layout, ff)
     return fwd, bwd, recompute, outside_flops / (hw.peak_flops * hw.matmul(outside_flops / 16))
 
 
