@@ -37,6 +37,35 @@ def test_loss_is_sum_over_noisy_tokens():
     assert torch.allclose(loss.loss_sum, (noise - batch.latents).pow(2).sum(), rtol=1e-5)
 
 
+def test_the_loss_scores_the_velocity_at_the_noised_latents_and_the_step_follows_its_mean():
+    # By hand: x_t = t eps + (1 - t) x0 fed at timestep 1000 t, target eps - x0, the mean over every predicted
+    # value; a plain SGD step of lr 1 then moves each parameter by exactly that mean's gradient. (With the
+    # zero-initialised head, the loss above cannot see x_t, the timestep scale or the target's sign.)
+    torch.manual_seed(0)
+    model = WanS2V(TINY.model)
+    with torch.no_grad():
+        model.head.head.weight.normal_(std=0.1)
+    batch = synthetic_batch(TINY.model, TINY.clip, batch_size=2)
+    x0, step = batch.latents, 3
+    draws = [draw_noise_and_time(tuple(x0.shape[1:]), 0, step, int(i), 3.0) for i in batch.sample_index]
+    eps = torch.stack([d[0] for d in draws])
+    t = torch.stack([d[1] for d in draws]).float()
+    assert len(set(t.tolist())) == 2, "two samples, two timesteps"
+    tb = t.view(-1, 1, 1, 1, 1)
+    v = model(tb * eps + (1 - tb) * x0, 1000 * t, batch.context, batch.ref_latents, batch.audio_input,
+              batch.motion_latents, batch.cond_states)
+    expected = (v - (eps - x0)).pow(2).mean()
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(expected, params)
+    assert flow_matching_loss(model, batch, seed=0, step=step).mean.item() == pytest.approx(expected.item(),
+                                                                                              rel=1e-5)
+    before = [p.detach().clone() for p in params]
+    stats = train_step(model, torch.optim.SGD(params, lr=1.0), batch, step=step, cfg=TrainConfig(seed=0))
+    assert stats.loss == pytest.approx(expected.item(), rel=1e-5)
+    for p, b, g in zip(params, before, grads):
+        torch.testing.assert_close(b - p.detach(), g, rtol=1e-3, atol=1e-7)
+
+
 @pytest.mark.parametrize("dtype, ac", [("float32", False), ("bfloat16", True)])
 def test_training_lowers_the_loss_on_a_fixed_batch(dtype, ac):
     torch.manual_seed(0)
