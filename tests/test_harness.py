@@ -115,6 +115,29 @@ def test_results_log_survives_a_killed_write(tmp_path):
     assert [r.name for r in read_results(path)] == ["a", "b"]
 
 
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_matmul_flops_are_what_torch_counts_in_a_real_forward(preset):
+    # Every linear and convolution of the model (blocks, injections, FramePack, audio encoder, embeddings,
+    # head) against torch's FlopCounterMode on a real CPU forward: exact, so no term can drift unseen. (The
+    # attention cores are our own ops, which it does not count; the formulas below check those by hand.)
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from s2vbench.bench.analytic import forward_flops
+    from s2vbench.bench.worker import synthetic_batch
+    from s2vbench.model import WanS2V, get_preset
+    from s2vbench.model.sequence import clip_layout
+
+    p = get_preset(preset)
+    model = WanS2V(p.model).eval()
+    b = synthetic_batch(p.model, p.clip, 1, seed=0)
+    with torch.no_grad(), FlopCounterMode(display=False) as counted:
+        model(b.latents, torch.full((1,), 500.0), b.context, b.ref_latents, b.audio_input, b.motion_latents,
+              b.cond_states)
+    assert set(map(str, counted.get_flop_counts()["Global"])) == {"aten.convolution", "aten.addmm"}
+    assert forward_flops(p.model, clip_layout(p.model, p.clip)).matmul == counted.get_total_flops()
+
+
 def test_flop_and_memory_formulas_by_hand():
     from s2vbench.bench.analytic import forward_flops, parameter_count, training_state_bytes
     from s2vbench.model import get_preset, sequence_layout
