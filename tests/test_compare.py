@@ -140,3 +140,26 @@ def test_false_positive_rate_and_power():
     fp99, power99 = rates(0.99)
     assert fp95 <= 0.10 and power95 >= 0.99
     assert fp99 < fp95 and fp99 <= 0.04 and power99 >= 0.95
+
+
+def _pb_file(path, stats):
+    path.write_text(json.dumps({"machine_info": {"node": "n", "cpu": {"brand_raw": "c"}},
+                                "benchmarks": [{"fullname": "tests/x.py::test_k", "stats": stats}]}))
+    return path
+
+
+def test_a_new_median_equal_to_the_interval_bound_is_unchanged(tmp_path, capsys):
+    # one baseline sample: the interval is [t, t], so an identical new sample sits exactly on its upper bound
+    base = _pb_file(tmp_path / "b.json", {"data": [1e-3]})
+    new = _pb_file(tmp_path / "n.json", {"data": [1e-3]})
+    assert cli.main(["compare", str(base), str(new)]) == 0
+    assert "0 regression(s) among 1 matched" in capsys.readouterr().out
+
+
+def test_stats_only_pytest_benchmark_uses_min_to_max_as_the_interval(tmp_path, capsys):
+    # without raw data the baseline's [min, max] is the interval: a median inside it, above the old one, is "same"
+    base = _pb_file(tmp_path / "b.json", {"median": 1.0, "min": 0.9, "max": 1.1})
+    new = _pb_file(tmp_path / "n.json", {"median": 1.05, "min": 1.0, "max": 1.2})
+    assert cli.main(["compare", str(base), str(new)]) == 0
+    out = capsys.readouterr().out
+    assert "[0.9, 1.1]" in out and "0 regression(s) among 1 matched" in out

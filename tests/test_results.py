@@ -1,6 +1,7 @@
 """The results schema: environment capture, atomic incremental writes, honest metrics."""
 
 import json
+import os
 
 import pytest
 
@@ -125,3 +126,47 @@ def test_a_corrupt_results_file_is_never_overwritten(tmp_path, resume):
     _file(path, [GOOD])
     log = R.ResultsLog(path, environment={}, resume=resume)  # a readable file: resumed, or replaced on request
     assert [r.name for r in log.records] == (["a"] if resume else [])
+
+
+def test_write_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    import stat
+
+    path = tmp_path / "results.json"
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        calls.append(("fsync", "dir" if stat.S_ISDIR(st.st_mode) else "file", st.st_ino))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        calls.append(("replace", os.stat(src).st_ino, str(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(R.os, "fsync", fsync)
+    monkeypatch.setattr(R.os, "replace", replace)
+    R.atomic_write_text(path, "x\n")
+    ino = path.stat().st_ino
+    # the new data reaches the disk before it is renamed into place, and the rename itself after
+    assert calls == [("fsync", "file", ino), ("replace", ino, str(path)), ("fsync", "dir", tmp_path.stat().st_ino)]
+
+
+def test_written_files_have_ordinary_permissions(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    path = tmp_path / "results.json"
+    R.atomic_write_text(path, "x\n")
+    # mkstemp makes 0600; results are ordinary files other users (and CI) can read
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_records_own_environment_is_kept(tmp_path):
+    log = R.ResultsLog(tmp_path / "r.json", environment={"host": "h"})
+    own = record("a")
+    own.environment = {"host": "x", "device": "d"}
+    log.append(own)
+    log.append(record("b"))
+    a, b = R.read_results(log.path)
+    # the log's environment is only for records that have none
+    assert a.environment == {"host": "x", "device": "d"} and b.environment == {"host": "h"}

@@ -305,3 +305,9 @@ def test_a_torchrun_past_its_timeout_is_killed_with_its_ranks(tmp_path):
     time.sleep(0.5)
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(spec) not in ps, "torchrun or one of its ranks outlived the timeout"
+
+
+def test_a_single_element_range_expands_to_its_one_host():
+    # lo == hi is a valid range (SLURM writes gpu[03-03]); only lo > hi is refused
+    assert parse_nodelist("gpu[03-03]") == ["gpu03"]
+    assert parse_nodelist("gpu[01,03-03,05-06]") == ["gpu01", "gpu03", "gpu05", "gpu06"]
