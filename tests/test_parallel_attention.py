@@ -44,8 +44,23 @@ def cp_worker(rank, world, layouts, seq_len, backend):
             out, _ = context_parallel_attention(ql, kl, vl, CPAttention(pm.cp, backend, trace), seq_len)
             out.backward(dout[:, sl])
         results[(u, r)] = dict(start=c * chunk, out=out.detach(), dq=ql.grad, dk=kl.grad, dv=vl.grad, trace=trace,
-                               stats={k_: vars(s) for k_, s in counter.stats.items()})
+                               stats={k_: vars(s) for k_, s in counter.stats.items()},
+                               fake_mismatches=_fake_mismatches(CPAttention(pm.cp, backend), ql, kl, vl, seq_len))
     return results
+
+
+def _fake_mismatches(cp, q, k, v, seq_len):
+    """Outputs whose shape, stride or dtype the op's fake implementation (what torch.compile and the meta-device
+    count trace with) gets wrong, against a real call."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    args = [t.detach() for t in (q, k, v)]
+    real = torch.ops.s2vbench.cp_attention(*args, cp.key, seq_len)
+    with FakeTensorMode() as mode:
+        fake = torch.ops.s2vbench.cp_attention(*(mode.from_tensor(t) for t in args), cp.key, seq_len)
+    names = ("out", "lse", "q_h", "k_h", "v_h", "out_h")
+    return [(n, tuple(a.shape), tuple(b.shape)) for n, a, b in zip(names, real, fake)
+            if (a.shape, a.stride(), a.dtype) != (b.shape, b.stride(), b.dtype)]
 
 
 def check(results, seq_len, tol=1e-5):
@@ -53,6 +68,7 @@ def check(results, seq_len, tol=1e-5):
     for rank_res in results:
         for layout, res in rank_res.items():
             a, n = res["start"], res["out"].shape[1]
+            assert res["fake_mismatches"] == [], (layout, res["fake_mismatches"])
             rows = max(0, min(n, seq_len - a))  # real tokens in this chunk
             for name, ours, want in zip(("out", "dq", "dk", "dv"), (res["out"], res["dq"], res["dk"], res["dv"]), ref):
                 got, exp = ours[:, :rows].double(), want[:, a:a + rows]
