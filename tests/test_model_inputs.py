@@ -71,6 +71,31 @@ def test_rope_table_is_head_free_float64_angles():
     assert torch.allclose(y.norm(dim=-1), x.norm(dim=-1))  # a rotation
 
 
+def test_rope_rotates_low_precision_inputs_in_float32():
+    # bf16 q/k are rotated in float32 (the official code rotates in float64 and casts back): the result is the
+    # float64 rotation of the bf16 values to float32 rounding, not to bf16's
+    pos = torch.stack([torch.arange(64) % 4, torch.arange(64) // 8, torch.arange(64) % 8], dim=1)
+    cos, sin = rope_cos_sin(pos, head_dim=64)
+    x = torch.randn(1, 64, 2, 64).bfloat16()
+    y = apply_rope(x, cos, sin)
+    assert y.dtype == torch.float32
+    a, b = x.double().unflatten(-1, (-1, 2)).unbind(-1)
+    c, s = cos.double()[None, :, None], sin.double()[None, :, None]
+    want = torch.stack([a * c - b * s, a * s + b * c], dim=-1).flatten(-2)
+    assert (y.double() - want).abs().max() < 1e-5
+
+
+def test_framepack_left_pads_a_short_history_with_zeros():
+    # fewer than 19 motion frames are the most recent ones: zeros stand in for the older frames, not the newer
+    from s2vbench.model.framepack import FramePackMotioner
+
+    torch.manual_seed(0)
+    fp = FramePackMotioner(in_dim=4, dim=8)
+    short = torch.randn(1, 4, 5, 8, 8)
+    padded = torch.cat([torch.zeros(1, 4, 14, 8, 8), short], dim=2)
+    torch.testing.assert_close(fp(short), fp(padded), rtol=0, atol=0)
+
+
 def inputs(clip_frames=4, h=16, w=16, audio_frames=None, motion=True):
     b = synthetic_batch(TINY, get_preset("tiny").clip)
     x = torch.randn(1, 16, clip_frames, h, w)
