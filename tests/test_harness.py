@@ -138,6 +138,18 @@ def test_matmul_flops_are_what_torch_counts_in_a_real_forward(preset):
     assert forward_flops(p.model, clip_layout(p.model, p.clip)).matmul == counted.get_total_flops()
 
 
+def test_bucketing_cost_and_training_state_by_hand():
+    from s2vbench.bench.analytic import clip_step_cost, parameter_count, training_state_bytes
+    from s2vbench.model import get_preset
+
+    cfg = get_preset("tiny").model
+    n, p = 416, parameter_count(cfg)
+    # 6 P n for the weights, 3 x 4 n^2 d per layer for self-attention
+    assert clip_step_cost(cfg, n) == 6 * p * n + 12 * cfg.num_layers * cfg.dim * n * n
+    # bf16 parameters and gradients beside float32 AdamW moments: the moments stay 8 B per parameter
+    assert training_state_bytes(cfg, shards=2, param_bytes=2) == {"params": p, "grads": p, "optimizer": 4 * p}
+
+
 def test_flop_and_memory_formulas_by_hand():
     from s2vbench.bench.analytic import forward_flops, parameter_count, training_state_bytes
     from s2vbench.model import get_preset, sequence_layout
