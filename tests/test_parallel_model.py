@@ -66,7 +66,12 @@ def cp_worker(rank, world, layouts, clip, backend, dtype=torch.float32):
         grads = {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p) for n, p in model.named_parameters()}
         for g in grads.values():  # sum over the context-parallel group
             dist.all_reduce(g, group=pm.cp_group())
-        full = gather_noisy_tokens(pred.detach(), win, prep.layout.noisy, pm.cp.size, pm.cp_group())
+        with count_comm() as gathered:
+            full = gather_noisy_tokens(pred.detach(), win, prep.layout.noisy, pm.cp.size, pm.cp_group())
+        # each rank sends its window's worth of rows (padded to the window) to every other rank
+        window_rows = win.tokens.shape[1]
+        assert gathered.stats["all_gather"].bytes_sent == (pm.cp.size - 1) * pred.shape[0] * window_rows * \
+            pred.shape[2] * pred.element_size(), vars(gathered.stats["all_gather"])
         out[(u, r)] = dict(pred=full, grads=grads, kinds=kinds)
     return out
 
