@@ -822,3 +822,101 @@ def test_an_old_profile_gets_a_clear_error(tmp_path):
         load_profile(old("elementwise_bandwidth", elementwise_factor=8.99))
     never_fitted = load_profile(old("elementwise_bandwidth", elementwise_factor=1.0))  # nothing stale
     assert never_fitted.elementwise_rate == never_fitted.memory_bandwidth
+
+
+def _with_link(link: Link) -> HardwareProfile:
+    """The flat profile (1 TFLOP/s peak at 50 %) with one pooled NVLink class, so every group here uses it."""
+    return _flat_profile(intra_node=link)
+
+
+@pytest.mark.parametrize("ring", [2, 4])
+def test_ring_exposure_is_what_each_step_cannot_hide_by_hand(ring):
+    # small preset, float32: per layer (r - 1) forward K/V hops behind a block attention each, (r - 1) backward
+    # K/V + dK/dV hops behind its backward (2.5x), and the accumulators' last hop home, never hidden
+    cfg, lay = _layout("small")
+    assert lay.total == 2688 and cfg.dim == 256 and cfg.num_layers == 4
+    s = 2688 // ring                      # the rank's tokens; also one ring step's chunk (no Ulysses)
+    attn = 4 * s * s * 256 / 0.5e12       # one step's block attention forward
+    attn_bwd = 2.5 * attn
+    kv = 2 * s * 256 * 4                  # K and V, float32
+    acc = 2 * s * 256 * 4                 # dK, dV float32 accumulators (= kv in float32)
+    st = Strategy(ring=ring, ac=False, dtype="float32")
+    # a link at which a forward hop takes half a block attention: forward and backward hops hide, home does not
+    bw = kv / (0.5 * attn)
+    pred = predict_training(cfg, lay, st, _with_link(Link(bw, 0.0)), global_batch=1)
+    fwd, bwd, home = kv / bw, (kv + acc) / bw, acc / bw
+    assert (fwd, bwd) == pytest.approx((0.5 * attn, attn)) and bwd < attn_bwd
+    assert pred.comm_total["ring_p2p"] == pytest.approx(4 * ((ring - 1) * (fwd + bwd) + home))
+    assert pred.comm_exposed["ring_p2p"] == pytest.approx(4 * home)  # = 4 x 0.5 attn
+    # a link 20x slower: each hop exposes what outlasts its attention
+    bw = kv / (10 * attn)
+    pred = predict_training(cfg, lay, st, _with_link(Link(bw, 0.0)), global_batch=1)
+    want = 4 * ((ring - 1) * (10 * attn - attn) + (ring - 1) * (20 * attn - 2.5 * attn) + 10 * attn)
+    assert pred.comm_exposed["ring_p2p"] == pytest.approx(want)
+    assert pred.comm_total["ring_p2p"] == pytest.approx(4 * ((ring - 1) * 30 * attn + 10 * attn))
+
+
+@pytest.mark.parametrize("dtype, elem", [("float32", 4), ("bfloat16", 2)])
+def test_ring_backward_moves_float32_accumulators_by_hand(dtype, elem):
+    # r = 2 on the small preset: 1344 tokens x 256 per rank; forward K, V in the compute dtype; backward K, V
+    # plus dK, dV accumulated in float32 (4 B even in bf16); then the accumulators' hop home
+    cfg, lay = _layout("small")
+    bw, lat = 1e9, 2e-6
+    s, d = 1344, 256
+    fwd = lat + 2 * s * d * elem / bw
+    bwd = lat + (2 * s * d * elem + 2 * s * d * 4) / bw
+    home = lat + 2 * s * d * 4 / bw
+    pred = predict_training(cfg, lay, Strategy(ring=2, ac=False, dtype=dtype), _with_link(Link(bw, lat)),
+                            global_batch=1)
+    assert pred.comm_total["ring_p2p"] == pytest.approx(4 * (fwd + bwd + home), rel=1e-12)
+    # bf16 by the numbers: per layer 2 us x 3 + (1.376256 + 4.128768 + 2.752512) ms
+    if dtype == "bfloat16":
+        assert pred.comm_total["ring_p2p"] == pytest.approx(4 * (6e-6 + 8.257536e-3), rel=1e-12)
+    # inference runs the forward hops only
+    inf = predict_inference(cfg, lay, Strategy(1, 1, 2, ac=False, dtype=dtype), _with_link(Link(bw, lat)),
+                            steps=1, cfg_scale=False, encoders=False)
+    assert inf.comm_total["ring_p2p"] == pytest.approx(4 * fwd, rel=1e-12)
+
+
+def test_fsdp_prefetch_hides_behind_the_neighbouring_unit_by_hand():
+    # small preset: units B0 I0 B1 B2 I2 B3 I3 (blocks, injections after blocks 0, 2, 3), unequal in size and
+    # time. FSDP over 2 ranks, float32, no AC. Forward: unit i's gather behind unit i-1's forward (the root's and
+    # unit 0's exposed); backward: unit i's re-gather behind unit i+1's backward (the last unit's exposed); unit
+    # i's reduce-scatter behind unit i-1's backward (unit 0's and the root's exposed).
+    cfg, lay = _layout("small")
+    units, root = fsdp_unit_params(cfg)
+    assert units == [890816, 395264, 890816, 890816, 395264, 890816, 395264] and root == 4061465
+    bw, lat = 1e8, 1e-4
+    hw = _with_link(Link(bw, lat))
+    ops = unit_ops(cfg, lay, 1, 1, 1)
+    fwd = [sum(op_time(o, hw) for o in u) for u in ops]
+    bwd = [sum(op_time(o, hw, backward=True) for o in u) for u in ops]
+    gather = [lat + 0.5 * 4 * n / bw for n in units]   # p = 2: one step, half the buffer
+    scatter = gather                                  # float32 gradients: the same bytes
+    g_root = lat + 0.5 * 4 * root / bw
+    # a block's gather (17.9 ms) hides behind a block's forward (26 ms) but not an injection's (1.1 ms)
+    assert fwd[1] < gather[0] < fwd[0] and bwd[1] < gather[0] < bwd[0]
+    exp_f = g_root + gather[0] + sum(max(0.0, gather[i] - fwd[i - 1]) for i in range(1, 7))
+    exp_b = gather[6] + sum(max(0.0, gather[i] - bwd[i + 1]) for i in range(6))
+    exp_r = scatter[0] + g_root + sum(max(0.0, scatter[i] - bwd[i - 1]) for i in range(1, 7))
+    # by the numbers: forward exposes B1 behind I0 and B3 behind I2
+    assert exp_f == pytest.approx(g_root + gather[0] + 2 * (gather[0] - fwd[1]))
+    pred = predict_training(cfg, lay, Strategy(dp_shard=2, ac=False, dtype="float32"), hw, global_batch=2)
+    assert pred.comm_total["fsdp_all_gather"] == pytest.approx(2 * sum(gather) + g_root)
+    assert pred.comm_exposed["fsdp_all_gather"] == pytest.approx(exp_f + exp_b)
+    assert pred.comm_total["fsdp_reduce_scatter"] == pytest.approx(sum(scatter) + g_root)
+    assert pred.comm_exposed["fsdp_reduce_scatter"] == pytest.approx(exp_r)
+    assert "hsdp_all_reduce" not in pred.comm_total
+
+
+@pytest.mark.parametrize("dtype, elem", [("bfloat16", 2), ("float32", 4)])
+def test_gathered_memory_is_two_units_and_the_root_plus_a_float32_gradient_by_hand(dtype, elem):
+    # FSDP over 8 ranks holds the unit in use and the prefetched one, and the root, in the compute dtype, plus
+    # the largest unit's unsharded float32 gradient before its reduce-scatter
+    cfg, lay = _layout("14b")
+    units, root = fsdp_unit_params(cfg)
+    assert sum(units) + root == 16_295_755_609
+    big = max(units)
+    pred = predict_training(cfg, lay, Strategy(dp_shard=8, ac=True, dtype=dtype), load_profile("h100-sxm"),
+                            global_batch=8)
+    assert pred.memory["gathered"] == pytest.approx((2 * big + root) * elem + 4 * big, rel=1e-12)
