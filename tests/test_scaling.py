@@ -262,7 +262,7 @@ def test_a_job_records_an_oom_point_goes_on_and_resumes_past_a_point_it_died_in(
 def test_launch_sweep_records_the_point_a_launch_died_in_and_launches_the_rest(no_job, tmp_path, monkeypatch):
     from s2vbench.bench import scaling
     from s2vbench.bench.points import Point
-    from s2vbench.bench.results import Metric, Record, ResultsLog
+    from s2vbench.bench.results import Metric, Record, ResultsLog, atomic_write_bytes
 
     points = [Point("tiny", 2, s, dtype="float32", steps=1) for s in ("fsdp", "ulysses", "ring")]
     launches = []
@@ -274,7 +274,7 @@ def test_launch_sweep_records_the_point_a_launch_died_in_and_launches_the_rest(n
         if len(launches) == 1:  # a rank is SIGKILLed in the first point: nothing reported
             return 1, "exitcode  : -9 (pid: 4242)"
         if len(launches) == 2:  # a rank raises in the next one and leaves its traceback
-            scaling._write_atomic(scaling._failure_file(out, todo[0], 1), b"ValueError: rank 1 broke")
+            atomic_write_bytes(scaling._failure_file(out, todo[0], 1), b"ValueError: rank 1 broke")
             return 1, "ChildFailedError"
         for p in todo:
             log.append(Record("iteration", p.name, p.to_dict(), [Metric("step_time", 1.0, "s", "fake")]))

@@ -203,14 +203,19 @@ os.umask(_UMASK)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see either the old file or the whole new one."""
+    """Write ``text`` (UTF-8) to ``path`` so that readers see either the old file or the whole new one."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -416,5 +421,5 @@ def check_output_file(path, flag: str = "--out", suffixes: tuple[str, ...] = ())
 
 
 __all__ = ["Metric", "Record", "ResultsError", "ResultsLog", "SCHEMA", "SCHEMA_VERSION", "STATUSES",
-           "atomic_write_json", "atomic_write_text", "capture_environment", "check_output_file",
+           "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "capture_environment", "check_output_file",
            "check_output_folder", "has_type", "is_int", "is_number", "read_results", "step_times", "to_jsonable"]

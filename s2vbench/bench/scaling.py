@@ -29,7 +29,7 @@ import torch.distributed as dist
 from ..model import get_preset
 from .cluster import detect_env, export_for_torch
 from .points import STRATEGIES, Point, clip_for_tokens
-from .results import ResultsLog, check_output_folder, has_type, is_int, read_results
+from .results import ResultsLog, atomic_write_bytes, check_output_folder, has_type, is_int, read_results
 from .sweep import failure_record, point_record
 from .worker import PointOOM, run_point_rank
 
@@ -209,13 +209,6 @@ def _record_deaths(log: ResultsLog, out: Path, points: list[Point]) -> int:
     return new
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def run_in_job(points: list[Point], out: Path, timeout_s: float = 900.0) -> None:
     """Run this job's points (world size = the job's) on this rank; rank 0 records them.
 
@@ -262,7 +255,7 @@ def run_in_job(points: list[Point], out: Path, timeout_s: float = 900.0) -> None
             result = run_point_rank(env.rank, env.world_size, {**point.to_dict(), "trace_dir": str(out / "traces")})
             buf = io.BytesIO()
             torch.save(result, buf)
-            _write_atomic(_rank_file(out, point, env.rank), buf.getvalue())
+            atomic_write_bytes(_rank_file(out, point, env.rank), buf.getvalue())
         except PointOOM as e:  # all ranks raised it at the same step: record the point and go on together
             if log is not None:
                 log.append(failure_record(point, e))
@@ -271,7 +264,7 @@ def run_in_job(points: list[Point], out: Path, timeout_s: float = 900.0) -> None
                 torch.cuda.empty_cache()
             continue
         except Exception:  # not KeyboardInterrupt: an interrupted point is run again on resume, not recorded
-            _write_atomic(_failure_file(out, point, env.rank), traceback.format_exc().encode())
+            atomic_write_bytes(_failure_file(out, point, env.rank), traceback.format_exc().encode())
             raise
         finally:
             if dist.is_initialized():
@@ -335,21 +328,19 @@ def launch_sweep(points: list[Point], out: Path, timeout_s: float = 3600.0) -> R
         if gpus_per_node is not None and world > gpus_per_node:
             print(f"skipping {world}-GPU points: this node has {gpus_per_node} GPUs; run the sbatch template")
             continue
-        mine = [p for p in points if p.world == world]
-        while True:
-            log = ResultsLog(out / "results.json")
-            pending = [p for p in mine if not log.done(p.name)]
-            if not pending:
-                break
+        log = ResultsLog(out / "results.json")
+        pending = [p for p in points if p.world == world and not log.done(p.name)]
+        while pending:
             code, err = _torchrun(world, spec, out, timeout_s)
             log = ResultsLog(out / "results.json")
             # A launch that died without leaving a traceback (a rank killed) died in the first point still
             # without a record: points run in order. Either way every launch makes progress.
             left = [p for p in pending if not log.done(p.name)]
-            if not _record_deaths(log, out, pending) and left:
+            if left and not _record_deaths(log, out, left):
                 why = (f"torchrun timed out after {timeout_s:.0f} s and was killed" if code is None
                        else f"torchrun exited with code {code}")
                 log.append(failure_record(left[0], RuntimeError(f"{why}: {err}")))
+            pending = [p for p in left if not log.done(p.name)]
     return ResultsLog(out / "results.json")
 
 

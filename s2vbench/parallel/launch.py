@@ -89,8 +89,9 @@ def _death(code: int) -> str:
 
 def _raise_root_cause(procs, reported, rank: int, payload: str):
     deadline = time.monotonic() + DEATH_GRACE_S
+    reported = set(reported) | {rank}
     while time.monotonic() < deadline:
-        dead = _dead_without_report(procs, reported | {rank: None})
+        dead = _dead_without_report(procs, reported)
         if dead is not None:
             last = payload.strip().splitlines()[-1] if payload.strip() else ""
             raise RankFailed(dead, f"{_death(procs[dead].exitcode)}; rank {rank} then failed with: {last}")
