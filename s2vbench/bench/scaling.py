@@ -182,29 +182,30 @@ def _failure_file(out: Path, point: Point, rank: int) -> Path:
     return _rank_file(out, point, rank).with_suffix(".failed.txt")
 
 
-def _died_in(out: Path, points: list[Point]) -> dict[str, str]:
-    """Points an earlier job died in, with the failing ranks' tracebacks: a job cannot go on past a failure
-    that only some ranks saw (the others wait in a collective), so it leaves these behind and dies."""
+def _died_in(out: Path, points: list[Point]) -> dict[str, list[Path]]:
+    """Points an earlier job died in, with the failing ranks' traceback files: a job cannot go on past a
+    failure that only some ranks saw (the others wait in a collective), so it leaves these behind and dies."""
     found = {}
     for p in points:
         folder = _rank_file(out, p, 0).parent
         files = sorted(folder.glob("rank*.failed.txt")) if folder.is_dir() else []
         if files:
-            found[p.name] = "\n".join(f"{f.name.split('.')[0]}: {f.read_text()[-2000:]}" for f in files)
+            found[p.name] = files
     return found
 
 
 def _record_deaths(log: ResultsLog, out: Path, points: list[Point]) -> int:
     """Record the points of ``points`` an earlier job died in; returns how many were new."""
     new = 0
-    for name, text in _died_in(out, points).items():
+    for name, files in _died_in(out, points).items():
         point = next(p for p in points if p.name == name)
         if not log.done(name):
+            text = "\n".join(f"{f.name.split('.')[0]}: {f.read_text()[-2000:]}" for f in files)
             log.append(failure_record(point, RuntimeError(f"the job died in this point: {text}")))
             new += 1
         # The record now says it (written first: a rank reading tracebacks, then records, sees one or the
         # other); a user who removes the record runs the point again.
-        for f in _rank_file(out, point, 0).parent.glob("rank*.failed.txt"):
+        for f in files:
             f.replace(f.with_name(f.name.replace(".failed.txt", ".failed.recorded.txt")))
     return new
 
