@@ -240,12 +240,15 @@ _BLOCK_TEXT_BYTES = {"float32": 16, "bfloat16": 14}  # x text_len x d
 _INJECTION_BYTES = {"float32": (28, 96), "bfloat16": (20, 76)}  # x n x d, x frames x d
 
 
-def injection_frames(layout: SequenceLayout, cp: int = 1) -> int:
-    """Latent frames the audio injection runs on, on the context-parallel rank that touches the most: a rank's
-    window of noisy tokens is padded to whole frames (``model.audio.AudioInjector.inject``)."""
+def injection_frames(layout: SequenceLayout, cp: int = 1, rank: int | None = None) -> int:
+    """Latent frames the audio injection runs on, on context-parallel rank ``rank`` (default: the rank that
+    touches the most): a rank's window of noisy tokens is padded to whole frames
+    (``model.audio.AudioInjector.inject``)."""
+    if rank is not None and not 0 <= rank < cp:
+        raise ValueError(f"rank {rank} is not one of the {cp} context-parallel ranks (0 to {cp - 1})")
     s_loc, tpf = -(-layout.total // cp), layout.tokens_per_frame
     most = 0
-    for r in range(cp):
+    for r in range(cp) if rank is None else (rank,):
         start, end = r * s_loc, min((r + 1) * s_loc, layout.noisy)
         if start < end:
             most = max(most, -(-end // tpf) - start // tpf)
@@ -277,16 +280,20 @@ class ActivationBytes:
 
 
 def activation_bytes(cfg: WanS2VConfig, layout: SequenceLayout, batch: int = 1, dtype: str = "float32",
-                     ac: bool = False, ulysses: int = 1, ring: int = 1, parallelized: bool = False) -> ActivationBytes:
+                     ac: bool = False, ulysses: int = 1, ring: int = 1, parallelized: bool = False,
+                     rank: int | None = None) -> ActivationBytes:
     """Bytes of activations saved for backward on one rank, for ``batch`` clips of ``layout``, with the
-    sequence split over ``ulysses`` x ``ring`` context-parallel ranks (the most loaded rank: all its tokens
-    noisy). ``parallelized``: the job runs through ``parallel.parallelize`` (any multi-rank job), whose
+    sequence split over ``ulysses`` x ``ring`` context-parallel ranks: context-parallel rank ``rank``, or by
+    default the most loaded one (all its tokens noisy, its audio injection over the most frames).
+    ``parallelized``: the job runs through ``parallel.parallelize`` (any multi-rank job), whose
     checkpointing keeps the attention outputs."""
     if dtype not in _BLOCK_BYTES_PER_TOKEN:
         raise ValueError(f"dtype {dtype!r}: choose one of {sorted(_BLOCK_BYTES_PER_TOKEN)}")
     d, f = cfg.dim, cfg.ffn_dim
-    s_loc = -(-layout.total // (ulysses * ring))
-    n_loc = min(s_loc, layout.noisy)
+    cp = ulysses * ring
+    s_loc = -(-layout.total // cp)
+    # noisy tokens of this rank (of the most loaded: all of them)
+    n_loc = min(s_loc, layout.noisy) if rank is None else max(0, min(s_loc, layout.noisy - rank * s_loc))
     frames = layout.grid[0]
     a_d, a_f, a_c, a_h = _BLOCK_BYTES_PER_TOKEN[dtype]
     if ulysses > 1:  # the attention keeps the all-to-all outputs (q, k, v, out by heads) and their LSE
@@ -296,7 +303,7 @@ def activation_bytes(cfg: WanS2VConfig, layout: SequenceLayout, batch: int = 1, 
         a_h += 4
     block = s_loc * (a_d * d + a_f * f + a_c + a_h * cfg.num_heads) + _BLOCK_TEXT_BYTES[dtype] * cfg.text_len * d
     i_n, i_f = _INJECTION_BYTES[dtype]
-    inj_frames = injection_frames(layout, ulysses * ring)
+    inj_frames = injection_frames(layout, cp, rank)
     injection = i_n * inj_frames * layout.tokens_per_frame * d + i_f * inj_frames * d
     n_inj = len(cfg.audio_inject_layers)
     full = cfg.num_layers * block + n_inj * injection
