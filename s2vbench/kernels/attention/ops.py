@@ -8,20 +8,16 @@ any (out, lse), e.g. the merged global statistics of a ring step.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 
+from ..interpreter import check_interpreter, interpreting
 from .triton_kernels import _attn_bwd_delta, _attn_bwd_dkdv, _attn_bwd_dq, _attn_fwd, _attn_fwd_tma
 
 VARIANTS = ("pointer", "tma", "tma_ws")
 """Forward variants: pointer (default), tma (tensor descriptors), tma_ws (tma + warp-specialised key loop)."""
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _check_device(*tensors: torch.Tensor) -> None:
@@ -31,6 +27,7 @@ def _check_device(*tensors: torch.Tensor) -> None:
     if dev.type != "cuda" and not interpreting():
         raise RuntimeError(f"the Triton attention kernels need a CUDA device (got {dev}); on CPU run them under the "
                            f"Triton interpreter with TRITON_INTERPRET=1 (float32 only), or use the 'torch' backend")
+    check_interpreter()
 
 
 def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lens: torch.Tensor | None) -> None:

@@ -12,12 +12,12 @@ gradients come from aten's convolution_backward (cuDNN on GPU).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from ..interpreter import check_interpreter, interpreting
 
 
 @triton.jit
@@ -121,9 +121,10 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
         raise ValueError(f"C_out={weight.shape[0]} is not divisible into {groups} LayerNorm groups")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"bias must be [C_out={weight.shape[0]}], got {tuple(bias.shape)}")
-    if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+    if x.device.type != "cuda" and not interpreting():
         raise RuntimeError(f"the Triton causal conv needs a CUDA device (got {x.device}); on CPU set "
                            f"TRITON_INTERPRET=1 (float32 only) or use the torch path")
+    check_interpreter()
 
 
 def _conv_config(device: torch.device) -> tuple[int, int, int, int]:
