@@ -59,12 +59,18 @@ class LaunchConfig:
     num_stages: int
 
 
-def forward_config(head_dim: int, device: torch.device) -> LaunchConfig:
+def forward_config(head_dim: int, device: torch.device, dtype: torch.dtype = torch.bfloat16,
+                   variant: str = "pointer") -> LaunchConfig:
     # One fixed config per case: autotuning is GPU-only and multi-config autotune fails in the interpreter.
+    # Every config's shared memory fits an A100's 163 KiB a block, the smallest of the profiles' GPUs
+    # (tests/test_kernels_compile.py compiles each for sm_80 and sm_90 and checks).
     if device.type != "cuda":
         return LaunchConfig(32, 32, 4, 1)
     if head_dim <= 64:
-        return LaunchConfig(128, 64, 4, 3)
+        # Triton 3.6-3.9's warp specialisation fails to compile the half-precision key loop on 4 warps
+        return LaunchConfig(128, 64, 8 if variant == "tma_ws" else 4, 3)
+    if dtype == torch.float32:  # twice the bytes a tile: 128 x 64 over 3 stages needs 225 KiB (tma 257 KiB)
+        return LaunchConfig(128, 32, 8, 2)
     return LaunchConfig(128, 64, 8, 3)
 
 
@@ -98,7 +104,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lens
     out = torch.empty_like(q, memory_format=torch.contiguous_format) if out is None else out
     lse = torch.empty(b, h, nq, device=q.device, dtype=torch.float32) if lse is None else lse
     lens = kv_lens.to(device=q.device, dtype=torch.int32) if kv_lens is not None else q.new_empty(1, dtype=torch.int32)
-    cfg = forward_config(d, q.device)
+    cfg = forward_config(d, q.device, q.dtype, variant)
     grid = (triton.cdiv(nq, cfg.block_m), b * h)
     qk_scale = scale * 1.4426950408889634
     if variant == "pointer":

@@ -1,0 +1,67 @@
+"""Every Triton kernel compiles for the profiles' GPUs (A100: sm_80; H100, H200: sm_90) with the config its
+wrapper picks and fits their shared memory, checked on CPU by compiling ahead of time (``kernels.aot_check``).
+The compiles run in a child process: the tests' Triton interpreter replaces the compiled kernels."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ON_GPU, REPO
+
+triton = pytest.importorskip("triton")
+from triton.backends import backends  # noqa: E402
+
+if "nvidia" not in backends:
+    pytest.skip("this Triton has no NVIDIA backend to compile for", allow_module_level=True)
+
+from s2vbench.kernels import aot_check  # noqa: E402
+
+
+def _compiled(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("arch", sorted(aot_check.SHARED_MEMORY_LIMIT))
+def test_every_kernel_compiles_and_fits_shared_memory(arch):
+    out = _compiled(["-m", "s2vbench.kernels.aot_check", "--arch", str(arch)])
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("  ")]
+    assert len(rows) == len(aot_check.launches(arch)) and all(r.endswith(" ok") for r in rows), out.stdout
+
+
+def test_a_config_over_the_limit_is_caught():
+    # the float32 forward tile the wrapper used before 2026-12-03: 128 x 64 keys over 3 stages at head_dim 128
+    code = ("import torch; from s2vbench.kernels import aot_check as a; "
+            "from s2vbench.kernels.attention import triton_kernels as k; "
+            "print(a.shared_memory_bytes(a.Launch('old', k._attn_fwd, torch.float32, dict(HAS_LENS=True, "
+            "HEAD_DIM=128, D_PAD=128, PRECISION='ieee', BLOCK_M=128, BLOCK_N=64), 8, 3), 80))")
+    out = _compiled(["-c", code])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert int(out.stdout.split()[-1]) > aot_check.SHARED_MEMORY_LIMIT[80]
+
+
+def test_compile_failures_and_excess_are_reported_not_raised(monkeypatch):
+    def fake(launch, arch):
+        if "dq" in launch.name:
+            raise RuntimeError("PassManager::run failed\nmore")
+        return 10 ** 6 if "delta" in launch.name else 1024
+
+    monkeypatch.setattr(aot_check, "shared_memory_bytes", fake)
+    rows = {name: (shared, problem) for name, shared, problem in aot_check.check(80)}
+    assert rows["attention backward dq bf16 d128"] == (None, "does not compile: RuntimeError: PassManager::run failed")
+    assert rows["attention backward delta fp32 d64"] == (10 ** 6, "over the 166,912 B limit")
+    assert rows["attention forward bf16 d128"] == (1024, "")
+    monkeypatch.setattr(aot_check, "check", lambda arch: [("x", None, "does not compile: boom")])
+    assert aot_check.main(["--arch", "90"]) == 1
+
+
+@pytest.mark.skipif(ON_GPU, reason="the tests use the interpreter only without a GPU")
+def test_compiling_under_the_interpreter_is_refused():
+    launch = aot_check.launches(90)[0]
+    assert launch.dtype == torch.float32
+    with pytest.raises(RuntimeError, match="unset TRITON_INTERPRET"):
+        aot_check.shared_memory_bytes(launch, 90)
