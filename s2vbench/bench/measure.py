@@ -6,6 +6,8 @@ import contextlib
 import resource
 import sys
 import time
+import weakref
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -75,4 +77,89 @@ class SavedActivations:
             yield self
 
 
-__all__ = ["SavedActivations", "StepTimer", "peak_rss_bytes"]
+def _local_storage(t) -> torch.UntypedStorage | None:
+    if hasattr(t, "to_local"):  # a DTensor holds its local shard
+        t = t.to_local()
+    if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+        return None
+    try:
+        return t.untyped_storage()
+    except (RuntimeError, NotImplementedError):  # wrapper subclasses with no storage of their own
+        return None
+
+
+def training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Iterator[torch.Tensor]:
+    """The tensors a training step starts from: parameters, gradients and optimizer state. A generator, so
+    that no list of them outlives the call (one would hold the old gradients through ``zero_grad``)."""
+    for p in model.parameters():
+        yield p
+        if p.grad is not None:
+            yield p.grad
+    for state in optimizer.state.values():
+        yield from (v for v in state.values() if torch.is_tensor(v))
+
+
+class TrackedMemory:
+    """Peak bytes of tensor storage live during a block: the CPU's counterpart of CUDA's
+    ``max_memory_allocated``, exact and repeatable where peak RSS is neither. Every storage an op touches is
+    counted from then until it is freed, once however many views share it, on top of those of ``existing``
+    (parameters, gradients, optimizer state) at the start; a storage resized in place (FSDP frees and
+    re-gathers its unsharded parameters so) counts at its new size from the resize. It does not see the
+    allocator's caching or fragmentation, nor what libraries allocate outside torch (gloo's buffers)."""
+
+    def __init__(self, existing: Iterable[torch.Tensor] = ()):
+        self._size: dict[int, int] = {}  # id(storage) -> bytes counted
+        self.current = 0
+        self.peak = 0
+        for t in existing:
+            self._see(_local_storage(t))
+        self.start = self.peak = self.current
+
+    def _forget(self, key: int) -> None:
+        self.current -= self._size.pop(key, 0)
+
+    def _see(self, st: torch.UntypedStorage | None) -> None:
+        if st is None:
+            return
+        key, n = id(st), st.nbytes()
+        old = self._size.get(key)
+        if old is None:
+            weakref.finalize(st, self._forget, key)  # storages keep their Python object: this fires at free
+        elif old == n:
+            return
+        self._size[key] = n
+        self.current += n - (old or 0)
+        self.peak = max(self.peak, self.current)
+
+    @contextlib.contextmanager
+    def track(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_leaves
+
+        tracker = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in (*tree_leaves(out), *tree_leaves(args), *tree_leaves(kwargs or {})):
+                    if isinstance(t, torch.Tensor):
+                        tracker._see(_local_storage(t))
+                return out
+
+        # Storage.resize_ is no aten op, so the dispatcher never sees it: wrap it for the block
+        resize = torch.UntypedStorage.resize_
+
+        def tracked_resize(storage, size):
+            out = resize(storage, size)
+            tracker._see(storage)
+            return out
+
+        torch.UntypedStorage.resize_ = tracked_resize
+        try:
+            with Mode():
+                yield self
+        finally:
+            torch.UntypedStorage.resize_ = resize
+
+
+__all__ = ["SavedActivations", "StepTimer", "TrackedMemory", "peak_rss_bytes", "training_state"]
