@@ -195,6 +195,8 @@ def test_calibrate_and_validate_writes_profile_and_report_section(tmp_path, monk
     prof = HardwareProfile.from_dict(doc["profile"])
     assert prof.name == "cpu-gloo" and prof.op_overhead > 0 and prof.elementwise_factor >= 0
     assert doc["summary"]["points"] == 1
+    # the memory check: the model's peak per rank against the storage the step held, tracked op by op
+    assert "peak memory per rank" in section and doc["summary"]["peak_memory_max_abs_error"] < 0.1, doc["summary"]
     # the run's calibration.json is itself a profile `predict --hw` takes
     assert load_profile(tmp_path / "calibration.json") == prof
     # a re-run resumes the validation points instead of timing them again

@@ -622,6 +622,10 @@ class ValidationRow:
     """Saved activations, GiB (the memory check)."""
     act_predicted: float | None = None
     """The formula's saved activations, GiB."""
+    peak_measured: float | None = None
+    """Peak tensor storage of a step (``measure.TrackedMemory``), GiB."""
+    peak_predicted: float | None = None
+    """The model's peak memory per rank, GiB."""
 
     @property
     def error(self) -> float | None:
@@ -670,6 +674,11 @@ def validate(records: list[Record], hw: HardwareProfile) -> tuple[list[Validatio
             row.act_predicted = pred.saved_activations / 2 ** 30
         except KeyError:
             pass
+        try:
+            row.peak_measured = r.metric("tracked_peak_memory").value
+            row.peak_predicted = pred.memory_total / 2 ** 30
+        except KeyError:  # results from before the tracker
+            pass
         rows.append(row)
         if step_times(r, "inference_step_time") and r.config["world"] == 1:
             # one rank only: the harness's multi-rank inference keeps FSDP's sharded weights, the model's inference
@@ -689,6 +698,8 @@ def validate(records: list[Record], hw: HardwareProfile) -> tuple[list[Validatio
     bare = [abs(row.model / row.measured - 1) for row in counted]  # the microbenchmarks alone, no fitted factor
     mem = [abs(row.act_predicted / row.act_measured - 1) for row in rows
            if row.act_measured and row.act_predicted is not None]
+    peak = [abs(row.peak_predicted / row.peak_measured - 1) for row in rows
+            if row.peak_measured and row.peak_predicted is not None]
     summary = {"points": len(rows), "counted": len(counted),
                "time_mean_abs_error": statistics.mean(errs) if errs else None,
                "time_max_abs_error": max(errs) if errs else None,
@@ -696,6 +707,8 @@ def validate(records: list[Record], hw: HardwareProfile) -> tuple[list[Validatio
                "unfitted_max_abs_error": max(bare) if bare else None,
                "memory_mean_abs_error": statistics.mean(mem) if mem else None,
                "memory_max_abs_error": max(mem) if mem else None,
+               "peak_memory_mean_abs_error": statistics.mean(peak) if peak else None,
+               "peak_memory_max_abs_error": max(peak) if peak else None,
                "elementwise_factor": _fit_elementwise_factor(counted)}
     return rows, summary
 
@@ -777,10 +790,13 @@ def calibration_markdown(hw: HardwareProfile, raw: dict, rows: list[ValidationRo
               "n/a" if r.noise is None else f"{r.noise:.1%}",
               "yes" if r.counted else "no (noisy)",
               "" if r.act_measured is None else f"{r.act_measured:.3f}",
-              "" if r.act_predicted is None else f"{r.act_predicted:.3f}"] for r in rows]
+              "" if r.act_predicted is None else f"{r.act_predicted:.3f}",
+              "" if r.peak_measured is None else f"{r.peak_measured:.3f}",
+              "" if r.peak_predicted is None else f"{r.peak_predicted:.3f}"] for r in rows]
     lines.append(tabulate(table, ["point", "measured s", "model s", "LOO predicted s", "error",
                                   "compute-only measured s", "compute-only predicted s", "IQR/median",
-                                  "counted", "saved act GiB", "predicted GiB"], tablefmt="github"))
+                                  "counted", "saved act GiB", "predicted GiB", "peak GiB (tracked)",
+                                  "predicted peak GiB"], tablefmt="github"))
 
     def pct(v):
         return "n/a" if v is None else f"{v:.1%}"
@@ -789,7 +805,10 @@ def calibration_markdown(hw: HardwareProfile, raw: dict, rows: list[ValidationRo
     lines += ["", (f"Time: mean |error| {pct(summary['time_mean_abs_error'])}, max |error| "
                   f"{pct(summary['time_max_abs_error'])} over {summary['counted']} counted of {summary['points']} "
                   f"points (target: max <= 15%: {'met' if ok else 'NOT met'}). Saved activations: mean |error| "
-                  f"{pct(summary['memory_mean_abs_error'])}, max {pct(summary['memory_max_abs_error'])}. "
+                  f"{pct(summary['memory_mean_abs_error'])}, max {pct(summary['memory_max_abs_error'])}; peak "
+                  f"memory per rank (tensor storage tracked op by op in the counted step): mean |error| "
+                  f"{pct(summary.get('peak_memory_mean_abs_error'))}, max "
+                  f"{pct(summary.get('peak_memory_max_abs_error'))}. "
                   f"Elementwise factor fitted on all counted points: {summary['elementwise_factor']:.2f} (it also "
                   f"carries whatever else of the steps' compute the microbenchmarks miss); with factor 1, the "
                   f"microbenchmarks alone (\"model s\"), mean |error| {pct(summary['unfitted_mean_abs_error'])}, "

@@ -147,7 +147,8 @@ def _plots(records: list[Record], out: Path) -> list[str]:
     if its:
         fig, ax = plt.subplots(figsize=(8, 4))
         labels = [f"{strategy_label(r.config)}\nw{r.config['world']}{' ac' if r.config.get('ac') else ''}" for r in its]
-        parts = [("peak_rss", "peak RSS (measured)"), ("saved_activations", "saved activations (measured)"),
+        parts = [("peak_rss", "peak RSS (measured)"), ("tracked_peak_memory", "peak tensor storage (tracked)"),
+                 ("saved_activations", "saved activations (measured)"),
                  ("analytic_params", "params (analytic)"), ("analytic_optimizer", "AdamW state (analytic)")]
         width = 0.8 / len(parts)
         for j, (name, label) in enumerate(parts):
@@ -221,10 +222,11 @@ def write_report(results: list[Path], out: Path, title: str | None = None) -> Pa
                      _fmt(eff, ".0%") if eff is not None else "n/a", _fmt(_value(r, "samples_per_s_per_device")),
                      _fmt(_value(r, "tokens_per_s_per_device"), ".0f"), _fmt(_value(r, "tflops_per_device"), ".4f"),
                      _fmt(exposed, ".0%") if exposed is not None else "n/a", _fmt(_value(r, "peak_rss")),
-                     _fmt(_value(r, "saved_activations"), ".4f"), ", ".join(r.tags)))
+                     _fmt(_value(r, "tracked_peak_memory"), ".4f"), _fmt(_value(r, "saved_activations"), ".4f"),
+                     ", ".join(r.tags)))
     lines += ["## Iteration time", "", tabulate(rows, headers=[
         "strategy", "ranks", "AC", "dtype", "step s", "min-max s", "speed-up", "efficiency", "samples/s/dev", "tokens/s/dev",
-        "TFLOP/s/dev", "exposed comm", "peak RSS GiB", "saved act. GiB", "tags"], tablefmt="pipe", disable_numparse=True), ""]
+        "TFLOP/s/dev", "exposed comm", "peak RSS GiB", "tracked peak GiB", "saved act. GiB", "tags"], tablefmt="pipe", disable_numparse=True), ""]
     comm_rows = []
     for r in [r for r in records if r.kind == "iteration"]:
         for m in r.metrics:

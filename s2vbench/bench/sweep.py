@@ -108,6 +108,12 @@ def point_record(point: Point, results: list[dict]) -> Record:
     metrics.append(Metric("saved_activations", max(r["real"]["saved_activation_bytes"] for r in results) / GIB,
                           "GiB", "max over ranks: tensors saved for backward in one step, deduplicated by storage, "
                                  "parameters excluded (saved-tensor hooks)"))
+    if all("tracked_peak_bytes" in r["real"] for r in results):
+        metrics.append(Metric("tracked_peak_memory", max(r["real"]["tracked_peak_bytes"] for r in results) / GIB,
+                              "GiB", "max over ranks: the most tensor storage live at once in the counted step, "
+                                     "every op's tensors tracked until freed (parameters, gradients and optimizer "
+                                     "state included; not the allocator's caching), the counterpart of "
+                                     "max_memory_allocated on any device"))
     shards = point.parallel_config().shard_group_size
     for part, value in training_state_bytes(preset.model, shards).items():
         metrics.append(Metric(f"analytic_{part}", value / GIB, "GiB",

@@ -16,7 +16,7 @@ from ..model.flow import (S2VBatch, TrainConfig, batch_forward, compute_autocast
 from ..parallel import parallelize
 from ..parallel.comm import collective_seconds, count_comm
 from ..parallel.train import data_parallel_sample_indices, parallel_train_step
-from .measure import SavedActivations, StepTimer, peak_rss_bytes
+from .measure import SavedActivations, StepTimer, TrackedMemory, peak_rss_bytes, training_state
 from .points import Point
 
 
@@ -161,18 +161,22 @@ def _run_steps(point: Point, device: torch.device, timed: bool, count: bool, tra
         path.parent.mkdir(parents=True, exist_ok=True)
         prof.export_chrome_trace(str(path))
         out["trace"] = str(path)
-    if count:  # one more, untimed step: collective bytes and time per kind, activations saved for backward
+    if count:  # one more, untimed step: collective bytes and time per kind, activations saved for backward,
+        # and the storage it holds at its peak
         from torch.profiler import ProfilerActivity, profile
 
         saved = SavedActivations(model)
+        tracked = TrackedMemory(training_state(model, opt))
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        with count_comm(fsdp=pm is not None) as counter, saved.count(), profile(activities=acts) as prof:
+        with count_comm(fsdp=pm is not None) as counter, saved.count(), tracked.track(), \
+                profile(activities=acts) as prof:
             step_fn(model, opt, _micro_batches(batch.to(device), point.grad_accum), total, cfg)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         out["comm"] = {k: dataclasses.asdict(s) for k, s in counter.stats.items()}
         out["comm_profiled"] = collective_seconds(prof.events())
         out["saved_activation_bytes"] = saved.bytes
+        out["tracked_peak_bytes"] = tracked.peak
     if point.inference and timed:  # last: no-grad forwards change FSDP's sharding state for the next step
         out["inference_times"] = _time_inference(model, batch.to(device), point, timer)
     if device.type == "cuda":
