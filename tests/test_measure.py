@@ -60,3 +60,32 @@ def test_a_training_step_peaks_at_state_plus_activations():
     # at least weight + x + y + grad live together at the backward's end; the tracker adds only what aten made
     assert mem.peak >= (256 + 64 + 64 + 256) * KIB
     assert mem.peak <= (256 + 64 + 4 * 64 + 256) * KIB
+
+
+def test_tracking_leaves_torch_compile_working():
+    # a dispatch mode that does not ignore compile internals makes torch.compile run the code eagerly, under
+    # the mode and after it
+    runs = []
+
+    def backend(gm, example_inputs):
+        def run(*args):
+            runs.append(1)
+            return gm.forward(*args)
+        return run
+
+    f = torch.compile(lambda x: torch.sin(x) * 2, backend=backend)
+    x = torch.randn(8)
+    f(x)
+    with TrackedMemory().track():
+        f(x)
+    f(x)
+    assert len(runs) == 3
+
+
+def test_fake_tensors_hold_no_memory():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mem = TrackedMemory()
+    with FakeTensorMode(), mem.track():
+        torch.empty(1 << 20)
+    assert mem.peak == 0

@@ -156,6 +156,10 @@ class Prediction:
     """What of it stays exposed."""
     memory: dict[str, float] = field(default_factory=dict)
     """Bytes per rank: params, grads, optimizer, gathered, activations (``memory_total`` is their peak)."""
+    memory_phases: dict[str, float] = field(default_factory=dict)
+    """Training: bytes held on top of the weights and optimizer state in each phase of the step, which do
+    not all peak together (the step frees its gradients before the forward, and backward builds them as it
+    frees activations)."""
     saved_activations: float = 0.0
     """Bytes of activations the forward saves for backward (what saved-tensor hooks count), per rank."""
     model_flops: float = 0.0
@@ -173,16 +177,16 @@ class Prediction:
 
     @property
     def memory_total(self) -> float:
-        """Peak bytes per rank. With one micro-batch, gradients and activations do not peak together: the step
-        frees the gradients before its forward (``zero_grad``) and its backward builds them as it frees
-        activations, so the larger of the two counts. (Against the storage a CPU step holds, counted: within
-        4 %, where their sum is up to 12 % over.) Accumulated micro-batches keep the gradients through the
-        next forwards: then both count."""
-        m = self.memory
-        if self.strategy.grad_accum > 1 or "grads" not in m:
-            return sum(m.values())
-        rest = sum(v for k, v in m.items() if k not in ("grads", "activations"))
-        return rest + max(m["grads"], m.get("activations", 0.0))
+        """Peak bytes per rank: the weights and optimizer state plus the largest of ``memory_phases`` (all of
+        ``memory`` at once where no phases are given)."""
+        if not self.memory_phases:
+            return sum(self.memory.values())
+        return self.memory["params"] + self.memory["optimizer"] + max(self.memory_phases.values())
+
+    @property
+    def peak_phase(self) -> str:
+        """The phase of the step at which memory peaks ("" where none is modelled)."""
+        return max(self.memory_phases, key=self.memory_phases.get) if self.memory_phases else ""
 
     @property
     def fits(self) -> bool:
@@ -612,6 +616,15 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
     resident = act.peak if not st.offload_activations else \
         (act.outside + act.kept + 2 * act.layers / cfg.num_layers)
     pred.memory["activations"] = resident
+    m = pred.memory
+    # Activations peak early in backward, beside few gradients (all of them only when micro-batches accumulate
+    # them); the optimizer step holds every gradient and one float32 state's worth of temporaries (foreach
+    # AdamW's sqrt of the second moment). Between the two, backward frees activations as it builds gradients:
+    # on real CPU steps (tests/test_perfmodel.py) neither the sum nor an end-of-backward phase of all the
+    # gradients, the outside activations and a recomputed block came closer than these two.
+    pred.memory_phases = {
+        "forward and backward": m.get("gathered", 0.0) + resident + (m["grads"] if st.grad_accum > 1 else 0.0),
+        "optimizer step": m["grads"] + 4 * n_params / p}
     if not pred.fits:
         pred.notes.append(f"does not fit: {pred.memory_total / 1e9:.1f} GB per rank > "
                           f"{hw.memory_capacity / 1e9:.0f} GB")

@@ -193,7 +193,10 @@ def describe_plan(work: Workload, st: Strategy, hw: HardwareProfile) -> str:
             "padding", "param shard (M)"]
     lines.append(tabulate(rows, head, tablefmt="github"))
     lines += ["", "predicted memory per rank (GB): " + ", ".join(f"{k} {_fmt_gb(v)}" for k, v in pred.memory.items())
-              + f"; total {_fmt_gb(pred.memory_total)} of {_fmt_gb(hw.memory_capacity)}"
+              + f"; peak {_fmt_gb(pred.memory_total)}"
+              + (f" in the {pred.peak_phase} (the weights and optimizer state plus what that phase holds: the "
+                 f"parts do not all peak together)" if pred.peak_phase else "")
+              + f" of {_fmt_gb(hw.memory_capacity)}"
               + ("" if pred.fits else "  ** DOES NOT FIT **"),
               (f"predicted time per iteration: {pred.time:.2f} s = compute {pred.compute:.2f} + exposed communication "
               f"{pred.exposed_comm:.2f} + other {pred.other:.2f}; MFU {pred.mfu:.2f}; "

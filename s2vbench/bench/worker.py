@@ -166,17 +166,19 @@ def _run_steps(point: Point, device: torch.device, timed: bool, count: bool, tra
         from torch.profiler import ProfilerActivity, profile
 
         saved = SavedActivations(model)
-        tracked = TrackedMemory(training_state(model, opt))
+        # (not under torch.compile: the compiled regions' intermediates would go unseen)
+        tracked = None if point.compile else TrackedMemory(training_state(model, opt))
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        with count_comm(fsdp=pm is not None) as counter, saved.count(), tracked.track(), \
-                profile(activities=acts) as prof:
+        with count_comm(fsdp=pm is not None) as counter, saved.count(), \
+                tracked.track() if tracked is not None else contextlib.nullcontext(), profile(activities=acts) as prof:
             step_fn(model, opt, _micro_batches(batch.to(device), point.grad_accum), total, cfg)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         out["comm"] = {k: dataclasses.asdict(s) for k, s in counter.stats.items()}
         out["comm_profiled"] = collective_seconds(prof.events())
         out["saved_activation_bytes"] = saved.bytes
-        out["tracked_peak_bytes"] = tracked.peak
+        if tracked is not None:
+            out["tracked_peak_bytes"] = tracked.peak
     if point.inference and timed:  # last: no-grad forwards change FSDP's sharding state for the next step
         out["inference_times"] = _time_inference(model, batch.to(device), point, timer)
     if device.type == "cuda":
