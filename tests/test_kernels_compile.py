@@ -48,6 +48,15 @@ def test_configs_over_the_limit_are_caught():
     assert min(fp32, bf16) > aot_check.SHARED_MEMORY_LIMIT[80], (fp32, bf16)
 
 
+def test_registers_and_spills_come_from_ptxas():
+    out = _compiled(["-m", "s2vbench.kernels.aot_check", "--arch", "90", "--registers"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("  ")]
+    # every row now names its registers (1 to 255 a thread); a spill is reported, not failed
+    regs = [int(r.split(" registers")[0].split()[-1]) for r in rows]
+    assert len(regs) == len(aot_check.launches(90)) and all(1 <= n <= 255 for n in regs), out.stdout
+
+
 def test_compile_failures_and_excess_are_reported_not_raised(monkeypatch):
     def fake(launch, arch):
         if "dq" in launch.name:

@@ -3,8 +3,9 @@
 Triton's wheel carries ptxas, so a CPU machine can compile for sm_80 (A100) and sm_90 (H100, H200) with the
 launch configs the wrappers pick. A config that needs more shared memory than the GPU gives a block compiles
 fine and fails at its first launch with OutOfResources; a Triton upgrade that breaks a kernel's compile shows
-up here too, on the CPU CI. Run ``python -m s2vbench.kernels.aot_check [--arch 80 90]`` (not under
-``TRITON_INTERPRET=1``, which replaces the compiled kernels with interpreted ones)."""
+up here too, on the CPU CI. Run ``python -m s2vbench.kernels.aot_check [--arch 80 90] [--registers]`` (not
+under ``TRITON_INTERPRET=1``, which replaces the compiled kernels with interpreted ones); ``--registers`` adds
+each kernel's registers and spills a thread, from Triton's ptxas run again verbose."""
 
 from __future__ import annotations
 
@@ -100,6 +101,34 @@ def _signature(launch: Launch) -> dict:
 
 def shared_memory_bytes(launch: Launch, arch: int) -> int:
     """Compile ``launch`` for sm_``arch`` (no GPU needed); its shared memory a block, in bytes."""
+    return _compile(launch, arch).metadata.shared
+
+
+def register_use(launch: Launch, arch: int) -> tuple[int, int]:
+    """(registers a thread, bytes spilled to local memory a thread) of ``launch`` at sm_``arch``: its PTX run
+    again through Triton's own ptxas, verbose (spills slow a kernel; the launch itself still works)."""
+    import re
+    import subprocess
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    ptx = _compile(launch, arch).asm["ptx"]
+    with tempfile.TemporaryDirectory() as tmp:
+        src = f"{tmp}/kernel.ptx"
+        with open(src, "w") as f:
+            f.write(ptx)
+        done = subprocess.run([get_ptxas(arch).path, "-v", f"--gpu-name=sm_{arch}{'a' if arch >= 90 else ''}",
+                               src, "-o", f"{tmp}/kernel.cubin"], capture_output=True, text=True, timeout=300)
+    log = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise RuntimeError(f"ptxas failed: {log[-500:]}")
+    regs = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores", log)
+    return int(regs.group(1)) if regs else 0, int(spills.group(1)) if spills else 0
+
+
+def _compile(launch: Launch, arch: int):
     if interpreting():
         raise RuntimeError("ahead-of-time compiles need the compiled kernels; unset TRITON_INTERPRET")
     from triton.backends.compiler import GPUTarget
@@ -114,9 +143,8 @@ def shared_memory_bytes(launch: Launch, arch: int) -> int:
     # shared memory (bf16 attention: 98-131 KiB against 48 KiB without), so the check compiles with them.
     hints = {(i,): [["tt.divisibility", 16]] for i, kind in enumerate(signature.values())
              if kind.startswith("*") or kind == "i32"}
-    compiled = triton.compile(ASTSource(launch.kernel, signature, launch.constexprs, hints),
-                              target=GPUTarget("cuda", arch, 32), options=options)
-    return compiled.metadata.shared
+    return triton.compile(ASTSource(launch.kernel, signature, launch.constexprs, hints),
+                          target=GPUTarget("cuda", arch, 32), options=options)
 
 
 def check(arch: int) -> list[tuple[str, int | None, str]]:
@@ -137,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m s2vbench.kernels.aot_check", description=__doc__.split("\n")[0])
     parser.add_argument("--arch", type=int, nargs="+", default=sorted(SHARED_MEMORY_LIMIT),
                         choices=sorted(SHARED_MEMORY_LIMIT), help="compute capabilities, e.g. 90 for sm_90")
+    parser.add_argument("--registers", action="store_true",
+                        help="also run each kernel's PTX through ptxas -v: registers and spills a thread (slower)")
     args = parser.parse_args(argv)
     from triton.backends import backends
 
@@ -146,9 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     bad = 0
     for arch in args.arch:
         print(f"sm_{arch} (Triton {triton.__version__}; limit {SHARED_MEMORY_LIMIT[arch]:,} B a block)")
+        by_name = {launch.name: launch for launch in launches(arch)}
         for name, shared, problem in check(arch):
             bad += bool(problem)
-            print(f"  {name:40s} {'-' if shared is None else f'{shared:,} B':>12s}  {problem or 'ok'}")
+            regs = ""
+            if args.registers and shared is not None:
+                n, spilled = register_use(by_name[name], arch)
+                regs = f"  {n:3d} registers, {spilled:,} B spilled a thread" if spilled else f"  {n:3d} registers"
+            print(f"  {name:40s} {'-' if shared is None else f'{shared:,} B':>12s}  {problem or 'ok'}{regs}")
     return 1 if bad else 0
 
 
