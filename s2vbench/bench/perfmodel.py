@@ -131,6 +131,12 @@ class Op:
     """Calls per layer forward."""
 
 
+MEMORY_MARGIN = 0.05
+"""Relative error of the predicted peak memory: the model is within 4 % of the tensor storage real CPU steps
+hold (tests/test_perfmodel.py), and a GPU's caching allocator, NCCL's and cuBLAS's workspaces are not
+modelled. A peak this close to a device's capacity is reported as a tight fit, not a fit."""
+
+
 @dataclass
 class Prediction:
     """Predicted time and memory of one workload under one strategy on one profile (seconds, bytes)."""
@@ -191,6 +197,14 @@ class Prediction:
     @property
     def fits(self) -> bool:
         return self.memory_total <= self.capacity
+
+    @property
+    def fit(self) -> str:
+        """"yes"; "tight" when the predicted peak is within ``MEMORY_MARGIN`` of the capacity, so the model's
+        error decides it; or "NO"."""
+        if not self.fits:
+            return "NO"
+        return "tight" if self.memory_total > (1 - MEMORY_MARGIN) * self.capacity else "yes"
 
     @property
     def mfu(self) -> float:
@@ -628,6 +642,9 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
     if not pred.fits:
         pred.notes.append(f"does not fit: {pred.memory_total / 1e9:.1f} GB per rank > "
                           f"{hw.memory_capacity / 1e9:.0f} GB")
+    elif pred.fit == "tight":
+        pred.notes.append(f"a tight fit: {pred.memory_total / 1e9:.1f} GB per rank of {hw.memory_capacity / 1e9:.0f} "
+                          f"GB, within the model's {MEMORY_MARGIN:.0%} error")
     return pred
 
 
@@ -701,6 +718,7 @@ def predict_inference(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, h
 
 __all__ = [
     "ATTENTION_BACKWARD_FLOPS",
+    "MEMORY_MARGIN",
     "OPTIMIZER_PASSES",
     "RING_BACKWARD_BYTES",
     "RING_FORWARD_BYTES",

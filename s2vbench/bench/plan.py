@@ -77,8 +77,7 @@ def _fmt_gb(b: float) -> str:
 
 def prediction_row(name: str, p: Prediction) -> list:
     return [name, p.strategy.world_size, p.global_batch, f"{p.time:.2f}", f"{p.compute:.2f}", f"{p.exposed_comm:.2f}",
-            f"{p.other:.2f}", f"{p.samples_per_s_per_gpu:.4f}", f"{p.mfu:.2f}", _fmt_gb(p.memory_total),
-            "yes" if p.fits else "NO"]
+            f"{p.other:.2f}", f"{p.samples_per_s_per_gpu:.4f}", f"{p.mfu:.2f}", _fmt_gb(p.memory_total), p.fit]
 
 
 PREDICTION_HEADERS = ["configuration", "GPUs", "clips/iter", "s/iter", "compute s", "exposed comm s", "other s",
@@ -197,7 +196,7 @@ def describe_plan(work: Workload, st: Strategy, hw: HardwareProfile) -> str:
               + (f" in the {pred.peak_phase} (the weights and optimizer state plus what that phase holds: the "
                  f"parts do not all peak together)" if pred.peak_phase else "")
               + f" of {_fmt_gb(hw.memory_capacity)}"
-              + ("" if pred.fits else "  ** DOES NOT FIT **"),
+              + {"NO": "  ** DOES NOT FIT **", "tight": "  (a tight fit: within the model's error)"}.get(pred.fit, ""),
               (f"predicted time per iteration: {pred.time:.2f} s = compute {pred.compute:.2f} + exposed communication "
               f"{pred.exposed_comm:.2f} + other {pred.other:.2f}; MFU {pred.mfu:.2f}; "
               f"{pred.samples_per_s_per_gpu:.4f} samples/s/GPU"),
@@ -355,7 +354,7 @@ def write_claim(out: Path, work: Workload, gpus: int, hardware: list[str]) -> Pa
             for g, p in pts:
                 rows.append([cname, g, p.global_batch, p.strategy.label, f"{p.time:.2f}",
                              f"{p.global_batch / p.time:.3f}", f"{p.exposed_comm / p.time:.0%}",
-                             _fmt_gb(p.memory_total), "yes" if p.fits else "NO"])
+                             _fmt_gb(p.memory_total), p.fit])
         lines += ["", f"### Scaling to 512 GPUs on {hw.name} (USP: Ulysses inside a node, ring across nodes)", "",
                   f"![scaling]({png.name})", "",
                   tabulate(rows, ["curve", "GPUs", "clips/iter", "strategy", "s/iter", "clips/s",
