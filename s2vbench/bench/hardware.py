@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 # Dense bf16 tensor-core peaks in TFLOP/s, from the vendors' datasheets (no sparsity).
 BF16_PEAK_TFLOPS = {
@@ -32,15 +31,38 @@ def bf16_peak_tflops(device_name: str | None) -> float | None:
     return None
 
 
+def nvml_handle(nvml, cuda_index: int):
+    """The NVML handle of torch's CUDA device ``cuda_index``, matched by UUID. NVML numbers every GPU of the
+    node and ignores ``CUDA_VISIBLE_DEVICES`` (which SLURM and per-rank launchers set), so torch's index names
+    another GPU whenever that is set."""
+    import torch
+
+    def bare(uuid) -> str:
+        uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+        return uuid.lower().removeprefix("gpu-")
+
+    want = bare(torch.cuda.get_device_properties(cuda_index).uuid)
+    for i in range(nvml.nvmlDeviceGetCount()):
+        handle = nvml.nvmlDeviceGetHandleByIndex(i)
+        if bare(nvml.nvmlDeviceGetUUID(handle)) == want:
+            return handle
+    raise LookupError(f"no NVML device has the UUID of CUDA device {cuda_index} ({want}); a MIG slice has its "
+                      f"own UUID, and NVML samples whole GPUs")
+
+
 class NVMLSampler:
     """Samples power (W), SM utilisation (%) and used memory (GiB) of one GPU in a background thread."""
 
-    def __init__(self, index: int, period_s: float = 0.1):
+    def __init__(self, cuda_index: int, period_s: float = 0.1):
         import pynvml
 
         pynvml.nvmlInit()
         self._nvml = pynvml
-        self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        try:
+            self._handle = nvml_handle(pynvml, cuda_index)
+        except BaseException:
+            pynvml.nvmlShutdown()
+            raise
         self.period_s = period_s
         self.samples: list[tuple[float, float, float]] = []
         self._stop = threading.Event()
@@ -56,7 +78,7 @@ class NVMLSampler:
                 self.samples.append((power, float(util), mem))
             except Exception:  # a sample that fails is skipped, sampling goes on
                 pass
-            time.sleep(self.period_s)
+            self._stop.wait(self.period_s)
 
     def __enter__(self) -> "NVMLSampler":
         self._thread.start()
@@ -76,4 +98,4 @@ class NVMLSampler:
                 "n": float(len(self.samples))}
 
 
-__all__ = ["BF16_PEAK_TFLOPS", "NVMLSampler", "bf16_peak_tflops"]
+__all__ = ["BF16_PEAK_TFLOPS", "NVMLSampler", "bf16_peak_tflops", "nvml_handle"]

@@ -38,6 +38,18 @@ def _step_stats(steps: list[float]) -> dict[str, float]:
     return {"min": min(steps), "max": max(steps), "n": len(steps), **{f"step{i}": t for i, t in enumerate(steps)}}
 
 
+def gpu_power_metric(nvml: list[dict | str | None]) -> Metric:
+    """GPU power from each rank's NVML summary (a dict), or not measured with the first rank's reason (a str)."""
+    if nvml and all(isinstance(n, dict) for n in nvml):
+        return Metric("gpu_power", max(n["power_w_mean"] for n in nvml), "W",
+                      "NVML, mean over the timed steps, max over ranks (sampled every 0.1 s)",
+                      stats={"max": max(n["power_w_max"] for n in nvml),
+                             "sm_util_mean": max(n["sm_util_mean"] for n in nvml),
+                             "memory_used_gib_max": max(n["memory_used_gib_max"] for n in nvml)})
+    why = next((n for n in nvml if isinstance(n, str)), "NVML sampling needs a GPU (absent on CPU)")
+    return Metric("gpu_power", None, "W", why, status="not_measured")
+
+
 def point_record(point: Point, results: list[dict]) -> Record:
     preset = get_preset(point.preset)
     clip = point.clip()
@@ -89,16 +101,7 @@ def point_record(point: Point, results: list[dict]) -> Record:
     else:
         metrics.append(Metric("mfu", None, "1", "needs the device's bf16 peak; none is known for this device "
                                                 "(CPUs included)", status="not_measured"))
-    nvml = [r["real"].get("nvml") for r in results if r["real"].get("nvml")]
-    if nvml:
-        metrics.append(Metric("gpu_power", max(n["power_w_mean"] for n in nvml), "W",
-                              "NVML, mean over the timed steps, max over ranks (sampled every 0.1 s)",
-                              stats={"max": max(n["power_w_max"] for n in nvml),
-                                     "sm_util_mean": max(n["sm_util_mean"] for n in nvml),
-                                     "memory_used_gib_max": max(n["memory_used_gib_max"] for n in nvml)}))
-    else:
-        metrics.append(Metric("gpu_power", None, "W", "NVML sampling needs a GPU (absent on CPU)",
-                              status="not_measured"))
+    metrics.append(gpu_power_metric([r["real"].get("nvml") for r in results]))
     if any("peak_allocated" in r["real"] for r in results):
         metrics.append(Metric("cuda_peak_allocated", max(r["real"]["peak_allocated"] for r in results) / GIB, "GiB",
                               "torch.cuda.max_memory_allocated, max over ranks",
@@ -171,8 +174,9 @@ def point_record(point: Point, results: list[dict]) -> Record:
 
 def failure_record(point: Point, error: BaseException) -> Record:
     text = str(error)
-    oom = bool(re.search(r"exit(ed with )?code\s*:?\s*-9|OutOfMemoryError|out of memory|PointOOM", text,
-                         re.IGNORECASE))
+    # a SIGKILL (the kernel's oom-killer), CUDA's or our own OOM, or the CPU allocator refusing (no overcommit)
+    oom = bool(re.search(r"exit(ed with )?code\s*:?\s*-9|OutOfMemoryError|out of memory|PointOOM|"
+                         r"can't allocate memory", text, re.IGNORECASE))
     status = "oom" if oom else "failed"
     return Record("iteration", point.name, point.to_dict(),
                   [Metric("step_time", None, "s", f"{status}: {text[-500:]}", status="not_measured")],
@@ -213,4 +217,4 @@ def run_sweep(points: list[Point], results_path: str | Path, timeout_s: float = 
     return log
 
 
-__all__ = ["failure_record", "point_record", "run_sweep"]
+__all__ = ["failure_record", "gpu_power_metric", "point_record", "run_sweep"]

@@ -32,20 +32,28 @@ class PointOOM(RuntimeError):
 
 
 def _oom_checked(step_fn, device: torch.device, *args) -> float:
-    """Run one step; on CUDA, an OutOfMemoryError on any rank is all-reduced so every rank stops together."""
+    """Run one step; on CUDA, an OutOfMemoryError on any rank stops every rank together (on CPU an OOM is the
+    kernel's SIGKILL, or the allocator's error, which the launcher reports for all ranks)."""
     if device.type != "cuda":
         return step_fn(*args).loss
+    return stop_together_on_oom(step_fn, device, *args)
+
+
+def stop_together_on_oom(step_fn, device: torch.device, *args) -> float:
+    """``step_fn(*args).loss``, with every rank's out-of-memory flag all-reduced after the step: a rank that ran
+    out does not leave its peers waiting in the next step's collectives, and all raise :class:`PointOOM`."""
     flag = torch.zeros(1, device=device)
     loss = float("nan")
     try:
         loss = step_fn(*args).loss
-    except torch.cuda.OutOfMemoryError:
+    except torch.OutOfMemoryError:
         flag.fill_(1)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     if flag.item():
-        raise PointOOM(f"out of memory on at least one rank (this rank: {torch.cuda.max_memory_allocated(device)} "
-                       f"bytes peak allocated)")
+        peak = (f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB peak allocated on this rank"
+                if device.type == "cuda" else "")
+        raise PointOOM(f"out of memory on at least one rank{f' ({peak})' if peak else ''}")
     return loss
 
 
@@ -72,14 +80,15 @@ def _micro_batches(batch: S2VBatch, n: int) -> S2VBatch | list[S2VBatch]:
 
 
 def _nvml_sampler(device: torch.device):
+    """An NVML sampler of this rank's GPU, or the reason there is none (a string, for the record)."""
     if device.type != "cuda":
-        return None
+        return "NVML sampling needs a GPU (absent on CPU)"
     try:
         from .hardware import NVMLSampler
 
         return NVMLSampler(device.index or 0)
-    except Exception:  # noqa: BLE001 - no NVML (driver or library missing): the record says not measured
-        return None
+    except Exception as e:  # noqa: BLE001 - no NVML (driver or library missing, a MIG slice): not measured, and why
+        return f"NVML sampling failed on this GPU: {type(e).__name__}: {e}"[:300]
 
 
 def compile_blocks(model: WanS2V) -> int:
@@ -133,8 +142,8 @@ def _run_steps(point: Point, device: torch.device, timed: bool, count: bool, tra
     times: list[float] = []
     losses: list[float] = []
     total = warmup + point.steps
-    sampler = _nvml_sampler(device) if timed else None
-    with sampler if sampler is not None else contextlib.nullcontext():
+    sampler = _nvml_sampler(device) if timed else "NVML samples timed steps only (this point has none)"
+    with sampler if not isinstance(sampler, str) else contextlib.nullcontext():
         for step in range(total):
             batch.sample_index = data_parallel_sample_indices(step, dp_rank, dp, point.batch_per_rank)
             b = _micro_batches(batch.to(device), point.grad_accum)
@@ -143,7 +152,8 @@ def _run_steps(point: Point, device: torch.device, timed: bool, count: bool, tra
                     losses.append(_oom_checked(step_fn, device, model, opt, b, step, cfg))
             else:
                 losses.append(_oom_checked(step_fn, device, model, opt, b, step, cfg))
-    out = {"times": times, "losses": losses, "nvml": sampler.summary() if sampler is not None else None}
+    nvml = sampler if isinstance(sampler, str) else (sampler.summary() or "NVML took no sample in the timed steps")
+    out = {"times": times, "losses": losses, "nvml": nvml}
     if point.compile:
         from torch._dynamo.utils import counters
 
