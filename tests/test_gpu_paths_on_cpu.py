@@ -125,3 +125,12 @@ def test_the_cpu_allocator_s_refusal_is_an_oom():
     with pytest.raises(RuntimeError) as e:
         torch.empty(2**50, dtype=torch.uint8)  # 1 PiB: refused at once, whatever the overcommit setting
     assert failure_record(Point("tiny", 1, "single"), RankFailed(0, str(e.value))).tags == ["oom"]
+
+
+def test_each_rank_takes_its_local_gpu_and_an_oversubscribed_node_is_refused():
+    from s2vbench.bench.worker import cuda_index
+
+    assert [cuda_index(r, 8) for r in range(8)] == list(range(8))
+    assert cuda_index(5, 1) == 0  # srun --gpus-per-task=1: each task sees only its own GPU
+    with pytest.raises(RuntimeError, match="local rank 4 has no GPU of its own: 4 are visible.*--nproc-per-node"):
+        cuda_index(4, 4)

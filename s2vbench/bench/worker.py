@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from pathlib import Path
 
 import torch
@@ -20,9 +21,22 @@ from .measure import SavedActivations, StepTimer, TrackedMemory, peak_rss_bytes,
 from .points import Point
 
 
+def cuda_index(local_rank: int, device_count: int) -> int:
+    """This rank's GPU: its local rank, or the only GPU a launcher that binds one GPU to each task left visible."""
+    if device_count == 1:
+        return 0
+    if not 0 <= local_rank < device_count:
+        raise RuntimeError(f"local rank {local_rank} has no GPU of its own: {device_count} are visible on this node; "
+                           f"launch at most {device_count} ranks per node (torchrun --nproc-per-node, sbatch "
+                           f"--ntasks-per-node) or bind one GPU to each task (srun --gpus-per-task=1)")
+    return local_rank
+
+
 def _device() -> torch.device:
     if torch.cuda.is_available():
-        torch.cuda.set_device(dist.get_rank() % torch.cuda.device_count())
+        # LOCAL_RANK from torchrun, or from cluster.py under SLURM; the global rank only on one node
+        local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+        torch.cuda.set_device(cuda_index(local, torch.cuda.device_count()))
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
