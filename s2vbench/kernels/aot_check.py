@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -157,8 +157,18 @@ def check(arch: int) -> list[tuple[str, int | None, str]]:
         except Exception as e:  # noqa: BLE001 - a compile failure is a finding, reported with the rest
             rows.append((launch.name, None, f"does not compile: {type(e).__name__}: {str(e).splitlines()[0][:200]}"))
             continue
-        rows.append((launch.name, shared, "" if shared <= limit else f"over the {limit:,} B limit"))
+        problem = "" if shared <= limit else f"over the {limit:,} B limit"
+        if not problem and launch.constexprs.get("WARP_SPECIALIZE") and not warp_specialised(launch, arch):
+            problem = "warp specialisation not applied: the same PTX as without it (Triton skips it on 8 warps)"
+        rows.append((launch.name, shared, problem))
     return rows
+
+
+def warp_specialised(launch: Launch, arch: int) -> bool:
+    """Whether ``WARP_SPECIALIZE`` changed ``launch``'s code: Triton drops the request without a word where its
+    pass does not apply, and the variant would then time the same kernel under another name."""
+    plain = replace(launch, constexprs=dict(launch.constexprs, WARP_SPECIALIZE=False))
+    return _compile(launch, arch).asm["ptx"] != _compile(plain, arch).asm["ptx"]
 
 
 def main(argv: list[str] | None = None) -> int:
