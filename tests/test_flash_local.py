@@ -152,3 +152,43 @@ def test_two_rank_ring_with_flash_local_attention():
             want = (ref[0], *ref[2:])[i][:, start:start + rows]
             flash, torch_ = out["flash_attn"][i][:, :rows], out["torch"][i][:, :rows]
             assert _rel(flash, want) <= _rel(torch_, want) + 1e-2, (name, _rel(flash, want), _rel(torch_, want))
+
+
+def test_aten_flash_calls_match_the_installed_torch():
+    # meta tensors run aten's shape functions: the calls' arguments and outputs as this torch defines them
+    # (their numerics need a GPU: the next test)
+    from s2vbench.parallel.local_attention import aten_flash_backward, aten_flash_forward
+
+    q, k, v, dout = (torch.empty(1, n, 5, 128, device="meta", dtype=torch.bfloat16) for n in (96, 160, 160, 96))
+    out, lse = aten_flash_forward(q, k, v)
+    assert out.shape == q.shape and out.dtype == q.dtype and lse.shape == (1, 5, 96) and lse.dtype == torch.float32
+    dq, dk, dv = aten_flash_backward(dout, q, k, v, out, lse)
+    assert (dq.shape, dk.shape, dv.shape) == (q.shape, k.shape, v.shape) and dq.dtype == torch.bfloat16
+
+
+def test_torch_backend_takes_aten_flash_only_where_it_applies():
+    from s2vbench.parallel.local_attention import aten_flash_applies
+
+    assert not aten_flash_applies(torch.empty(1, 8, 2, 64, dtype=torch.bfloat16))  # CPU: aten's CPU kernel
+    if torch.cuda.is_available():
+        assert aten_flash_applies(torch.empty(1, 8, 2, 64, dtype=torch.bfloat16, device="cuda")) == (
+            torch.cuda.get_device_capability() >= (8, 0))
+        assert not aten_flash_applies(torch.empty(1, 8, 2, 64, device="cuda"))  # float32: the reference
+        assert not aten_flash_applies(torch.empty(1, 8, 2, 12, dtype=torch.bfloat16, device="cuda"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+                    reason="aten's CUDA flash attention needs an Ampere or later GPU")
+def test_aten_flash_on_gpu_is_as_close_to_float64_as_torch_in_bf16():
+    from s2vbench.kernels.attention import attention_backward_reference, attention_reference
+
+    q, k, v, dout = (t.cuda() for t in _inputs(nq=200, nk=328))
+    q, k, v, dout = (t.repeat(1, 1, 1, 8) for t in (q, k, v, dout))  # head_dim 128
+    out, lse = local_forward(q, k, v, "torch")
+    grads = local_backward(dout, q, k, v, out, lse, "torch")
+    r_out, r_lse = attention_reference(q, k, v)  # plain torch in bf16
+    r_grads = attention_backward_reference(dout, q, k, v, r_out, r_lse)
+    ref = _float64_reference(q, k, v, dout)
+    for name, ours, plain, want in zip(("out", "lse", "dq", "dk", "dv"), (out, lse, *grads), (r_out, r_lse, *r_grads),
+                                       ref):
+        assert _rel(ours, want) <= 2 * _rel(plain, want) + 1e-5, (name, _rel(ours, want), _rel(plain, want))

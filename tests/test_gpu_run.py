@@ -36,9 +36,15 @@ def test_stages_leave_the_later_stages_their_time(tmp_path):
 
     log = ResultsLog(tmp_path / "results.json", environment={})
     shapes = smoke_attention_shapes()
-    budget = Budget(3.0)  # 180 s left
-    _attention_stage(shapes, log, budget, torch.float32, torch.device("cpu"), reserve_s=150.0)
-    assert log.records == []  # 60 s per point + 150 s reserved > 180 s left: the later stages keep theirs
+    from s2vbench.bench.gpu_run import ATTENTION_POINT_S, DEFAULT_BUDGET_MIN, GROUND_POINT_S, MODEL_STAGE_S
+
+    assert Budget(DEFAULT_BUDGET_MIN).need(ATTENTION_POINT_S) == ATTENTION_POINT_S
+    budget = Budget(3.0)  # 180 s left: a shorter lease scales every stage's need alike, so none is starved
+    assert budget.need(ATTENTION_POINT_S) == ATTENTION_POINT_S * 3.0 / DEFAULT_BUDGET_MIN
+    # with the later stages' reserve, the first per-rank shape still runs in a 3-minute lease
+    assert budget.allows(budget.need(ATTENTION_POINT_S + MODEL_STAGE_S + 2 * GROUND_POINT_S) + 20)
+    _attention_stage(shapes, log, budget, torch.float32, torch.device("cpu"), reserve_s=170.0)
+    assert log.records == []  # 22.5 s per point + 170 s reserved > 180 s left: the later stages keep theirs
     _attention_stage(shapes, log, budget, torch.float32, torch.device("cpu"), reserve_s=0.0)
     assert {r.name for r in log.records} >= {"attention/smoke/sdpa_math_cpu/float32"}
 
@@ -56,3 +62,21 @@ def test_the_grounding_profile_follows_the_device():
     assert load_profile(profile_for_device("NVIDIA H200")).name == "h200"
     with pytest.raises(SystemExit):
         main(["gpu-run", "--budget-min", "0"])
+
+
+def test_a_variant_that_fails_is_recorded_and_the_others_are_checked(monkeypatch):
+    from s2vbench.bench.kernels import attention_correctness
+    from s2vbench.kernels import attention
+
+    real_forward = attention.attention_reference
+
+    def forward(q, k, v, variant="pointer"):
+        if variant == "tma":
+            raise RuntimeError("TMA needs compute capability 9.0 (simulated)")
+        return real_forward(q, k, v)
+
+    monkeypatch.setattr(attention, "attention_forward", forward)
+    monkeypatch.setattr(attention, "attention_backward", attention.attention_backward_reference)
+    recs = {r.config["variant"]: r for r in attention_correctness(64, torch.float32, torch.device("cpu"))}
+    assert recs["tma"].metric("passed").status == "not_measured" and "TMA needs" in recs["tma"].metric("passed").how
+    assert recs["pointer"].metric("passed").value == 1.0 and recs["tma_ws"].metric("passed").value == 1.0

@@ -21,3 +21,24 @@ def test_ground_runs_rank0_share_and_records_measured_and_predicted(tmp_path):
     # a re-run resumes: nothing is repeated or lost
     run_ground(points, ResultsLog(tmp_path / "ground.json"), timeout_s=240)
     assert len(read_results(tmp_path / "ground.json")) == len(points)
+
+
+def test_each_ground_point_asks_the_lease_and_is_stopped_within_it(tmp_path, monkeypatch):
+    from s2vbench.parallel import launch
+
+    calls = []
+
+    def fake_run_ranks(fn, world, point_dict, timeout_s):
+        calls.append(timeout_s)
+        raise TimeoutError(f"ranks [0] did not finish within {timeout_s:.0f} s")
+
+    monkeypatch.setattr(launch, "run_ranks", fake_run_ranks)
+    points = ground_points(world=8, on_gpu=True)
+    log = ResultsLog(tmp_path / "ground.json", environment={})
+    left = iter([50.0, 50.0])
+    run_ground(points, log, left_s=lambda: next(left), need_s=60.0)
+    assert calls == [] and log.records == []  # too little left: neither starts, a resume runs them
+    left = iter([300.0, 300.0, 100.0, 100.0])  # asked twice a point; the first point took 200 s
+    run_ground(points, log, left_s=lambda: next(left), need_s=60.0)
+    assert calls == [300.0 - 45.0, 60.0]  # each stopped within what is left (run_ranks' own slack kept)
+    assert [r.tags for r in log.records] == [["failed"], ["failed"]] and "within 255 s" in log.records[0].notes

@@ -11,6 +11,8 @@ model's exposed communication; it is marked ``predicted`` (grounded), never ``me
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .points import Point
@@ -34,8 +36,6 @@ def ground_rank(rank: int, _world: int, point_dict: dict) -> dict:
     point = Point.from_dict(point_dict)
     join_fake_group(point.world)
     device = _device()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     out = _run_steps(point, device, timed=True, count=False)
     out["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return out
@@ -64,7 +64,8 @@ def ground_record(point: Point, result: dict, hw_name: str | None = None) -> Rec
     scale = (full.compute + full.other) / (reduced.compute + reduced.other)
     grounded = measured * scale + full.exposed_comm
     how = f"rank 0 of {point.world} under torch's fake process group (collectives are no-ops), median of " \
-          f"{len(result['times'])} timed steps, warm-up excluded"
+          f"{len(result['times'])} timed steps, warm-up excluded; attention: the {point.attention_backend!r} " \
+          f"backend{' (aten flash attention on CUDA)' if point.attention_backend == 'torch' else ''}"
     metrics = [Metric("rank0_compute_time", measured, "s", how,
                       stats={f"step{i}": t for i, t in enumerate(result["times"])}),
                Metric("model_compute_time", reduced.compute + reduced.other, "s",
@@ -83,8 +84,16 @@ def ground_record(point: Point, result: dict, hw_name: str | None = None) -> Rec
                   tags=["fake_pg"], notes=f"device {result.get('device_name')}")
 
 
-def run_ground(points: list[Point], log, timeout_s: float = 600.0) -> None:
-    """Each point in its own process (its own fake group), recorded as it finishes."""
+RUN_RANKS_SLACK_S = 45.0
+"""What ``run_ranks`` may take beyond its timeout: the collectives' timeout fires first, then it waits 30 s
+more and joins the processes."""
+
+
+def run_ground(points: list[Point], log, timeout_s: float = 600.0, left_s: Callable[[], float] | None = None,
+               need_s: float = 60.0) -> None:
+    """Each point in its own process (its own fake group), recorded as it finishes. With ``left_s`` (the
+    seconds a lease has left, asked again before each point), a point starts only with more than ``need_s``
+    left and is stopped within what is left; one not started is run by a resume."""
     from ..parallel.launch import RankFailed, run_ranks
     from .sweep import failure_record
 
@@ -92,8 +101,13 @@ def run_ground(points: list[Point], log, timeout_s: float = 600.0) -> None:
         name = f"ground/{point.name}"
         if log.done(name):
             continue
+        limit = timeout_s
+        if left_s is not None:
+            if left_s() <= need_s:
+                continue
+            limit = min(timeout_s, max(need_s, left_s() - RUN_RANKS_SLACK_S))
         try:
-            result = run_ranks(ground_rank, 1, point.to_dict(), timeout_s=timeout_s)[0]
+            result = run_ranks(ground_rank, 1, point.to_dict(), timeout_s=limit)[0]
             log.append(ground_record(point, result))
         except (RankFailed, TimeoutError) as e:
             rec = failure_record(point, e)

@@ -205,8 +205,16 @@ def attention_correctness(n: int, dtype: torch.dtype, device: torch.device, head
     torch_errs["lse"] = (lse_same.double() - lse64[..., :lse_rows]).abs().max().item()
     records = []
     for variant in variants:
-        out, lse = attention_forward(q, k, v, variant=variant)
-        grads = attention_backward(dout, q, k, v, out, lse)
+        name = f"attention-correctness/{variant}/{n}/{dtype}"
+        config = {"n": n, "heads": heads, "head_dim": head_dim, "dtype": str(dtype), "variant": variant}
+        try:
+            out, lse = attention_forward(q, k, v, variant=variant)
+            grads = attention_backward(dout, q, k, v, out, lse)
+        except Exception as e:  # one variant this GPU or Triton rejects must not cost the others their check
+            records.append(Record("attention_correctness", name, config,
+                                  [Metric("passed", None, "1", f"failed: {type(e).__name__}: {e}"[:300],
+                                          status="not_measured")]))
+            continue
         ours = {"out": out, "lse": lse[..., :lse_rows], "dq": grads[0], "dk": grads[1], "dv": grads[2]}
         refs = {"out": out64, "lse": lse64[..., :lse_rows], "dq": dq64, "dk": dk64, "dv": dv64}
         metrics = []
@@ -218,9 +226,7 @@ def attention_correctness(n: int, dtype: torch.dtype, device: torch.device, head
             metrics.append(Metric(f"{key}_max_abs_err", err, "1", "max |ours - float64 reference|",
                                   stats={"torch_same_dtype": torch_errs[key], "within_2x_rule": float(ok)}))
         metrics.append(Metric("passed", float(passed), "1", "every error within 2x torch's own + 1e-6 floor"))
-        records.append(Record("attention_correctness", f"attention-correctness/{variant}/{n}/{dtype}",
-                              {"n": n, "heads": heads, "head_dim": head_dim, "dtype": str(dtype), "variant": variant},
-                              metrics))
+        records.append(Record("attention_correctness", name, config, metrics))
     return records
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 from pathlib import Path
 
@@ -135,7 +136,12 @@ def _run_steps(point: Point, device: torch.device, timed: bool, count: bool, tra
     warmup = point.warmup if warmup is None else warmup
     preset = get_preset(point.preset)
     torch.manual_seed(0)
-    model = WanS2V(preset.model).to(device)
+    if device.type == "cuda":  # a fresh point: no earlier point's peak, nor its cached blocks
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    with device:  # initialised where it runs: on one CPU thread a 14b-width model takes most of a minute
+        model = WanS2V(preset.model)
     if point.compile:  # before parallelize (CP, AC, FSDP), as torchtitan orders it
         compile_blocks(model)
     compile_start = _compile_seconds()

@@ -1,8 +1,10 @@
 """Attention on one rank's blocks with the statistics ring attention needs: (out, lse) forward, and a backward
 from given (global) out and lse. Layout [B, N, H, D]; lse [B, H, N] float32.
 
-Backends (the names of the model's attention seam): "triton" (our kernels); "torch": aten's CPU flash
-attention on CPU (it returns the lse and its backward takes out and lse), the plain-torch reference elsewhere;
+Backends (the names of the model's attention seam): "triton" (our kernels); "torch": aten's flash attention,
+the CPU kernel on CPU and the CUDA one (FlashAttention-2 inside torch) in half precision on sm_80 and later
+(each returns the lse, and its backward takes out and lse), else the plain-torch reference (whole score
+matrices: a correctness path, far too slow and large at the models' lengths);
 "flash_attn": Dao-AILab flash-attn 2 (the ``gpu`` extra, imported on first use): the forward is
 ``flash_attn_func(q, k, v, return_attn_probs=True)``, whose ``softmax_lse`` is already [B, H, N] float32 (its
 q/k/v/out layout is ours, [B, N, H, D]); the backward from the merged (out, lse) uses flash-attn's
@@ -78,6 +80,30 @@ def _flash_backward(dout, q, k, v, out, lse) -> tuple[torch.Tensor, torch.Tensor
     return dq, dk, dv
 
 
+def aten_flash_applies(q: torch.Tensor) -> bool:
+    """Whether torch's CUDA flash attention takes ``q``: half precision, a head_dim it compiles (a multiple of 8
+    up to 256), an Ampere or later GPU."""
+    return (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] % 8 == 0
+            and q.shape[-1] <= 256 and torch.cuda.get_device_capability(q.device) >= (8, 0))
+
+
+def aten_flash_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse [B, H, Nq] float32) from aten's flash attention (its layout is [B, H, N, D])."""
+    out, lse, *_ = torch.ops.aten._scaled_dot_product_flash_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                                                      v.transpose(1, 2))
+    return out.transpose(1, 2), lse
+
+
+def aten_flash_backward(dout, q, k, v, out, lse) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """aten's flash backward from a given (out, lse), which ring attention merges over blocks. Not varlen: no
+    cumulative lengths (what its own forward returns then); without dropout the RNG state goes unread."""
+    t = [x.transpose(1, 2) for x in (dout, q, k, v, out)]
+    rng = torch.zeros(2, dtype=torch.uint64, device=q.device), torch.zeros((), dtype=torch.uint64, device=q.device)
+    dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_backward(
+        *t, lse.float().contiguous(), None, None, q.shape[1], k.shape[1], 0.0, False, *rng)
+    return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
+
+
 def local_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "torch"
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     _check(backend)
@@ -91,6 +117,8 @@ def local_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: st
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2), lse if lse.dtype == torch.float64 else lse.float()
+    if aten_flash_applies(q):
+        return aten_flash_forward(q, k, v)
     from ..kernels.attention import attention_reference
 
     return attention_reference(q, k, v)
@@ -110,9 +138,12 @@ def local_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torc
         dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             *t, lse.to(q.dtype) if q.dtype == torch.float64 else lse, 0.0, False)
         return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
+    if aten_flash_applies(q):
+        return aten_flash_backward(dout, q, k, v, out, lse)
     from ..kernels.attention import attention_backward_reference
 
     return attention_backward_reference(dout, q, k, v, out, lse)
 
 
-__all__ = ["BACKENDS", "flash_attn_module", "local_backward", "local_forward"]
+__all__ = ["BACKENDS", "aten_flash_applies", "aten_flash_backward", "aten_flash_forward", "flash_attn_module",
+           "local_backward", "local_forward"]
