@@ -176,6 +176,7 @@ def test_device_peaks_and_oom_classification():
 
     assert bf16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.4 and bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert bf16_peak_tflops("NVIDIA H200") == 989.4 and bf16_peak_tflops("cpu") is None
+    assert bf16_peak_tflops("NVIDIA H200 NVL") == 835.5  # the PCIe card: lower clocks and power than SXM
     p = Point("tiny", 2, "ring")
     assert failure_record(p, RuntimeError("rank 1 failed: process exited with code -9")).tags == ["oom"]
     assert failure_record(p, RuntimeError("PointOOM: out of memory on at least one rank")).tags == ["oom"]

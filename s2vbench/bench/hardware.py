@@ -10,6 +10,7 @@ BF16_PEAK_TFLOPS = {
     "H100 PCIe": 756.0,
     "H100 NVL": 835.0,
     "H200": 989.4,
+    "H200 NVL": 835.5,  # 1,671 TFLOP/s with sparsity, halved
     "A100": 312.0,
 }
 
@@ -25,6 +26,8 @@ def bf16_peak_tflops(device_name: str | None) -> float | None:
         if "NVL" in name:
             return BF16_PEAK_TFLOPS["H100 NVL"]
         return BF16_PEAK_TFLOPS["H100 SXM"]
+    if "H200" in name and "NVL" in name:
+        return BF16_PEAK_TFLOPS["H200 NVL"]
     for key in ("H200", "A100"):
         if key in name:
             return BF16_PEAK_TFLOPS[key]

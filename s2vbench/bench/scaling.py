@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from ..model import get_preset
+from ..parallel.launch import default_backend
 from .cluster import detect_env, export_for_torch
 from .points import STRATEGIES, Point, clip_for_tokens
 from .results import ResultsLog, atomic_write_bytes, check_output_folder, has_type, is_int, read_results
@@ -230,7 +231,7 @@ def run_in_job(points: list[Point], out: Path, timeout_s: float = 900.0) -> None
                          f"points above it; use a port below {65535 - len(mine)}")
     check_output_folder(out)  # before any rank starts, not at the first point's write
     export_for_torch(env)
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = default_backend()
     results_path = out / "results.json"
     # Every rank reads what is finished, or was died in, before any point runs (rank 0 writes only once all
     # ranks have joined a point), so all skip the same points: a rank that ran a point rank 0 skipped would

@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 
 from ..model import clip_layout, get_preset
-from ..parallel.launch import RankFailed, run_ranks
+from ..parallel.launch import RankFailed, default_backend, run_ranks
 from .analytic import CommVolume, forward_flops, fsdp_comm_volume, training_state_bytes, training_step_comm_volume
 from .hardware import bf16_peak_tflops
 from .points import Point
@@ -205,7 +205,7 @@ def run_sweep(points: list[Point], results_path: str | Path, timeout_s: float = 
             try:
                 results = run_ranks(run_point_rank, point.world,
                                     {**point.to_dict(), "trace_dir": str(results_path.parent / "traces")},
-                                    timeout_s=timeout_s, threads_per_rank=1)
+                                    backend=default_backend(), timeout_s=timeout_s, threads_per_rank=1)
                 log.append(point_record(point, results))
             except (RankFailed, TimeoutError) as e:
                 log.append(failure_record(point, e))

@@ -31,6 +31,12 @@ class RankFailed(RuntimeError):
         self.rank = rank
 
 
+def default_backend() -> str:
+    """NCCL for the GPUs' collectives where CUDA is present, with gloo for any on host tensors (NCCL refuses
+    those); gloo alone on CPU."""
+    return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -140,4 +146,4 @@ def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any, backend: str 
     return [out[r] for r in range(world_size)]
 
 
-__all__ = ["RankFailed", "free_port", "join_fake_group", "run_ranks"]
+__all__ = ["RankFailed", "default_backend", "free_port", "join_fake_group", "run_ranks"]

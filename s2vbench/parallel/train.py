@@ -32,7 +32,9 @@ def parallel_train_step(model: WanS2V, optimizer: torch.optim.Optimizer, batch: 
     optimizer.zero_grad(set_to_none=True)
     batches = batch if isinstance(batch, list) else [batch]
     loss_sum, tokens, per_token = accumulate_gradients(model, batches, step, cfg)
-    totals = all_reduce_sum(torch.tensor([float(tokens), loss_sum], dtype=torch.float64))
+    # on the batch's device: NCCL reduces device tensors only
+    totals = all_reduce_sum(torch.tensor([float(tokens), loss_sum], dtype=torch.float64,
+                                         device=batches[0].latents.device))
     total = int(totals[0].item())
     scale_gradients(model, 1.0 / (total * per_token))
     grad_norm = None
