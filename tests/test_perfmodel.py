@@ -751,8 +751,16 @@ def test_a_peak_within_the_models_error_of_capacity_is_a_tight_fit():
 
     assert MEMORY_MARGIN == 0.05  # the peak test below holds the model to 6 %; measured within 4 %
     assert (fit(94.9), fit(95.1), fit(100.0), fit(100.1)) == ("yes", "tight", "tight", "NO")
-    cfg, lay = _layout("14b")  # 140.4 GB per rank on a 141 GB H200: tight, and said so
-    pred = predict_training(cfg, lay, Strategy(1, 8, 1, ac=False), load_profile("h200"), 1)
+    import dataclasses
+
+    cfg, lay = _layout("14b")  # 140.4 GB per rank: fits an H200's 141 GiB (151.4 GB) with 7 % to spare
+    h200 = load_profile("h200")
+    assert h200.memory_capacity == 141 * 2**30 and load_profile("h100-sxm").memory_capacity == 80 * 2**30
+    pred = predict_training(cfg, lay, Strategy(1, 8, 1, ac=False), h200, 1)
+    assert pred.fit == "yes" and 0.92 < pred.memory_total / h200.memory_capacity < 0.95, pred.memory_total
+    # read as 141 decimal GB, as the profiles did before 2026-12-03, it is tight, and said so
+    decimal = dataclasses.replace(h200, memory_capacity=141e9)
+    pred = predict_training(cfg, lay, Strategy(1, 8, 1, ac=False), decimal, 1)
     assert pred.fit == "tight" and any("a tight fit" in n for n in pred.notes), (pred.memory_total, pred.notes)
 
 
