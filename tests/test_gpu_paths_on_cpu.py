@@ -134,3 +134,19 @@ def test_each_rank_takes_its_local_gpu_and_an_oversubscribed_node_is_refused():
     assert cuda_index(5, 1) == 0  # srun --gpus-per-task=1: each task sees only its own GPU
     with pytest.raises(RuntimeError, match="local rank 4 has no GPU of its own: 4 are visible.*--nproc-per-node"):
         cuda_index(4, 4)
+
+
+def test_a_point_with_more_ranks_than_gpus_is_recorded_not_launched(tmp_path, monkeypatch):
+    from s2vbench.bench import results, sweep
+    from s2vbench.bench.points import Point
+    from s2vbench.bench.results import read_results
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(results, "capture_environment", lambda: {"device": "NVIDIA H200 (faked)"})
+    launched = []
+    monkeypatch.setattr(sweep, "run_ranks", lambda *a, **k: launched.append(a) or [])
+    sweep.run_sweep([Point("tiny", 2, "fsdp")], tmp_path / "results.json", progress=False)
+    (rec,) = read_results(tmp_path / "results.json")
+    assert launched == [] and rec.tags == ["failed"]
+    assert "2 ranks need 2 GPUs (one a rank), and this machine has 1" in rec.metric("step_time").how

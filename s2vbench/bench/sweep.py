@@ -11,6 +11,8 @@ import re
 import statistics
 from pathlib import Path
 
+import torch
+
 from ..model import clip_layout, get_preset
 from ..parallel.launch import RankFailed, default_backend, run_ranks
 from .analytic import CommVolume, forward_flops, fsdp_comm_volume, training_state_bytes, training_step_comm_volume
@@ -202,6 +204,14 @@ def run_sweep(points: list[Point], results_path: str | Path, timeout_s: float = 
         for point in todo:
             if bar is not None:
                 bar.update(task, description=f"{point.name} ({point.warmup}+{point.steps} steps)")
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else None
+            if gpus is not None and point.world > gpus:  # NCCL refuses two ranks on one GPU
+                log.append(failure_record(point, RuntimeError(
+                    f"not run: {point.world} ranks need {point.world} GPUs (one a rank), and this machine has "
+                    f"{gpus}; run the point where {point.world} are visible, or leave it out")))
+                if bar is not None:
+                    bar.advance(task)
+                continue
             try:
                 results = run_ranks(run_point_rank, point.world,
                                     {**point.to_dict(), "trace_dir": str(results_path.parent / "traces")},
