@@ -192,3 +192,23 @@ def test_aten_flash_on_gpu_is_as_close_to_float64_as_torch_in_bf16():
     for name, ours, plain, want in zip(("out", "lse", "dq", "dk", "dv"), (out, lse, *grads), (r_out, r_lse, *r_grads),
                                        ref):
         assert _rel(ours, want) <= 2 * _rel(plain, want) + 1e-5, (name, _rel(ours, want), _rel(plain, want))
+    # as ring attention uses it: each key block's backward from the merged (global) out and lse
+    from s2vbench.kernels.attention import merge_attention
+
+    halves = [(k[:, :160], v[:, :160]), (k[:, 160:], v[:, 160:])]
+    parts = [local_forward(q, kb, vb, "torch") for kb, vb in halves]
+    m_out, m_lse = merge_attention(*parts[0], *parts[1])
+    m_out = m_out.to(q.dtype)
+    block_grads = [local_backward(dout, q, kb, vb, m_out, m_lse, "torch") for kb, vb in halves]
+    merged = (m_out, m_lse, sum(g[0].float() for g in block_grads),
+              torch.cat([g[1] for g in block_grads], dim=1), torch.cat([g[2] for g in block_grads], dim=1))
+    for name, ours, plain, want in zip(("out", "lse", "dq", "dk", "dv"), merged, (r_out, r_lse, *r_grads), ref):
+        assert _rel(ours, want) <= 2 * _rel(plain, want) + 1e-5, ("merged " + name, _rel(ours, want), _rel(plain, want))
+
+
+def test_aten_flash_backward_refuses_an_lse_of_the_wrong_shape():
+    from s2vbench.parallel.local_attention import aten_flash_backward
+
+    q = torch.empty(1, 96, 5, 128, device="meta", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=r"expected \[B, H, Nq\] = \(1, 5, 96\)"):
+        aten_flash_backward(q, q, q, q, q, torch.empty(1, 96, 5, device="meta"))

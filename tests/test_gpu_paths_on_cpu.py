@@ -150,3 +150,16 @@ def test_a_point_with_more_ranks_than_gpus_is_recorded_not_launched(tmp_path, mo
     (rec,) = read_results(tmp_path / "results.json")
     assert launched == [] and rec.tags == ["failed"]
     assert "2 ranks need 2 GPUs (one a rank), and this machine has 1" in rec.metric("step_time").how
+
+
+def test_a_gpu_nvml_may_not_open_is_passed_over(visible):
+    nv = fake_pynvml()
+    opened = nv.nvmlDeviceGetHandleByIndex
+
+    def restricted(i):  # a cgroup-restricted job: the node's GPUs 0 and 1 are another job's
+        if i < 2:
+            raise RuntimeError("NVML_ERROR_NO_PERMISSION (simulated)")
+        return opened(i)
+
+    nv.nvmlDeviceGetHandleByIndex = restricted
+    assert nvml_handle(nv, 0) == ("handle", 2)

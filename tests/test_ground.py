@@ -40,5 +40,6 @@ def test_each_ground_point_asks_the_lease_and_is_stopped_within_it(tmp_path, mon
     assert calls == [] and log.records == []  # too little left: neither starts, a resume runs them
     left = iter([300.0, 300.0, 100.0, 100.0])  # asked twice a point; the first point took 200 s
     run_ground(points, log, left_s=lambda: next(left), need_s=60.0)
-    assert calls == [300.0 - 45.0, 60.0]  # each stopped within what is left (run_ranks' own slack kept)
-    assert [r.tags for r in log.records] == [["failed"], ["failed"]] and "within 255 s" in log.records[0].notes
+    # each stopped within what is left, keeping run_ranks' own slack and the next point's need
+    assert calls == [300.0 - 45.0 - 60.0, 60.0]
+    assert [r.tags for r in log.records] == [["failed"], ["failed"]] and "within 195 s" in log.records[0].notes

@@ -97,15 +97,15 @@ def run_ground(points: list[Point], log, timeout_s: float = 600.0, left_s: Calla
     from ..parallel.launch import RankFailed, run_ranks
     from .sweep import failure_record
 
-    for point in points:
+    todo = [p for p in points if not log.done(f"ground/{p.name}")]
+    for i, point in enumerate(todo):
         name = f"ground/{point.name}"
-        if log.done(name):
-            continue
         limit = timeout_s
         if left_s is not None:
             if left_s() <= need_s:
                 continue
-            limit = min(timeout_s, max(need_s, left_s() - RUN_RANKS_SLACK_S))
+            later = need_s * (len(todo) - 1 - i)  # a slow point leaves the points after it theirs
+            limit = min(timeout_s, max(need_s, left_s() - RUN_RANKS_SLACK_S - later))
         try:
             result = run_ranks(ground_rank, 1, point.to_dict(), timeout_s=limit)[0]
             log.append(ground_record(point, result))

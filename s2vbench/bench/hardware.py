@@ -46,8 +46,12 @@ def nvml_handle(nvml, cuda_index: int):
 
     want = bare(torch.cuda.get_device_properties(cuda_index).uuid)
     for i in range(nvml.nvmlDeviceGetCount()):
-        handle = nvml.nvmlDeviceGetHandleByIndex(i)
-        if bare(nvml.nvmlDeviceGetUUID(handle)) == want:
+        try:
+            handle = nvml.nvmlDeviceGetHandleByIndex(i)
+            uuid = nvml.nvmlDeviceGetUUID(handle)
+        except Exception:  # noqa: BLE001 - a GPU this job may not open (a cgroup-restricted SLURM job): not ours
+            continue
+        if bare(uuid) == want:
             return handle
     raise LookupError(f"no NVML device has the UUID of CUDA device {cuda_index} ({want}); a MIG slice has its "
                       f"own UUID, and NVML samples whole GPUs")

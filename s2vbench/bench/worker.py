@@ -56,7 +56,11 @@ def _oom_checked(step_fn, device: torch.device, *args) -> float:
 
 def stop_together_on_oom(step_fn, device: torch.device, *args) -> float:
     """``step_fn(*args).loss``, with every rank's out-of-memory flag all-reduced after the step: a rank that ran
-    out does not leave its peers waiting in the next step's collectives, and all raise :class:`PointOOM`."""
+    out does not leave its peers waiting in the next step's collectives, and all raise :class:`PointOOM`.
+
+    That covers ranks that run out together (they hold the same shapes, so they usually do) and a rank that
+    runs out after the step's last collective (the optimizer step). One that runs out alone before a
+    collective leaves its peers in it: they stop at the process group's timeout, recorded as failed."""
     flag = torch.zeros(1, device=device)
     loss = float("nan")
     try:

@@ -97,8 +97,12 @@ def aten_flash_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tup
 def aten_flash_backward(dout, q, k, v, out, lse) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """aten's flash backward from a given (out, lse), which ring attention merges over blocks. Not varlen: no
     cumulative lengths (what its own forward returns then); without dropout the RNG state goes unread."""
+    b, n, h, _ = q.shape
+    if tuple(lse.shape) != (b, h, n):  # the kernel reads it unchecked as a contiguous [B, H, Nq]
+        raise ValueError(f"lse of shape {tuple(lse.shape)} for q of shape {tuple(q.shape)}; expected [B, H, Nq] = "
+                         f"{(b, h, n)}")
     t = [x.transpose(1, 2) for x in (dout, q, k, v, out)]
-    rng = torch.zeros(2, dtype=torch.uint64, device=q.device), torch.zeros((), dtype=torch.uint64, device=q.device)
+    rng = torch.empty(2, dtype=torch.uint64, device=q.device), torch.empty((), dtype=torch.uint64, device=q.device)
     dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_backward(
         *t, lse.float().contiguous(), None, None, q.shape[1], k.shape[1], 0.0, False, *rng)
     return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
