@@ -80,3 +80,7 @@ def test_a_variant_that_fails_is_recorded_and_the_others_are_checked(monkeypatch
     recs = {r.config["variant"]: r for r in attention_correctness(64, torch.float32, torch.device("cpu"))}
     assert recs["tma"].metric("passed").status == "not_measured" and "TMA needs" in recs["tma"].metric("passed").how
     assert recs["pointer"].metric("passed").value == 1.0 and recs["tma_ws"].metric("passed").value == 1.0
+    # the local attention of Ulysses and ring (here aten's CPU kernel), ring's two blocks merged
+    from s2vbench.bench.kernels import RING_LOCAL_VARIANT
+
+    assert recs[RING_LOCAL_VARIANT].metric("passed").value == 1.0, recs[RING_LOCAL_VARIANT].metrics

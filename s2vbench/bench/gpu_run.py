@@ -2,7 +2,8 @@
 
 Runs in priority order and writes every result the moment it exists (atomic, incremental); stage 2 stops
 early enough to leave stages 3 and 4 their time, and stages 5 and 6 spend whatever is left:
-1. bf16 correctness of the attention kernels at N = 32k against float64, next to torch SDPA's error;
+1. bf16 correctness of the attention kernels at N = 32k against float64, next to torch SDPA's error, and of
+   the local attention ring and Ulysses use on a GPU (aten's flash attention; two key blocks merged);
 2. attention benchmark at the paper's 8-GPU per-rank shapes (Ulysses: 44,544 tokens x 5 heads; ring:
    5,568-token blocks x 40 heads), against SDPA cuDNN / flash and flash-attn when it imports;
 3. the single-GPU model report: the 14b width with 2 blocks and their 2 injectors, AC on, bf16, at 44,544

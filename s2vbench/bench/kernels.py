@@ -186,9 +186,31 @@ def _chunked_reference(q, k, v, dout, chunk: int = 2048):
     return torch.cat(outs, 1), torch.cat(lses, 2), torch.cat(dqs, 1), dk, dv
 
 
+RING_LOCAL_VARIANT = "ring2_torch_local"
+"""Not a kernel variant: the ``torch`` local attention of Ulysses and ring (aten's flash attention on a GPU)
+over two key blocks, merged, and each block's backward from the merged (out, lse), as ``parallel/ring.py``
+runs it."""
+
+
+def _ring_local(q, k, v, dout):
+    from ..kernels.attention import merge_attention
+    from ..parallel.local_attention import local_backward, local_forward
+
+    half = k.shape[1] // 2
+    blocks = [(k[:, :half], v[:, :half]), (k[:, half:], v[:, half:])]
+    parts = [local_forward(q, kb, vb, "torch") for kb, vb in blocks]
+    out, lse = merge_attention(*parts[0], *parts[1])
+    out = out.to(q.dtype)
+    grads = [local_backward(dout, q, kb, vb, out, lse, "torch") for kb, vb in blocks]
+    dq = sum(g[0].float() for g in grads).to(q.dtype)
+    return out, lse, (dq, torch.cat([g[1] for g in grads], 1), torch.cat([g[2] for g in grads], 1))
+
+
 def attention_correctness(n: int, dtype: torch.dtype, device: torch.device, heads: int = 2, head_dim: int = 128,
-                          variants: tuple[str, ...] = ("pointer", "tma", "tma_ws")) -> list[Record]:
-    """Errors of out, lse, dq, dk, dv against float64, next to torch SDPA's in the same dtype (the 2x rule)."""
+                          variants: tuple[str, ...] = ("pointer", "tma", "tma_ws", RING_LOCAL_VARIANT)
+                          ) -> list[Record]:
+    """Errors of out, lse, dq, dk, dv against float64, next to torch SDPA's in the same dtype (the 2x rule):
+    our kernels' forward variants, and :data:`RING_LOCAL_VARIANT`."""
     from ..kernels.attention import attention_backward, attention_forward, attention_reference
 
     g = torch.Generator(device=device).manual_seed(0)
@@ -208,8 +230,11 @@ def attention_correctness(n: int, dtype: torch.dtype, device: torch.device, head
         name = f"attention-correctness/{variant}/{n}/{dtype}"
         config = {"n": n, "heads": heads, "head_dim": head_dim, "dtype": str(dtype), "variant": variant}
         try:
-            out, lse = attention_forward(q, k, v, variant=variant)
-            grads = attention_backward(dout, q, k, v, out, lse)
+            if variant == RING_LOCAL_VARIANT:
+                out, lse, grads = _ring_local(q, k, v, dout)
+            else:
+                out, lse = attention_forward(q, k, v, variant=variant)
+                grads = attention_backward(dout, q, k, v, out, lse)
         except Exception as e:  # one variant this GPU or Triton rejects must not cost the others their check
             records.append(Record("attention_correctness", name, config,
                                   [Metric("passed", None, "1", f"failed: {type(e).__name__}: {e}"[:300],
