@@ -193,16 +193,11 @@ def test_aten_flash_on_gpu_is_as_close_to_float64_as_torch_in_bf16():
                                        ref):
         assert _rel(ours, want) <= 2 * _rel(plain, want) + 1e-5, (name, _rel(ours, want), _rel(plain, want))
     # as ring attention uses it: each key block's backward from the merged (global) out and lse
-    from s2vbench.kernels.attention import merge_attention
+    from s2vbench.bench.kernels import _ring_local
 
-    halves = [(k[:, :160], v[:, :160]), (k[:, 160:], v[:, 160:])]
-    parts = [local_forward(q, kb, vb, "torch") for kb, vb in halves]
-    m_out, m_lse = merge_attention(*parts[0], *parts[1])
-    m_out = m_out.to(q.dtype)
-    block_grads = [local_backward(dout, q, kb, vb, m_out, m_lse, "torch") for kb, vb in halves]
-    merged = (m_out, m_lse, sum(g[0].float() for g in block_grads),
-              torch.cat([g[1] for g in block_grads], dim=1), torch.cat([g[2] for g in block_grads], dim=1))
-    for name, ours, plain, want in zip(("out", "lse", "dq", "dk", "dv"), merged, (r_out, r_lse, *r_grads), ref):
+    m_out, m_lse, m_grads = _ring_local(q, k, v, dout)
+    for name, ours, plain, want in zip(("out", "lse", "dq", "dk", "dv"), (m_out, m_lse, *m_grads),
+                                       (r_out, r_lse, *r_grads), ref):
         assert _rel(ours, want) <= 2 * _rel(plain, want) + 1e-5, ("merged " + name, _rel(ours, want), _rel(plain, want))
 
 

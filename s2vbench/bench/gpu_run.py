@@ -94,8 +94,7 @@ def _attention_stage(shapes, log: ResultsLog, budget: Budget, dtype: torch.dtype
                 log.append(attention_benchmark(shape, provider, dtype, device))
             except Exception as e:
                 log.append(Record("attention_kernel", name, {"shape": vars(shape), "provider": provider},
-                                  [Metric(f"{p}_time", None, "ms", f"failed: {type(e).__name__}: {e}"[:300],
-                                          status="not_measured") for p in ("fwd", "bwd", "fwd_bwd")]))
+                                  [Metric.failed(f"{p}_time", "ms", e) for p in ("fwd", "bwd", "fwd_bwd")]))
 
 
 def gpu_run(out_dir: Path, budget_minutes: float = DEFAULT_BUDGET_MIN, smoke: bool | None = None) -> Path:
@@ -150,8 +149,7 @@ def gpu_run(out_dir: Path, budget_minutes: float = DEFAULT_BUDGET_MIN, smoke: bo
                 log.append(conv_benchmark(shape, dtype, device))
             except Exception as e:  # recorded; the attention sweep still gets the rest of the lease
                 log.append(Record("causal_conv_kernel", name, {"shape": vars(shape), "dtype": str(dtype)},
-                                  [Metric("triton_time", None, "us", f"failed: {type(e).__name__}: {e}"[:300],
-                                          status="not_measured")]))
+                                  [Metric.failed("triton_time", "us", e)]))
     _attention_stage([s for s in shapes if s not in per_rank], log, budget, dtype, device, 0.0)
     print(_summary(log.records))
     print(f"results: {log.path} ({len(log.records)} records, device {log.environment.get('device')})")

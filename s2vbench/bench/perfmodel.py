@@ -134,7 +134,8 @@ class Op:
 MEMORY_MARGIN = 0.05
 """Relative error of the predicted peak memory: the model is within 4 % of the tensor storage real CPU steps
 hold (tests/test_perfmodel.py), and a GPU's caching allocator, NCCL's and cuBLAS's workspaces are not
-modelled. A peak this close to a device's capacity is reported as a tight fit, not a fit."""
+modelled, nor the ~1 % of the datasheet capacity (the profiles' figure) CUDA does not expose. A peak this
+close to a device's capacity is reported as a tight fit, not a fit."""
 
 
 @dataclass

@@ -49,6 +49,11 @@ class Metric:
     stats: dict[str, float] = field(default_factory=dict)
     """Optional spread: median, min, max, n, iqr ... in the same unit."""
 
+    @classmethod
+    def failed(cls, name: str, unit: str, error: BaseException) -> "Metric":
+        """Not measured because measuring it raised ``error``, which the record keeps."""
+        return cls(name, None, unit, f"failed: {type(error).__name__}: {error}"[:300], status="not_measured")
+
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ResultsError(f"Metric {self.name!r}: status {self.status!r} is not one of {STATUSES}")

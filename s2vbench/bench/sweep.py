@@ -201,10 +201,10 @@ def run_sweep(points: list[Point], results_path: str | Path, timeout_s: float = 
         bar.start()
         task = bar.add_task("sweep", total=len(points), completed=len(points) - len(todo))
     try:
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else None
         for point in todo:
             if bar is not None:
                 bar.update(task, description=f"{point.name} ({point.warmup}+{point.steps} steps)")
-            gpus = torch.cuda.device_count() if torch.cuda.is_available() else None
             if gpus is not None and point.world > gpus:  # NCCL refuses two ranks on one GPU
                 log.append(failure_record(point, RuntimeError(
                     f"not run: {point.world} ranks need {point.world} GPUs (one a rank), and this machine has "
