@@ -16,6 +16,42 @@ import triton
 import triton.language as tl
 
 
+@triton.jit
+def _valid_keys(KV_LENS, b, NK, HAS_LENS: tl.constexpr):
+    """Keys of batch row ``b`` that attend: its ``kv_len`` when given, capped at ``NK``."""
+    kv_len = NK
+    if HAS_LENS:
+        kv_len = tl.minimum(tl.load(KV_LENS + b).to(tl.int32), NK)
+    return kv_len
+
+
+@triton.jit
+def _online_softmax_step(s, m_i, l_i):
+    """One key block's masked log2-domain scores ``s`` against the running max and sum: (probabilities, the
+    factor that rescales what was accumulated so far, new max, new sum). V is not an argument because the
+    callers load it after this step: loading it before changes the compiled schedule, and the tma variant's
+    shared memory."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
+
+
+@triton.jit
+def _softmax_finish(acc, m_i, l_i):
+    """(out, natural-log lse) from the running statistics; a row with no valid key gets out 0, lse -inf."""
+    has_keys = l_i > 0
+    safe_l = tl.where(has_keys, l_i, 1.0)
+    out = acc / safe_l[:, None]
+    lse = tl.where(has_keys, (m_i + tl.math.log2(safe_l)) * 0.6931471805599453, float("-inf"))
+    return out, lse
+
+
+@triton.jit
+def _log2_lse(lse):
+    """lse in the log2 domain for recomputing probabilities; a row without keys (-inf) gives probability 0."""
+    return tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+
 
 @triton.jit
 def _attn_fwd(Q, K, V, O, LSE, KV_LENS,
@@ -31,9 +67,7 @@ def _attn_fwd(Q, K, V, O, LSE, KV_LENS,
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_PAD)
     d_ok = offs_d < HEAD_DIM
-    kv_len = NK
-    if HAS_LENS:
-        kv_len = tl.minimum(tl.load(KV_LENS + b).to(tl.int32), NK)
+    kv_len = _valid_keys(KV_LENS, b, NK, HAS_LENS)
 
     q_ptrs = Q + b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :]
     q = tl.load(q_ptrs, mask=(offs_m < NQ)[:, None] & d_ok[None, :], other=0.0)
@@ -49,17 +83,11 @@ def _attn_fwd(Q, K, V, O, LSE, KV_LENS,
         kt = tl.load(k_base + n[None, :] * skn + offs_d[:, None], mask=n_ok[None, :] & d_ok[:, None], other=0.0)
         s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
         s = tl.where(n_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        p, alpha, m_i, l_i = _online_softmax_step(s, m_i, l_i)
         v = tl.load(v_base + n[:, None] * svn + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
 
-    has_keys = l_i > 0
-    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
-    lse = tl.where(has_keys, (m_i + tl.math.log2(tl.where(has_keys, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    out, lse = _softmax_finish(acc, m_i, l_i)
     o_ptrs = O + b * sob + h * soh + offs_m[:, None] * son + offs_d[None, :]
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=(offs_m < NQ)[:, None] & d_ok[None, :])
     tl.store(LSE + bh * NQ + offs_m, lse, mask=offs_m < NQ)
@@ -82,9 +110,7 @@ def _attn_fwd_tma(Q, K, V, O, LSE, KV_LENS, B, H, NQ, NK, qk_scale,
                                    block_shape=[1, BLOCK_N, 1, HEAD_DIM])
     do = tl.make_tensor_descriptor(O, shape=[B, NQ, H, HEAD_DIM], strides=[NQ * H * HEAD_DIM, H * HEAD_DIM, HEAD_DIM, 1],
                                    block_shape=[1, BLOCK_M, 1, HEAD_DIM])
-    kv_len = NK
-    if HAS_LENS:
-        kv_len = tl.minimum(tl.load(KV_LENS + b).to(tl.int32), NK)
+    kv_len = _valid_keys(KV_LENS, b, NK, HAS_LENS)
     q = dq.load([b, pid_m * BLOCK_M, h, 0]).reshape(BLOCK_M, HEAD_DIM)
     offs_n = tl.arange(0, BLOCK_N)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -94,16 +120,10 @@ def _attn_fwd_tma(Q, K, V, O, LSE, KV_LENS, B, H, NQ, NK, qk_scale,
         k = dk.load([b, start, h, 0]).reshape(BLOCK_N, HEAD_DIM)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         s = tl.where((start + offs_n)[None, :] < kv_len, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        p, alpha, m_i, l_i = _online_softmax_step(s, m_i, l_i)
         v = dv.load([b, start, h, 0]).reshape(BLOCK_N, HEAD_DIM)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
-    has_keys = l_i > 0
-    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
-    lse = tl.where(has_keys, (m_i + tl.math.log2(tl.where(has_keys, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    out, lse = _softmax_finish(acc, m_i, l_i)
     do.store([b, pid_m * BLOCK_M, h, 0], out.to(O.dtype.element_ty).reshape(1, BLOCK_M, 1, HEAD_DIM))
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     tl.store(LSE + bh * NQ + offs_m, lse, mask=offs_m < NQ)
@@ -144,9 +164,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, KV_LENS,
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
     d_ok = offs_d < HEAD_DIM
-    kv_len = NK
-    if HAS_LENS:
-        kv_len = tl.minimum(tl.load(KV_LENS + b).to(tl.int32), NK)
+    kv_len = _valid_keys(KV_LENS, b, NK, HAS_LENS)
     n_ok = offs_n < kv_len
     k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :],
                 other=0.0)
@@ -165,7 +183,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, KV_LENS,
             lse = tl.load(LSE + bh * NQ + m, mask=m_ok, other=float("inf"))
             delta = tl.load(DELTA + bh * NQ + m, mask=m_ok, other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-            lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+            lse2 = _log2_lse(lse)
             p = tl.math.exp2(s - lse2[:, None])
             p = tl.where(n_ok[None, :], p, 0.0)
             dv += tl.dot(tl.trans(p.to(g.dtype)), g, input_precision=PRECISION)
@@ -196,15 +214,13 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, KV_LENS,
     offs_d = tl.arange(0, D_PAD)
     d_ok = offs_d < HEAD_DIM
     m_ok = offs_m < NQ
-    kv_len = NK
-    if HAS_LENS:
-        kv_len = tl.minimum(tl.load(KV_LENS + b).to(tl.int32), NK)
+    kv_len = _valid_keys(KV_LENS, b, NK, HAS_LENS)
     q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :],
                 other=0.0)
     g = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdn + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :],
                 other=0.0)
     lse = tl.load(LSE + bh * NQ + offs_m, mask=m_ok, other=float("inf"))
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    lse2 = _log2_lse(lse)
     delta = tl.load(DELTA + bh * NQ + offs_m, mask=m_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
     for start in range(0, kv_len, BLOCK_N):
