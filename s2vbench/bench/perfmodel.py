@@ -82,12 +82,6 @@ class Strategy(MeshDegrees):
     """How the job is split, in the order ``parallel.parallelize`` applies it: ``parallel.ParallelConfig``'s
     degrees plus what only the model needs (dtype, accumulation, offload)."""
 
-    dp_shard: int = 1
-    """Data-parallel degree inside a replica group (FSDP shards over its dp_shard x ring x ulysses ranks)."""
-    ulysses: int = 1
-    """Ulysses degree (inner, consecutive ranks)."""
-    ring: int = 1
-    """Ring degree (outer)."""
     ac: bool = True
     """Activation checkpointing of every layer."""
     dtype: str = "bfloat16"
@@ -96,8 +90,6 @@ class Strategy(MeshDegrees):
     """Micro-batches per step on each data-parallel replica."""
     offload_activations: bool = False
     """Move saved activations to host memory during forward and back during backward (a baseline's cost)."""
-    dp_replicate: int = 1
-    """HSDP replica groups (outermost): the sharding above is replicated, gradients all-reduced across groups."""
 
     @property
     def elem_bytes(self) -> int:

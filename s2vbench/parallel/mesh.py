@@ -10,7 +10,7 @@ backward crosses between them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
@@ -23,14 +23,21 @@ class ParallelConfigError(ValueError):
     """A parallel configuration that cannot work, found before any communication."""
 
 
+@dataclass(frozen=True)
 class MeshDegrees:
-    """The products of the mesh's four degrees, for a class holding ``dp_replicate``, ``dp_shard``, ``ring`` and
-    ``ulysses`` (the job's :class:`ParallelConfig`, the performance model's ``Strategy``)."""
+    """The mesh's four degrees and their products, shared by the job's :class:`ParallelConfig` and the
+    performance model's ``Strategy``."""
 
-    dp_replicate: int
-    dp_shard: int
-    ring: int
-    ulysses: int
+    dp_shard: int = 1
+    """Data-parallel degree inside a replica group; FSDP shards parameters over its dp_shard x ring x ulysses
+    ranks."""
+    ulysses: int = 1
+    """Ulysses (all-to-all, head-split) context-parallel degree: the inner group, consecutive ranks (a node)."""
+    ring: int = 1
+    """Ring-attention context-parallel degree: the outer group."""
+    dp_replicate: int = field(default=1, kw_only=True)
+    """HSDP replica groups (outermost): the sharding above is replicated this many times and gradients are
+    all-reduced across the groups."""
 
     @property
     def cp(self) -> int:
@@ -54,20 +61,12 @@ class MeshDegrees:
 
 @dataclass(frozen=True)
 class ParallelConfig(MeshDegrees):
-    """How one training job is split across ranks."""
+    """How one training job is split across ranks: the degrees, then what the job's attention needs."""
 
-    dp_shard: int = 1
-    """Data-parallel degree; FSDP shards parameters over dp_shard x ring x ulysses ranks."""
-    ulysses: int = 1
-    """Ulysses (all-to-all, head-split) context-parallel degree: the inner, intra-node group."""
-    ring: int = 1
-    """Ring-attention context-parallel degree: the outer group."""
     ac: bool = False
     """Activation checkpointing of every block."""
     attention_backend: str = "torch"
     """Local attention inside Ulysses/ring: "torch", "triton" or "flash_attn" (the gpu extra)."""
-    dp_replicate: int = 1
-    """Replica groups of HSDP: the dp_shard x ring x ulysses sharding is replicated this many times (outermost)."""
 
     def validate(self, world_size: int, num_heads: int, seq_len: int | None = None) -> None:
         """Raise :class:`ParallelConfigError` naming the problem and a fix; touches no process group."""
