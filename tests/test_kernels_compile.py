@@ -90,3 +90,19 @@ def test_a_warp_specialisation_triton_drops_is_caught():
     out = _compiled(["-c", code])
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split()[-2:] == ["True", "False"], out.stdout
+
+
+def test_fma_fusion_is_stated_not_left_to_tritons_default():
+    # Triton 3.10 turns fusion off by default (TRITON_DEFAULT_FP_FUSION=0 is that default today): the checked
+    # compile must keep the FMAs the kernels' accuracy and the committed report were measured with. Without
+    # fusion Triton writes its float32 multiplies and adds with explicit rounding (mul.rn, add.rn), which ptxas
+    # may not contract.
+    code = ("from s2vbench.kernels import aot_check as a; "
+            "l = next(x for x in a.launches(80) if x.name == 'attention forward bf16 d128'); "
+            "p = a._compile(l, 80).asm['ptx']; print(p.count('fma.rn.f32'), p.count('mul.rn.f32'))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "TRITON_DEFAULT_FP_FUSION": "0"},
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    fused, unfusable = map(int, out.stdout.split()[-2:])
+    assert fused > 0 and unfusable == 0, out.stdout

@@ -58,3 +58,32 @@ def test_other_interpreter_failures_are_not_renamed(probe):
     probe(ValueError("something else"))
     with pytest.raises(ValueError, match="something else"):
         interp.check_interpreter()
+
+
+def test_every_kernel_launch_states_the_compile_options(monkeypatch):
+    # a launch that leaves enable_fp_fusion to Triton changes numerics and speed with Triton's default (3.10
+    # turns it off); the interpreter sees every launch's keyword arguments, so record them
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from s2vbench.kernels.attention import attention_backward, attention_forward
+    from s2vbench.kernels.causal_conv.triton_op import causal_conv_ln_silu
+    from s2vbench.kernels.compile_options import COMPILE_OPTIONS
+
+    interp.check_interpreter()  # its probe kernel runs once a process, and only here: never on a GPU
+    seen = {}
+    run = InterpretedFunction.run
+
+    def recording(self, *args, **kwargs):
+        seen[self.__name__] = {k: kwargs.get(k) for k in COMPILE_OPTIONS}
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(InterpretedFunction, "run", recording)
+    q = torch.randn(1, 16, 1, 16)
+    for variant in ("pointer", "tma"):
+        out, lse = attention_forward(q, q, q, variant=variant)
+    attention_backward(torch.randn_like(q), q, q, q, out, lse)
+    x = torch.randn(1, 4, 8, requires_grad=True)
+    causal_conv_ln_silu(x, torch.randn(8, 4, 3), None, stride=1).sum().backward()
+    assert set(seen) == {"_attn_fwd", "_attn_fwd_tma", "_attn_bwd_delta", "_attn_bwd_dkdv", "_attn_bwd_dq",
+                         "_conv_fwd", "_ln_silu_fwd", "_ln_silu_bwd"}, seen
+    assert all(options == COMPILE_OPTIONS for options in seen.values()), seen

@@ -19,6 +19,7 @@ import triton
 from .attention import triton_kernels as attention_kernels
 from .attention.ops import _precision, backward_config, forward_config
 from .causal_conv import triton_op as conv
+from .compile_options import COMPILE_OPTIONS
 from .interpreter import interpreting
 
 SHARED_MEMORY_LIMIT = {80: 166_912, 90: 232_448}
@@ -134,7 +135,7 @@ def _compile(launch: Launch, arch: int):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    options = {"num_warps": launch.num_warps}
+    options = {"num_warps": launch.num_warps, **COMPILE_OPTIONS}
     if launch.num_stages is not None:
         options["num_stages"] = launch.num_stages
     signature = _signature(launch)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from ..compile_options import COMPILE_OPTIONS
 from ..interpreter import check_interpreter, interpreting
 from .triton_kernels import _attn_bwd_delta, _attn_bwd_dkdv, _attn_bwd_dq, _attn_fwd, _attn_fwd_tma
 
@@ -118,7 +119,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lens
                         h, nq, nk, qk_scale,
                         HAS_LENS=kv_lens is not None, HEAD_DIM=d, D_PAD=max(16, triton.next_power_of_2(d)),
                         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PRECISION=_precision(q.dtype),
-                        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **COMPILE_OPTIONS)
     else:
         if d != triton.next_power_of_2(d):
             raise ValueError(f"the {variant} variant needs a power-of-two head_dim, got {d}; use variant='pointer'")
@@ -130,7 +131,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lens
         _attn_fwd_tma[grid](q, k, v, out, lse, lens, b, h, nq, nk, qk_scale,
                             HAS_LENS=kv_lens is not None, HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                             PRECISION=_precision(q.dtype), WARP_SPECIALIZE=variant == "tma_ws",
-                            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **COMPILE_OPTIONS)
     return out, lse
 
 
@@ -157,11 +158,13 @@ def attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
     dlse_ = dlse.float().contiguous() if dlse is not None else delta
     _attn_bwd_delta[(triton.cdiv(nq, cfg.block_m), b * h)](
         out, dout, dlse_, delta, out.stride(0), out.stride(1), out.stride(2), dout.stride(0), dout.stride(1),
-        dout.stride(2), h, nq, HAS_DLSE=dlse is not None, HEAD_DIM=d, D_PAD=d_pad, BLOCK_M=cfg.block_m)
+        dout.stride(2), h, nq, HAS_DLSE=dlse is not None, HEAD_DIM=d, D_PAD=d_pad, BLOCK_M=cfg.block_m,
+        **COMPILE_OPTIONS)
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2))
     common = dict(HAS_LENS=kv_lens is not None, HEAD_DIM=d, D_PAD=d_pad, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                  PRECISION=_precision(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                  PRECISION=_precision(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                  **COMPILE_OPTIONS)
     qk_scale = scale * 1.4426950408889634
     _attn_bwd_dkdv[(triton.cdiv(nk, cfg.block_n), b * h)](
         q, k, v, dout, lse, delta, dk, dv, lens, *strides,

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ..compile_options import COMPILE_OPTIONS
 from ..interpreter import check_interpreter, interpreting
 
 
@@ -147,13 +148,14 @@ def _conv_forward(x, weight, bias, stride, groups, eps):
     _conv_fwd[grid](x, weight, bias if bias is not None else weight, z, x.stride(0), x.stride(1), x.stride(2),
                     c_in, c_out, t_in, t_out, KSIZE=k, STRIDE=stride, HAS_BIAS=bias is not None, BLOCK_T=bt,
                     BLOCK_CO=bco, BLOCK_CI=bci, PRECISION="ieee" if x.dtype == torch.float32 else None,
-                    num_warps=warps, num_stages=stages)
+                    num_warps=warps, num_stages=stages, **COMPILE_OPTIONS)
     group = c_out // groups
     rows = b * t_out * groups
     y = _empty(b, t_out, c_out, device=x.device, dtype=x.dtype)
     mean = _empty(rows, device=x.device, dtype=torch.float32)
     rstd = _empty(rows, device=x.device, dtype=torch.float32)
-    _ln_silu_fwd[(rows,)](z, y, mean, rstd, group, eps, BLOCK=min(1024, triton.next_power_of_2(group)))
+    _ln_silu_fwd[(rows,)](z, y, mean, rstd, group, eps, BLOCK=min(1024, triton.next_power_of_2(group)),
+                          **COMPILE_OPTIONS)
     return y, z, mean, rstd
 
 
@@ -172,7 +174,7 @@ class CausalConvLNSiLU(torch.autograd.Function):
         group = c_out // ctx.groups
         dz = _empty(*z.shape, device=z.device, dtype=z.dtype)
         _ln_silu_bwd[(mean.numel(),)](z, dy.contiguous(), mean, rstd, dz, group,
-                                      BLOCK=min(1024, triton.next_power_of_2(group)))
+                                      BLOCK=min(1024, triton.next_power_of_2(group)), **COMPILE_OPTIONS)
         x_pad = F.pad(x, (k - 1, 0), mode="replicate")
         dz_t = dz.transpose(1, 2).to(x.dtype)
         dx_pad, dw, db = torch.ops.aten.convolution_backward(
