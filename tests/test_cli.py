@@ -177,3 +177,22 @@ def test_sbatch_script_runs_this_python_from_where_it_was_rendered(no_job, capsy
         assert line in lines, line
     srun = next(line for line in lines if line.startswith("srun "))
     assert shlex.split(srun)[2:5] == [sys.executable, "-m", "s2vbench"]  # no activated environment needed
+
+
+@pytest.mark.parametrize("command", ["run", "gpu-run"])
+@pytest.mark.parametrize("out, match", [("afile", r"--out .*afile is a file, not a folder; pass a folder"),
+                                        ("afile/sub", r"--out .*afile/sub: cannot write there")])
+def test_run_and_gpu_run_check_their_output_folder_before_measuring(monkeypatch, capsys, tmp_path, command, out,
+                                                                    match):
+    # both used to measure first (43 s for run's first point) and then fail at the first write with a bare errno
+    from s2vbench.bench import gpu_run, sweep
+
+    def measured(*args, **kwargs):
+        raise AssertionError("measured before the output folder was checked")
+
+    monkeypatch.setattr(sweep, "run_sweep", measured)
+    monkeypatch.setattr(gpu_run, "gpu_run", measured)
+    (tmp_path / "afile").write_text("x")
+    assert cli.main([command, "--out", str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"s2vbench {command}: error: ") and re.search(match, err), err

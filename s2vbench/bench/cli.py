@@ -26,10 +26,11 @@ def _run(args: argparse.Namespace) -> int:
 
     from .points import default_cpu_points
     from .report import write_report
+    from .results import check_output_folder
     from .sweep import run_sweep
 
     deadline = time.monotonic() + 60 * args.budget_min
-    out = args.out or _default_out()
+    out = check_output_folder(args.out or _default_out())  # before the first point, not at its first write
     cores = os.cpu_count() or 1
     points = default_cpu_points(cores, args.preset)
     if args.steps is not None:
@@ -308,8 +309,9 @@ def _dispatch(args: argparse.Namespace, argv: list[str] | None) -> int:
         print(write_report(args.results, args.out, args.title))
         return 0
     from .gpu_run import gpu_run
+    from .results import check_output_folder
 
-    gpu_run(args.out or _default_out(), args.budget_min, smoke=True if args.smoke else None)
+    gpu_run(check_output_folder(args.out or _default_out()), args.budget_min, smoke=True if args.smoke else None)
     return 0
 
 
