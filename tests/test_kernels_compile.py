@@ -20,8 +20,10 @@ if "nvidia" not in backends:
 from s2vbench.kernels import aot_check  # noqa: E402
 
 
-def _compiled(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+def _compiled(args: list[str], timeout: int = 600, env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess:
+    """Run ``python ARGS`` with the compiled kernels (no interpreter), plus ``env``."""
+    env = {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -100,9 +102,7 @@ def test_fma_fusion_is_stated_not_left_to_tritons_default():
     code = ("from s2vbench.kernels import aot_check as a; "
             "l = next(x for x in a.launches(80) if x.name == 'attention forward bf16 d128'); "
             "p = a._compile(l, 80).asm['ptx']; print(p.count('fma.rn.f32'), p.count('mul.rn.f32'))")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "TRITON_DEFAULT_FP_FUSION": "0"},
-                         capture_output=True, text=True, timeout=600)
+    out = _compiled(["-c", code], env={"TRITON_DEFAULT_FP_FUSION": "0"})
     assert out.returncode == 0, out.stderr[-3000:]
     fused, unfusable = map(int, out.stdout.split()[-2:])
     assert fused > 0 and unfusable == 0, out.stdout
