@@ -836,11 +836,13 @@ def calibrate_and_validate(out, results_paths: list, progress: bool = True, roun
                            deadline: float | None = None) -> str:
     """Run the validation points and the CPU calibration (up to ``rounds`` rounds, each kept in
     ``calibration_rounds.json`` as it finishes; those after the first only while they end by ``deadline``);
-    write ``validation.json`` and ``calibration.json`` into ``out``; return the report section. A re-run
+    write ``validation.json`` and ``calibration.json`` into ``out``, and the report section, which it returns,
+    into ``out``'s ``report.CALIBRATION_SECTION``, where every report written into ``out`` includes it. A re-run
     resumes both."""
     from pathlib import Path
 
-    from .results import atomic_write_json, read_results
+    from .report import CALIBRATION_SECTION
+    from .results import atomic_write_json, atomic_write_text, read_results
     from .sweep import run_sweep
 
     out = Path(out)
@@ -852,7 +854,9 @@ def calibrate_and_validate(out, results_paths: list, progress: bool = True, roun
     prof = HardwareProfile(**{**prof.__dict__, "elementwise_factor": summary["elementwise_factor"]})
     atomic_write_json(out / "calibration.json", {"profile": prof.to_dict(), "raw": raw, "summary": summary,
                                                  "rows": [r.__dict__ for r in rows]})
-    return calibration_markdown(prof, raw, rows, summary)
+    section = calibration_markdown(prof, raw, rows, summary)
+    atomic_write_text(out / CALIBRATION_SECTION, section)
+    return section
 
 
 def calibrate_gpu(base: str = "h100-sxm") -> tuple[HardwareProfile, dict]:

@@ -36,15 +36,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.steps is not None:
         points = [dataclasses.replace(p, steps=args.steps) if not p.oversubscribed else p for p in points]
     log = run_sweep(points, out / "results.json", progress=not args.quiet)
-    report = write_report([log.path], out, title=f"s2vbench run: {args.preset} preset on "
-                                                 f"{log.environment.get('device', 'cpu')}")
+    title = f"s2vbench run: {args.preset} preset on {log.environment.get('device', 'cpu')}"
+    report = write_report([log.path], out, title=title)  # the sweep's report, before the minutes of calibration
     if not args.no_calibration:
         from .calibrate import calibrate_and_validate
-        from .results import atomic_write_text
 
-        section = calibrate_and_validate(out, [log.path], progress=not args.quiet, rounds=args.calibration_rounds,
-                                         deadline=deadline)
-        atomic_write_text(report, Path(report).read_text() + "\n" + section)
+        # it saves its section in `out`, which write_report includes there, as a later `report --out` does
+        calibrate_and_validate(out, [log.path], progress=not args.quiet, rounds=args.calibration_rounds,
+                               deadline=deadline)
+        report = write_report([log.path], out, title=title)
     print(f"results: {log.path}\nreport:  {report}")
     return 0
 

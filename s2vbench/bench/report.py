@@ -9,6 +9,11 @@ from tabulate import tabulate
 
 from .results import Record, ResultsError, atomic_write_text, check_output_folder, is_int, is_number, read_results
 
+CALIBRATION_SECTION = "calibration.md"
+"""The performance model's calibration and validation section, as ``s2vbench run`` saves it in its folder
+(beside ``calibration.json`` and ``validation.json``): ``write_report`` ends a report written into that folder
+with it, so a report regenerated there keeps what the run measured instead of dropping it."""
+
 
 def _value(rec: Record, name: str):
     try:
@@ -163,7 +168,8 @@ def _plots(records: list[Record], out: Path) -> list[str]:
 
 
 def write_report(results: list[Path], out: Path, title: str | None = None) -> Path:
-    """Write ``out/report.md`` (and its PNGs) from the records of ``results``."""
+    """Write ``out/report.md`` (and its PNGs) from the records of ``results``, ending with the calibration
+    section a run saved in ``out`` (``CALIBRATION_SECTION``), if there is one."""
     out = Path(out)
     if out.exists() and not out.is_dir():  # before anything is read; the folder is made once the input is good
         check_output_folder(out)
@@ -277,9 +283,12 @@ def write_report(results: list[Path], out: Path, title: str | None = None) -> Pa
               "measured on a GPU."), ""]
     for p in plots:
         lines += [f"![{p[:-4]}]({p})", ""]
+    section = out / CALIBRATION_SECTION
+    if section.is_file():
+        lines.append(section.read_text(encoding="utf-8"))
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
 
 
-__all__ = ["check_iteration", "speedups", "write_report"]
+__all__ = ["CALIBRATION_SECTION", "check_iteration", "speedups", "write_report"]
