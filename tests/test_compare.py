@@ -10,9 +10,9 @@ from s2vbench.bench.compare import bootstrap_median_ci, load_series
 from s2vbench.bench.results import Metric, Record, ResultsLog
 
 
-def results_file(path, scale, n=25, seed=0, device="cpu"):
+def results_file(path, scale, n=25, seed=0, device="cpu", host="runner-1", cpu_count=2):
     rng = np.random.default_rng(seed)
-    log = ResultsLog(path, environment={"device": device, "cpu": "test-cpu"})
+    log = ResultsLog(path, environment={"device": device, "cpu": "test-cpu", "cpu_count": cpu_count, "host": host})
     for name, base in (("a", 1.0), ("b", 2.0)):
         steps = (base * scale.get(name, 1.0) * (1 + 0.02 * rng.standard_normal(n))).tolist()
         log.append(Record("iteration", name, {}, [Metric("step_time", float(np.median(steps)), "s", "synthetic",
@@ -42,6 +42,47 @@ def test_points_match_only_on_the_same_hardware(tmp_path, capsys):
     assert cli.main(["compare", str(base), str(new)]) == 2
     out, err = capsys.readouterr()
     assert "unmatched" in out and "nothing was compared" in err and "regression" not in out
+
+
+def test_runs_on_two_hosts_of_one_machine_type_match(tmp_path, capsys):
+    # CI runners of one type differ in hostname only: their runs compare, those with other cores do not
+    base = results_file(tmp_path / "base.json", {}, seed=0, host="runner-1")
+    assert cli.main(["compare", str(base), str(results_file(tmp_path / "new.json", {}, seed=1, host="runner-2"))]) == 0
+    assert "0 regression(s) among 2 matched" in capsys.readouterr().out
+    fewer = results_file(tmp_path / "fewer.json", {}, seed=1, cpu_count=16)
+    assert cli.main(["compare", str(base), str(fewer)]) == 2
+    out = capsys.readouterr().out
+    assert "unmatched" in out and "test-cpu x 2 cores" in out and "test-cpu x 16 cores" in out
+
+
+def _machine(node="runner-1", brand="AMD EPYC 7763 64-Core Processor", count=4, arch="x86_64", **extra):
+    """machine_info as pytest-benchmark 5 writes it (py-cpuinfo's cpu, abridged)."""
+    return {"node": node, "processor": arch, "machine": arch, "python_implementation": "CPython",
+            "python_version": "3.11.7", "release": "6.5.0-1025-azure", "system": "Linux",
+            "cpu": {"arch": "X86_64", "bits": 64, "count": count, "arch_string_raw": arch,
+                    "vendor_id_raw": "AuthenticAMD", "brand_raw": brand, "hz_advertised_friendly": "2.4454 GHz"},
+            **extra}
+
+
+@pytest.mark.parametrize("other, matches", [
+    (_machine(node="fv-az1234-567"), True),  # another runner of the same type
+    (_machine(node="fv-az1234-567", release="6.8.0-1017-azure", python_version="3.11.9"), True),
+    (_machine(brand="Intel(R) Xeon(R) Platinum 8370C CPU @ 2.80GHz"), False),
+    (_machine(count=2), False),
+    (_machine(arch="aarch64"), False),
+    (_machine(gpu="NVIDIA H100 80GB HBM3"), False),  # a GPU benchmark, where a hook recorded the card
+])
+def test_pytest_benchmark_machines_match_by_hardware_not_hostname(tmp_path, capsys, other, matches):
+    def bench(path, machine):
+        path.write_text(json.dumps({"machine_info": machine, "benchmarks": [
+            {"fullname": "tests/x.py::test_k", "stats": {"data": [1e-3, 1.01e-3, 0.99e-3]}}]}))
+        return path
+
+    base, new = bench(tmp_path / "b.json", _machine()), bench(tmp_path / "n.json", other)
+    assert cli.main(["compare", str(base), str(new)]) == (0 if matches else 2)
+    out = capsys.readouterr().out
+    assert ("1 matched" in out) == matches and ("unmatched" in out) != matches
+    assert "runner-1" not in out and "AMD EPYC 7763 64-Core Processor x 4 cores (x86_64)" in out
 
 
 def test_nothing_to_compare_fails(tmp_path, capsys):

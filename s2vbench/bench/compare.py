@@ -1,10 +1,10 @@
 """``s2vbench compare BASELINE NEW``: regression checks for CI.
 
-Points are matched by their name (which encodes the config) and their hardware. A change is flagged only when
-the new median lies outside a bootstrap confidence interval of the baseline's median, taken for a median of as
-many samples as the new run has (the baseline is resampled, then a new-sized sample drawn from the resample,
-so both runs' noise is in the interval); a slower median outside it is a regression and makes the command
-exit non-zero. Reads our results files and pytest-benchmark JSON
+Points are matched by their name (which encodes the config) and their hardware (:func:`hardware`: never the
+hostname). A change is flagged only when the new median lies outside a bootstrap confidence interval of the
+baseline's median, taken for a median of as many samples as the new run has (the baseline is resampled, then a
+new-sized sample drawn from the resample, so both runs' noise is in the interval); a slower median outside it is
+a regression and makes the command exit non-zero. Reads our results files and pytest-benchmark JSON
 (raw timings with ``--benchmark-save-data``; without them the baseline's [min, max] is the interval).
 """
 
@@ -39,6 +39,15 @@ class Series:
         return statistics.median(self.samples)
 
 
+def hardware(cpu, cores, arch=None, accelerator=None) -> str:
+    """The hardware a timing was taken on, as points are matched by it: the accelerator, if any, the CPU model,
+    its core count and, where recorded, the architecture. Never the hostname: two CI runners of one machine type
+    are the same hardware under different names, and runs on them must compare. Nor the Python or torch
+    version: a slowdown that comes with an upgrade is one the check is there to flag."""
+    cpu_part = f"{cpu or '?'} x {cores if cores is not None else '?'} cores" + (f" ({arch})" if arch else "")
+    return f"{accelerator} | {cpu_part}" if accelerator else cpu_part
+
+
 def _timings(path: Path, point: str, values) -> list[float]:
     """Positive, finite seconds, or an error naming the file and the point (instead of a numpy error later)."""
     if not isinstance(values, list) or not values or not all(
@@ -54,7 +63,10 @@ def _pytest_benchmark(path: Path, doc: dict) -> dict[tuple[str, str], Series]:
     if not isinstance(mi, dict) or not isinstance(cpu, dict):
         raise ValueError(f"{path}: pytest-benchmark machine_info must be an object (with cpu an object), got "
                          f"{mi!r:.80}; pass the JSON that pytest --benchmark-json wrote")
-    hw = f"{cpu.get('brand_raw', mi.get('processor'))}|{mi.get('node')}"
+    # pytest-benchmark's machine_info names no GPU; a "gpu" entry, where a pytest_benchmark_update_machine_info
+    # hook adds one, keeps GPU benchmarks on different cards apart when their hosts' CPUs are alike
+    hw = hardware(cpu.get("brand_raw") or mi.get("processor"), cpu.get("count"),
+                  cpu.get("arch_string_raw") or mi.get("machine"), mi.get("gpu"))
     if not isinstance(doc["benchmarks"], list):
         raise ValueError(f"{path}: pytest-benchmark 'benchmarks' must be a list, got {doc['benchmarks']!r:.80}")
     out: dict[tuple[str, str], Series] = {}
@@ -92,7 +104,9 @@ def load_series(path: Path) -> dict[tuple[str, str], Series]:
             steps = step_times(r)
             if not steps:
                 continue
-            hw = f"{r.environment.get('device')}|{r.environment.get('cpu')}"
+            env = r.environment
+            device = env.get("device")
+            hw = hardware(env.get("cpu"), env.get("cpu_count"), accelerator=device if device != "cpu" else None)
             out[(r.name, hw)] = Series((r.name, hw), _timings(path, r.name, steps))
         return out
     if isinstance(doc, dict) and "benchmarks" in doc:  # pytest-benchmark
@@ -180,4 +194,4 @@ def run_compare(baseline: Path, new: Path, level: float = 0.95, repeats: int = 2
     return 1 if regressions else 0
 
 
-__all__ = ["Series", "Verdict", "bootstrap_median_ci", "compare", "load_series", "run_compare"]
+__all__ = ["Series", "Verdict", "bootstrap_median_ci", "compare", "hardware", "load_series", "run_compare"]
