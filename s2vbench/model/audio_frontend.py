@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import open_safetensors
+
 WAV2VEC2_FPS = 50
 """Hidden-state rate of wav2vec2 on 16 kHz audio (a stride of 320 samples)."""
 AUDIO_FEATURE_FPS = 30
@@ -95,6 +97,10 @@ class AudioFrontend:
             if not (weights_dir / "config.json").is_file():
                 raise FileNotFoundError(f"{weights_dir} is not a wav2vec2 folder (no config.json); point it at the "
                                         f"checkpoint's wav2vec2-large-xlsr-53-english folder")
+            # transformers would let safetensors' bare error about a damaged file through, naming no file
+            for f in sorted(weights_dir.glob("*.safetensors")):
+                with open_safetensors(f, "wav2vec2 weights file"):
+                    pass
             self.model = Wav2Vec2Model.from_pretrained(weights_dir, local_files_only=True)
             if (weights_dir / "preprocessor_config.json").is_file():
                 self.processor = Wav2Vec2FeatureExtractor.from_pretrained(weights_dir, local_files_only=True)

@@ -1,8 +1,10 @@
 """Loading official-format safetensors checkpoints (the released Wan-S2V-14B uses these key names).
 
 Accepted sources: one ``.safetensors`` file; a folder with a ``*.safetensors.index.json`` weight map (the
-released, sharded layout); or a folder of ``.safetensors`` shards. Keys and shapes are checked before any
-tensor is copied, and a mismatch names the keys and what to do.
+released, sharded layout); or a folder of ``.safetensors`` shards. Every file's header, keys and shapes are
+checked before any tensor is copied: a mismatch names the keys and what to do, and a file safetensors cannot
+read (truncated, empty, not safetensors) is a :class:`CheckpointError` naming it and the fix, as is any other
+safetensors file s2vbench.model reads (:func:`open_safetensors`).
 """
 
 from __future__ import annotations
@@ -16,21 +18,66 @@ import torch.nn as nn
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that does not match the model, or cannot be found."""
+    """A checkpoint that does not match the model, cannot be found, or cannot be read."""
 
 
-def _safe_open():
-    """safetensors' reader, imported only where a checkpoint is read: building or timing the model needs none."""
+def _safetensors():
+    """safetensors' reader and its error, imported only where a file is read: building or timing the model needs
+    neither."""
     try:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
     except ImportError as e:
         raise CheckpointError(f"reading a checkpoint needs safetensors ({e}): pip install safetensors") from e
-    return safe_open
+    return safe_open, SafetensorError
 
 
-def checkpoint_files(path: str | Path) -> dict[str, Path]:
-    """Map every tensor key of the checkpoint at ``path`` to the file that holds it."""
+def open_safetensors(path: str | Path, what: str = "checkpoint file",
+                     error: type[Exception] = CheckpointError):
+    """``safe_open(path)`` on the CPU, its header parsed and checked against the file's size.
+
+    safetensors finds every malformed file here (truncated, empty, not safetensors, a header whose offsets
+    do not fit the file), so here is where one becomes ``error`` naming the file, the reason and the fix
+    instead of safetensors' bare ``SafetensorError``."""
+    safe_open, SafetensorError = _safetensors()
     path = Path(path)
+    try:
+        return safe_open(str(path), framework="pt")
+    except SafetensorError as e:
+        size = path.stat().st_size
+        raise error(f"{what} {path} ({size:,} bytes) is not a readable safetensors file ({e}): it is truncated or "
+                    f"corrupt, e.g. an interrupted download or copy; download or copy it again and check its size "
+                    f"against the source's") from e
+    except OSError as e:
+        raise error(f"{what} {path} cannot be opened ({e}); check that it is a readable file") from e
+
+
+def read_tensors(path: str | Path, what: str = "checkpoint file",
+                 error: type[Exception] = CheckpointError) -> dict[str, torch.Tensor]:
+    """Every tensor of one safetensors file on the CPU (``safetensors.torch.load_file``, with its errors as
+    :func:`open_safetensors` raises them)."""
+    with open_safetensors(path, what, error) as sf:
+        return {k: sf.get_tensor(k) for k in sf.keys()}
+
+
+def _weight_map(index: Path) -> dict[str, str]:
+    fix = ("download it again, or delete it to load every .safetensors file in the folder (the released "
+           "checkpoint's maps each tensor key to its shard's file name under \"weight_map\")")
+    try:
+        doc = json.loads(index.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"weight map {index} cannot be read ({e}); {fix}") from e
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise CheckpointError(f"weight map {index} has no \"weight_map\" object of tensor key -> shard file name; "
+                              f"{fix}")
+    return weight_map
+
+
+def _catalog(path: str | Path) -> dict[str, tuple[Path, tuple[int, ...]]]:
+    """Every tensor key of the checkpoint at ``path`` -> (the file that holds it, its shape); each file's header
+    is read once, so an unreadable file is found here, before any tensor is copied."""
+    path = Path(path)
+    listed: dict[Path, list[str]] | None = None
     if path.is_file():
         if path.suffix != ".safetensors":
             raise CheckpointError(f"{path} is not a .safetensors file; convert .pth checkpoints with "
@@ -41,24 +88,42 @@ def checkpoint_files(path: str | Path) -> dict[str, Path]:
         if len(indexes) > 1:
             raise CheckpointError(f"{path} holds several weight maps {[p.name for p in indexes]}; pass one file")
         if indexes:
-            weight_map = json.loads(indexes[0].read_text())["weight_map"]
+            index = indexes[0].name
+            weight_map = _weight_map(indexes[0])
             missing = sorted({f for f in weight_map.values() if not (path / f).is_file()})
             if missing:
-                raise CheckpointError(f"{indexes[0].name} lists shards that are not in {path}: {missing}")
-            return {k: path / f for k, f in weight_map.items()}
-        files = sorted(path.glob("*.safetensors"))
+                raise CheckpointError(f"{index} lists shards that are not in {path}: {missing}")
+            listed = {}
+            for k, f in weight_map.items():
+                listed.setdefault(path / f, []).append(k)
+            files = sorted(listed)
+        else:
+            files = sorted(path.glob("*.safetensors"))
         if not files:
             raise CheckpointError(f"no .safetensors files in {path}")
     else:
         raise CheckpointError(f"checkpoint {path} does not exist")
-    where: dict[str, Path] = {}
+    where: dict[str, tuple[Path, tuple[int, ...]]] = {}
     for f in files:
-        with _safe_open()(str(f), framework="pt") as sf:
-            for key in sf.keys():
+        with open_safetensors(f) as sf:
+            held = list(sf.keys())
+            keys = held if listed is None else listed[f]
+            if listed is not None:
+                absent = sorted(set(keys) - set(held))
+                if absent:
+                    raise CheckpointError(f"{index} maps {len(absent)} keys to {f.name}, which does not "
+                                          f"hold them, e.g. {absent[:5]}: the weight map and the shards come from "
+                                          f"different downloads; download the checkpoint folder again")
+            for key in keys:
                 if key in where:
-                    raise CheckpointError(f"key {key!r} is in both {where[key].name} and {f.name}")
-                where[key] = f
+                    raise CheckpointError(f"key {key!r} is in both {where[key][0].name} and {f.name}")
+                where[key] = (f, tuple(sf.get_slice(key).get_shape()))
     return where
+
+
+def checkpoint_files(path: str | Path) -> dict[str, Path]:
+    """Map every tensor key of the checkpoint at ``path`` to the file that holds it."""
+    return {k: f for k, (f, _) in _catalog(path).items()}
 
 
 def load_state_dict(path: str | Path, keys: list[str] | None = None, dtype: torch.dtype | None = None,
@@ -73,8 +138,10 @@ def load_state_dict(path: str | Path, keys: list[str] | None = None, dtype: torc
     for k in wanted:
         by_file.setdefault(where[k], []).append(k)
     out: dict[str, torch.Tensor] = {}
+    safe_open, _ = _safetensors()
     for f, ks in by_file.items():
-        with _safe_open()(str(f), framework="pt", device=str(device)) as sf:
+        # every header was read above: what fails here is the device, not the file
+        with safe_open(str(f), framework="pt", device=str(device)) as sf:
             for k in ks:
                 t = sf.get_tensor(k)
                 out[k] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
@@ -93,14 +160,6 @@ class LoadReport:
     """Elements copied."""
 
 
-def _shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for k, f in checkpoint_files(path).items():
-        with _safe_open()(str(f), framework="pt") as sf:
-            shapes[k] = tuple(sf.get_slice(k).get_shape())
-    return shapes
-
-
 def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True,
                     dtype: torch.dtype | None = None) -> LoadReport:
     """Load an official-format checkpoint into ``model`` after checking every key and shape.
@@ -108,7 +167,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True,
     A model on the meta device is materialised by the load (its parameters are replaced). ``dtype`` casts
     floating tensors (default: each parameter's current dtype)."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = _shapes(path)
+    found = {k: shape for k, (_, shape) in _catalog(path).items()}
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
@@ -136,4 +195,5 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True,
     return LoadReport(str(path), len(keys), sum(v.numel() for v in sd.values()))
 
 
-__all__ = ["CheckpointError", "LoadReport", "checkpoint_files", "load_checkpoint", "load_state_dict"]
+__all__ = ["CheckpointError", "LoadReport", "checkpoint_files", "load_checkpoint", "load_state_dict",
+           "open_safetensors", "read_tensors"]

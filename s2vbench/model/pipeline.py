@@ -409,9 +409,9 @@ def load_audio_features(path: str | Path) -> torch.Tensor:
     """Precomputed wav2vec2 hidden states [layers, T_50fps, C] from a .safetensors (key "hidden_states") or .pt."""
     path = _need_file(path, "audio features file", "pass hidden states saved as .safetensors or .pt")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from .checkpoint import read_tensors
 
-        data = load_file(str(path))
+        data = read_tensors(path, "audio features file", PipelineInputError)
         if "hidden_states" not in data:
             raise PipelineInputError(f"{path} has no 'hidden_states' tensor (keys {sorted(data)}); save the "
                                      f"[layers, T, C] wav2vec2 hidden states under that key")
@@ -429,9 +429,9 @@ def load_text_embedding(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | 
     "context" and optionally "negative_context"."""
     path = _need_file(path, "text embedding file", "pass a .safetensors/.pt file holding 'context' [L, text_dim]")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from .checkpoint import read_tensors
 
-        data: object = load_file(str(path))
+        data: object = read_tensors(path, "text embedding file", PipelineInputError)
     else:
         data = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(data, torch.Tensor):
