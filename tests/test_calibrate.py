@@ -395,3 +395,53 @@ def test_a_corrupt_checkpoint_is_refused_naming_it_and_kept(tmp_path, monkeypatc
     assert cli.main(["calibrate", "--out", str(tmp_path / "p.json"), "--rounds", "1"]) == 2
     err = capsys.readouterr().err
     assert f"calibration checkpoint {checkpoint}" in err and "Traceback" not in err
+
+
+def _quick_calibration(monkeypatch):
+    """`calibrate` on CPU with the measuring stubbed: what it was asked to checkpoint into, recorded."""
+    import s2vbench.bench.calibrate as cal
+
+    asked = {}
+
+    def calibrate_cpu(rounds, checkpoint, progress):
+        asked["checkpoint"] = checkpoint
+        return load_profile("h100-sxm"), {"samples": []}
+
+    monkeypatch.setattr(cal.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(cal, "calibrate_cpu", calibrate_cpu)
+    return asked
+
+
+def test_calibrate_checks_base_on_every_device(tmp_path, monkeypatch, capsys):
+    from s2vbench.bench import cli
+    from s2vbench.bench.profiles import PROFILE_DIR
+
+    asked = _quick_calibration(monkeypatch)
+    # on CPU --base goes unused, but a typo is refused there too, before measuring (was: ignored)
+    assert cli.main(["calibrate", "--out", str(tmp_path / "p.json"), "--base", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("s2vbench calibrate: error: --base nope: no hardware profile 'nope'"), err
+    assert "a100-80gb, h100-sxm, h200" in err and not asked and not any(tmp_path.iterdir())
+    for base in ("h200", str(PROFILE_DIR / "a100-80gb.json")):  # a shipped name, or a profile's JSON
+        assert cli.main(["calibrate", "--out", str(tmp_path / "p.json"), "--base", base]) == 0
+
+
+@pytest.mark.parametrize("name, says", [
+    ("c.toml", "its side files take their names from the name before .json (c.raw.json, c.rounds.json); pass a "
+               "name ending in .json, e.g. "),
+    ("c", "pass a name ending in .json"),
+    ("c.raw.json", "that is the name of a side file of --out "),
+    ("c.ROUNDS.json", "that is the name of a side file of --out "),
+])
+def test_calibrate_refuses_outputs_that_share_side_files(tmp_path, monkeypatch, capsys, name, says):
+    from s2vbench.bench import cli
+
+    asked = _quick_calibration(monkeypatch)
+    # c.json's side files are c.raw.json and c.rounds.json: `--out c.toml` wrote the same two (was: accepted)
+    assert cli.main(["calibrate", "--out", str(tmp_path / name)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"s2vbench calibrate: error: --out {tmp_path / name}: ") and says in err, err
+    assert not asked and not any(tmp_path.iterdir())
+    assert cli.main(["calibrate", "--out", str(tmp_path / "c.json")]) == 0  # the documented names
+    assert asked["checkpoint"] == tmp_path / "c.rounds.json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.raw.json"]

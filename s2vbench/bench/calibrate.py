@@ -886,21 +886,55 @@ def calibrate_gpu(base: str = "h100-sxm") -> tuple[HardwareProfile, dict]:
 def add_arguments(p) -> None:
     from pathlib import Path
 
-    p.add_argument("--out", type=Path, required=True, help="profile JSON to write")
-    p.add_argument("--base", default="h100-sxm", help="on GPU: the datasheet profile to calibrate (default h100-sxm)")
+    from .profiles import shipped_profiles
+
+    p.add_argument("--out", type=Path, required=True,
+                   help="profile JSON to write, PROFILE.json (beside it: PROFILE.raw.json, every sample behind the "
+                        "fit, and, while a CPU calibration runs, PROFILE.rounds.json, its finished rounds)")
+    p.add_argument("--base", default="h100-sxm",
+                   help=f"on GPU: the datasheet profile to calibrate, {', '.join(shipped_profiles())} or a profile "
+                        f"JSON (default h100-sxm; checked on every device)")
     from .cli import positive_int
 
     p.add_argument("--rounds", type=positive_int, default=CALIBRATION_ROUNDS,
                    help=f"on CPU: independent calibration rounds, each figure their median (default "
-                        f"{CALIBRATION_ROUNDS}); an interrupted calibration's finished rounds are kept in OUT's "
-                        f".rounds.json and resumed")
+                        f"{CALIBRATION_ROUNDS}); an interrupted calibration's finished rounds are kept in "
+                        f"PROFILE.rounds.json and resumed")
+
+
+SIDE_FILES = (".rounds.json", ".raw.json")
+"""What ``calibrate --out PROFILE.json`` writes beside the profile, as PROFILE.rounds.json and PROFILE.raw.json."""
+
+
+def _check_out_name(out) -> None:
+    """Refuse an ``--out`` whose side files another output shares. They are named from the stem, so a
+    ``c.toml`` would write the ``c.raw.json`` and ``c.rounds.json`` of ``c.json`` (and hold JSON under another
+    suffix; without one, ``--hw`` would take the name for a shipped profile's); and ``c.raw.json`` is itself the
+    side file of ``c.json``."""
+    if out.suffix.lower() != ".json":
+        raise ValueError(f"--out {out}: the profile is JSON, and its side files take their names from the name "
+                         f"before .json ({out.stem}{SIDE_FILES[1]}, {out.stem}{SIDE_FILES[0]}); pass a name ending "
+                         f"in .json, e.g. {out.with_suffix('.json')}")
+    side = next((s for s in SIDE_FILES if out.name.lower().endswith(s)), None)
+    if side is not None:
+        owner = out.with_name(out.name[:-len(side)] + ".json")
+        raise ValueError(f"--out {out}: that is the name of a side file of --out {owner}, which would overwrite "
+                         f"it; choose a name not ending in {' or '.join(SIDE_FILES)}")
 
 
 def run(args) -> int:
+    from .profiles import ProfileError, load_profile
     from .results import atomic_write_json, check_output_file
 
-    # The outputs are checked before the minutes of measuring, which would otherwise end in a traceback.
-    check_output_file(args.out, suffixes=(".rounds.json", ".raw.json"))
+    # The inputs and outputs are checked before the minutes of measuring, which would otherwise end in a
+    # traceback; --base on every device, although only a GPU uses it, so that a typo shows before a GPU lease.
+    try:
+        load_profile(args.base)
+    except ProfileError as e:
+        raise ValueError(f"--base {args.base}: {e}") from None
+    if not args.out.is_dir():  # a folder gets check_output_file's message, which suggests a file in it
+        _check_out_name(args.out)
+    check_output_file(args.out, suffixes=SIDE_FILES)
     checkpoint = args.out.with_suffix(".rounds.json")
     if torch.cuda.is_available():
         prof, raw = calibrate_gpu(args.base)
