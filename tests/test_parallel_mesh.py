@@ -1,9 +1,16 @@
-"""The device mesh: where each rank sits, which groups it joins, and FSDP's mesh, on 4 gloo ranks."""
+"""The device mesh: where each rank sits, which groups it joins, and FSDP's mesh, on 4 gloo ranks; the device it
+is built on, checked before anything changes."""
+
+import re
 
 import pytest
+import torch
+import torch.distributed as dist
 
-from s2vbench.parallel import ParallelConfig
+from s2vbench.model import WanS2V, get_preset
+from s2vbench.parallel import ParallelConfig, ParallelConfigError, build_mesh, parallelize
 from s2vbench.parallel.launch import run_ranks
+from s2vbench.parallel.mesh import mesh_device_type
 
 
 def _layout(rank: int, world: int, config: ParallelConfig, old_torch: bool) -> dict:
@@ -47,3 +54,52 @@ def test_fsdp_mesh_is_one_dimensional_over_dp_and_context_parallel_ranks():
         assert r["groups"]["ring"] == r["cp"] == [rank - rank % 2, rank - rank % 2 + 1]
         assert r["groups"]["dp_shard"] == [rank % 2, rank % 2 + 2]
         assert r["dp_rank"] == rank // 2 and r["mesh_warnings"] == []
+
+
+@pytest.fixture
+def one_rank():
+    """A one-rank gloo group in this process, so a bad device reaches wherever torch would find it."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+
+
+@pytest.mark.parametrize("device, why", [
+    pytest.param("cuda", r"is not available: torch\.cuda\.is_available\(\) is False", marks=NO_GPU),
+    pytest.param("cuda:0", r"is not available: torch\.cuda\.is_available\(\) is False", marks=NO_GPU),
+    pytest.param(torch.device("cuda", 0), r"is not available", marks=NO_GPU),
+    ("banana", "is not a device name torch knows"),
+    ("cuda:x", "is not a device name torch knows"),
+    ("meta", "is not a device this process can run ranks on"),
+])
+def test_parallelize_refuses_a_device_this_process_lacks_before_changing_the_model(one_rank, device, why):
+    with torch.device("meta"):
+        model = WanS2V(get_preset("tiny").model)
+    backends = [block.self_attn.attn_backend for block in model.blocks]
+    fix = r"devices here: cpu\. Pass \"cpu\"" if not torch.cuda.is_available() else "devices here: cpu, cuda:0"
+    with pytest.raises(ParallelConfigError, match=rf"^device {re.escape(repr(device))} {why}.*; {fix}"):
+        parallelize(model, ParallelConfig(), device)
+    assert [block.self_attn.attn_backend for block in model.blocks] == backends
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """This process as one that sees cuda:0 and cuda:1 and runs on cuda:1."""
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *a, **k: torch.device("cuda"))
+    monkeypatch.setattr(torch.accelerator, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+
+
+def test_a_gpu_index_must_be_a_visible_gpu_and_the_current_one(two_gpus, one_rank):
+    assert [mesh_device_type(d) for d in ("cuda", "cuda:1", torch.device("cuda", 1), "cpu")] == ["cuda"] * 3 + ["cpu"]
+    here = "devices here: cpu, cuda:0, cuda:1"
+    for device, why in (("cuda:7", rf"does not exist: this process sees 2 cuda device\(s\); {here}\. Pass \"cuda\""),
+                        ("cuda:0", rf"is not this process's current cuda device, cuda:1,.*{here}\. Call "
+                                   rf"torch\.cuda\.set_device\(0\) first"),
+                        ("xpu", rf"is not available: torch\.xpu\.is_available\(\) is False.*{here}")):
+        with pytest.raises(ParallelConfigError, match=rf"^device '{device}' {why}"):
+            build_mesh(ParallelConfig(), device)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
@@ -137,7 +138,50 @@ def _meshes(config: ParallelConfig, device_type: str) -> tuple[DeviceMesh, Devic
     return root._unflatten("dp_shard_cp", (1, *inner), _DIMS), root
 
 
-def build_mesh(config: ParallelConfig, device_type: str = "cpu", num_heads: int | None = None) -> ParallelMesh:
+def mesh_device_type(device: str | torch.device) -> str:
+    """The device type a mesh is built on for ``device``: "cpu", or an accelerator this process has ("cuda",
+    or "cuda:i" naming its current GPU). Raises :class:`ParallelConfigError` naming the device, the devices
+    this process has and the fix.
+
+    torch finds a missing device only deep inside the mesh or FSDP ("Torch not compiled with CUDA enabled", an
+    AttributeError on None), after the model was already changed; and the mesh takes a type alone, so a GPU
+    index is checked here against the current device, the one FSDP places shards on."""
+    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    kind = accelerator.type if accelerator is not None else None
+    count = torch.accelerator.device_count() if kind is not None else 0
+    here = ", ".join(["cpu"] + [f"{kind}:{i}" for i in range(count)])
+    use = f'Pass "{kind}" (each rank on its current {kind} device) or "cpu"' if kind else 'Pass "cpu" (gloo)'
+
+    def refuse(why: str, fix: str = use) -> ParallelConfigError:
+        return ParallelConfigError(f"device {device!r} {why}; devices here: {here}. {fix}")
+
+    try:
+        parsed = device if isinstance(device, torch.device) else torch.device(device)
+    except (RuntimeError, TypeError):
+        raise refuse("is not a device name torch knows") from None
+    if parsed.type == "cpu":
+        return "cpu"
+    if parsed.type != kind:
+        if hasattr(getattr(torch, parsed.type, None), "is_available"):
+            raise refuse(f"is not available: torch.{parsed.type}.is_available() is False (no such device here, or a "
+                         f"torch built without {parsed.type} support)",
+                         f"{use}, or run where torch.{parsed.type}.is_available() is True")
+        raise refuse("is not a device this process can run ranks on")
+    if parsed.index is not None:
+        if parsed.index >= count:
+            raise refuse(f"does not exist: this process sees {count} {kind} device(s)",
+                         f"{use}; CUDA_VISIBLE_DEVICES (or the launcher) decides which GPUs a process sees")
+        current = torch.get_device_module(kind).current_device()
+        if parsed.index != current:
+            raise refuse(f"is not this process's current {kind} device, {kind}:{current}, which the mesh and FSDP use",
+                         f"Call torch.{kind}.set_device({parsed.index}) first, or pass \"{kind}\"")
+    return parsed.type
+
+
+def build_mesh(config: ParallelConfig, device_type: str | torch.device = "cpu",
+               num_heads: int | None = None) -> ParallelMesh:
+    """This rank's mesh on ``device_type`` (see :func:`mesh_device_type`)."""
+    device_type = mesh_device_type(device_type)
     world = dist.get_world_size()
     config.validate(world, num_heads if num_heads is not None else config.ulysses)
     mesh, fsdp = _meshes(config, device_type)
@@ -147,4 +191,4 @@ def build_mesh(config: ParallelConfig, device_type: str = "cpu", num_heads: int 
     return ParallelMesh(config, mesh, groups, fsdp)
 
 
-__all__ = ["MeshDegrees", "ParallelConfig", "ParallelConfigError", "ParallelMesh", "build_mesh"]
+__all__ = ["MeshDegrees", "ParallelConfig", "ParallelConfigError", "ParallelMesh", "build_mesh", "mesh_device_type"]

@@ -1,7 +1,7 @@
 """``parallelize(model, config)``: the one entry point that makes a Wan-S2V model distributed.
 
 Applied in this order (each step assumes the previous):
-1. validation of the config against the model and the world size, before any communication;
+1. validation of the device and of the config against the model and the world size, before any communication;
 2. the device mesh ``dp_replicate x dp_shard x ring x ulysses``;
 3. context parallelism: every block's self-attention through Ulysses/ring, the blocks on this rank's window
    of the sequence padded once at its global end (text cross-attention and audio injection stay local);
@@ -25,7 +25,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from ..model import WanS2V
 from .checkpointing import enable_activation_checkpointing
 from .context import apply_context_parallel
-from .mesh import ParallelConfig, ParallelMesh, build_mesh
+from .mesh import ParallelConfig, ParallelMesh, build_mesh, mesh_device_type
 
 
 # Linear layers on 3-D inputs return views; FSDP2 warns about in-place ops on them, which this code never does.
@@ -67,9 +67,13 @@ def apply_fsdp(model: WanS2V, mesh, param_dtype: torch.dtype | None = None) -> N
         cur.set_modules_to_forward_prefetch([nxt])
 
 
-def parallelize(model: WanS2V, config: ParallelConfig, device_type: str = "cpu",
+def parallelize(model: WanS2V, config: ParallelConfig, device_type: str | torch.device = "cpu",
                 param_dtype: torch.dtype | None = None, seq_len: int | None = None) -> ParallelMesh:
-    """Make ``model`` (possibly on the meta device) distributed in place; returns this rank's mesh."""
+    """Make ``model`` (possibly on the meta device) distributed in place; returns this rank's mesh.
+
+    ``device_type`` is where the ranks run: "cpu", or "cuda" (each rank on its current GPU; "cuda:i" when
+    that is GPU i). A device this process lacks raises :class:`ParallelConfigError` before the model changes."""
+    device_type = mesh_device_type(device_type)
     config.validate(dist.get_world_size(), model.cfg.num_heads, seq_len)
     pm = build_mesh(config, device_type, model.cfg.num_heads)
     apply_context_parallel(model, pm.cp, config.attention_backend)
