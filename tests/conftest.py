@@ -55,3 +55,9 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| in float64."""
     a, b = a.detach().double(), b.detach().double()
     return float((a - b).norm() / b.norm())
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """pytest-benchmark's machine_info names the host's CPU but no GPU, and ``s2vbench compare`` matches runs by
+    hardware: without this, two cards behind alike CPUs would be compared as one."""
+    machine_info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None

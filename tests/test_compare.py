@@ -1,6 +1,7 @@
 """s2vbench compare on synthetic noisy data: pass, fail, improvement, pytest-benchmark input."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,3 +205,19 @@ def test_stats_only_pytest_benchmark_uses_min_to_max_as_the_interval(tmp_path, c
     assert cli.main(["compare", str(base), str(new)]) == 0
     out = capsys.readouterr().out
     assert "[0.9, 1.1]" in out and "0 regression(s) among 1 matched" in out
+
+
+def test_our_benchmark_json_names_the_gpu_so_compare_keeps_cards_apart(tmp_path):
+    # the conftest hook adds it (None without one); pytest-benchmark itself records only the host's CPU
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/benchmarks",
+                           "-k", "test_attention_forward and sdpa", "--benchmark-json", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    import torch
+
+    assert json.loads(out.read_text())["machine_info"]["gpu"] == (
+        torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
