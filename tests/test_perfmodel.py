@@ -977,7 +977,7 @@ def test_fsdp_prefetch_hides_behind_the_neighbouring_unit_by_hand():
     # i's reduce-scatter behind unit i-1's backward (unit 0's and the root's exposed).
     cfg, lay = _layout("small")
     units, root = fsdp_unit_params(cfg)
-    assert units == [890816, 395264, 890816, 890816, 395264, 890816, 395264] and root == 4061465
+    assert units == (890816, 395264, 890816, 890816, 395264, 890816, 395264) and root == 4061465
     bw, lat = 1e8, 1e-4
     hw = _with_link(Link(bw, lat))
     ops = unit_ops(cfg, lay, 1, 1, 1)
@@ -1012,3 +1012,18 @@ def test_gathered_memory_is_two_units_and_the_root_plus_a_float32_gradient_by_ha
     pred = predict_training(cfg, lay, Strategy(dp_shard=8, ac=True, dtype=dtype), load_profile("h100-sxm"),
                             global_batch=8)
     assert pred.memory["gathered"] == pytest.approx((2 * big + root) * elem + 4 * big, rel=1e-12)
+
+
+@pytest.mark.parametrize("strategy", [Strategy(dp_shard=8, ac=True), Strategy(ulysses=4, ring=2, ac=False),
+                                      Strategy(dp_shard=2, ulysses=4, dtype="float32", grad_accum=2),
+                                      Strategy(ulysses=8, ac=True, dp_replicate=2, offload_activations=True)])
+def test_memory_alone_is_the_full_predictions_memory(strategy):
+    from s2vbench.bench.perfmodel import predict_training_memory
+
+    cfg, lay = _layout("14b")
+    hw = load_profile("h100-sxm")
+    full = predict_training(cfg, lay, strategy, hw, global_batch=8)
+    alone = predict_training_memory(cfg, lay, strategy, global_batch=8, capacity=hw.memory_capacity)
+    assert alone.memory == full.memory and alone.memory_phases == full.memory_phases
+    assert alone.memory_total == full.memory_total and alone.saved_activations == full.saved_activations
+    assert alone.fit == full.fit and alone.time == 0.0

@@ -38,6 +38,7 @@ from ..model.config import WanS2VConfig
 from ..model.sequence import SequenceLayout
 from ..parallel.mesh import MeshDegrees, ParallelConfig
 from .analytic import (
+    ActivationBytes,
     ForwardFlops,
     activation_bytes,
     count_dispatched_ops,
@@ -494,8 +495,10 @@ def context_parallel_comm(cfg: WanS2VConfig, layout: SequenceLayout, micro: int,
 # ---- FSDP units ---------------------------------------------------------------------------------------
 
 
-def fsdp_unit_params(cfg: WanS2VConfig) -> tuple[list[int], int]:
-    """Parameters of each FSDP unit in forward order (blocks with their injector pairs) and of the root."""
+@functools.lru_cache(maxsize=8)
+def fsdp_unit_params(cfg: WanS2VConfig) -> tuple[tuple[int, ...], int]:
+    """Parameters of each FSDP unit in forward order (blocks with their injector pairs) and of the root (cached:
+    a 14b meta model takes about a second to build)."""
     from ..parallel.parallelize import fsdp_units
 
     model = meta_model(cfg)
@@ -503,7 +506,7 @@ def fsdp_unit_params(cfg: WanS2VConfig) -> tuple[list[int], int]:
     sizes = [sum(p.numel() for m in unit for p in m.parameters()) for unit in units]
     in_units = {id(p) for unit in units for m in unit for p in m.parameters()}
     root = sum(p.numel() for p in model.parameters() if id(p) not in in_units)
-    return sizes, root
+    return tuple(sizes), root
 
 
 # ---- the prediction -----------------------------------------------------------------------------------
@@ -536,6 +539,51 @@ def _charge_rank_skew(total: dict[str, float], exposed: dict[str, float], pred: 
     ``rank_skew`` of that work, exposed (on shared CPU cores; 0 on GPU profiles)."""
     if hw.rank_skew > 0:
         total["rank_skew"] = exposed["rank_skew"] = hw.rank_skew * (pred.compute + pred.other)
+
+
+def _set_training_memory(pred: Prediction, cfg: WanS2VConfig, st: Strategy, act: ActivationBytes,
+                         units: tuple[int, ...], root: int) -> None:
+    """Fill ``pred``'s memory per rank (``memory``, ``memory_phases``, the fit notes) from the FSDP units'
+    parameters and the micro-batch's activations."""
+    p, rep = st.shard_group_size, st.dp_replicate
+    elem = st.elem_bytes
+    n_params = sum(units) + root
+    pred.memory = {"params": 4 * n_params / p, "grads": 4 * n_params / p, "optimizer": 8 * n_params / p}
+    if p > 1 or rep > 1:
+        pred.memory["gathered"] = (2 * max(units) + root) * elem + max(units) * 4
+    elif st.dtype == "bfloat16":
+        pred.memory["gathered"] = 0.0
+    resident = act.peak if not st.offload_activations else \
+        (act.outside + act.kept + 2 * act.layers / cfg.num_layers)
+    pred.memory["activations"] = resident
+    m = pred.memory
+    # Activations peak early in backward, beside few gradients (all of them only when micro-batches accumulate
+    # them); the optimizer step holds every gradient and one float32 state's worth of temporaries (foreach
+    # AdamW's sqrt of the second moment). Between the two, backward frees activations as it builds gradients:
+    # on real CPU steps (tests/test_perfmodel.py) neither the sum nor an end-of-backward phase of all the
+    # gradients, the outside activations and a recomputed block came closer than these two.
+    pred.memory_phases = {
+        "forward and backward": m.get("gathered", 0.0) + resident + (m["grads"] if st.grad_accum > 1 else 0.0),
+        "optimizer step": m["grads"] + 4 * n_params / p}
+    if not pred.fits:
+        pred.notes.append(f"does not fit: {pred.memory_total / 1e9:.1f} GB per rank > "
+                          f"{pred.capacity / 1e9:.0f} GB")
+    elif pred.fit == "tight":
+        pred.notes.append(f"a tight fit: {pred.memory_total / 1e9:.1f} GB per rank of {pred.capacity / 1e9:.0f} "
+                          f"GB, within the model's {MEMORY_MARGIN:.0%} error")
+
+
+def predict_training_memory(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, global_batch: int,
+                            capacity: float = float("inf")) -> Prediction:
+    """Only the memory per rank of :func:`predict_training` (the same figures, without its time): no
+    hardware profile, and none of the op counting and tracing that the time takes seconds for."""
+    micro = _check(cfg, layout, st, global_batch)
+    pred = Prediction(st, layout.total, global_batch, capacity=capacity)
+    act = activation_bytes(cfg, layout, micro, st.dtype, st.ac, st.ulysses, st.ring, parallelized=st.world_size > 1)
+    pred.saved_activations = act.saved
+    units, root = fsdp_unit_params(cfg)
+    _set_training_memory(pred, cfg, st, act, units, root)
+    return pred
 
 
 def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw: HardwareProfile,
@@ -613,31 +661,7 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
     pred.comm_total, pred.comm_exposed = cp_total, cp_exposed
     pred.exposed_comm = sum(cp_exposed.values())
 
-    # memory per rank
-    n_params = sum(units) + root
-    pred.memory = {"params": 4 * n_params / p, "grads": 4 * n_params / p, "optimizer": 8 * n_params / p}
-    if p > 1 or rep > 1:
-        pred.memory["gathered"] = (2 * max(units) + root) * elem + max(units) * 4
-    elif st.dtype == "bfloat16":
-        pred.memory["gathered"] = 0.0
-    resident = act.peak if not st.offload_activations else \
-        (act.outside + act.kept + 2 * act.layers / cfg.num_layers)
-    pred.memory["activations"] = resident
-    m = pred.memory
-    # Activations peak early in backward, beside few gradients (all of them only when micro-batches accumulate
-    # them); the optimizer step holds every gradient and one float32 state's worth of temporaries (foreach
-    # AdamW's sqrt of the second moment). Between the two, backward frees activations as it builds gradients:
-    # on real CPU steps (tests/test_perfmodel.py) neither the sum nor an end-of-backward phase of all the
-    # gradients, the outside activations and a recomputed block came closer than these two.
-    pred.memory_phases = {
-        "forward and backward": m.get("gathered", 0.0) + resident + (m["grads"] if st.grad_accum > 1 else 0.0),
-        "optimizer step": m["grads"] + 4 * n_params / p}
-    if not pred.fits:
-        pred.notes.append(f"does not fit: {pred.memory_total / 1e9:.1f} GB per rank > "
-                          f"{hw.memory_capacity / 1e9:.0f} GB")
-    elif pred.fit == "tight":
-        pred.notes.append(f"a tight fit: {pred.memory_total / 1e9:.1f} GB per rank of {hw.memory_capacity / 1e9:.0f} "
-                          f"GB, within the model's {MEMORY_MARGIN:.0%} error")
+    _set_training_memory(pred, cfg, st, act, units, root)
     return pred
 
 
@@ -732,6 +756,7 @@ __all__ = [
     "op_time",
     "predict_inference",
     "predict_training",
+    "predict_training_memory",
     "step_op_count",
     "unit_ops",
 ]
