@@ -61,3 +61,12 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     """pytest-benchmark's machine_info names the host's CPU but no GPU, and ``s2vbench compare`` matches runs by
     hardware: without this, two cards behind alike CPUs would be compared as one."""
     machine_info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def processes_with(text: str) -> list[str]:
+    """Command lines of this machine's processes that contain ``text`` (whole: ``ps`` cuts them at 80 columns
+    when its output is not a terminal, unless asked not to)."""
+    import subprocess
+
+    ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True, timeout=30).stdout
+    return [line for line in ps.splitlines() if text in line]

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import processes_with
 
 from s2vbench.bench.cluster import detect_env, parse_nodelist, render_sbatch
 from s2vbench.bench.results import read_results
@@ -303,8 +304,7 @@ def test_a_torchrun_past_its_timeout_is_killed_with_its_ranks(tmp_path):
     # the launcher then waited on until the rank finished
     assert time.monotonic() - t0 < 30
     time.sleep(0.5)
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert str(spec) not in ps, "torchrun or one of its ranks outlived the timeout"
+    assert not processes_with(str(spec)), "torchrun or one of its ranks outlived the timeout"
 
 
 def test_a_single_element_range_expands_to_its_one_host():

@@ -27,7 +27,7 @@ def _run(args: argparse.Namespace) -> int:
     from .points import default_cpu_points
     from .report import write_report
     from .results import check_output_folder
-    from .sweep import run_sweep
+    from .sweep import run_sweep, sweep_outcome
 
     deadline = time.monotonic() + 60 * args.budget_min
     out = check_output_folder(args.out or _default_out())  # before the first point, not at its first write
@@ -46,7 +46,16 @@ def _run(args: argparse.Namespace) -> int:
                                deadline=deadline)
         report = write_report([log.path], out, title=title)
     print(f"results: {log.path}\nreport:  {report}")
-    return 0
+    return _exit_status("run", sweep_outcome(log.records, points))
+
+
+def _exit_status(command: str, problem: str | None) -> int:
+    """1, after saying so, when a sweep's points failed (its results and report are written all the same):
+    scripts and CI must not read a run in which nothing was measured as a success."""
+    if problem is None:
+        return 0
+    print(f"s2vbench {command}: {problem}", file=sys.stderr)
+    return 1
 
 
 def _positive(convert, what: str):
@@ -97,7 +106,9 @@ def _token_list(text: str | None) -> list[int | None]:
 def _scaling(args: argparse.Namespace, argv: list[str]) -> int:
     from .cluster import detect_env, render_sbatch
     from .report import write_report
+    from .results import read_results
     from .scaling import launch_sweep, load_sweep, run_in_job, sweep_points
+    from .sweep import sweep_outcome
 
     env = None if args.sbatch else detect_env()
     if env is not None and args.out is None:  # each rank would pick its own runs/<timestamp>; rank 0 would wait
@@ -141,12 +152,13 @@ def _scaling(args: argparse.Namespace, argv: list[str]) -> int:
         if env.rank != 0 or args.points_json is not None:
             return 0
         log_path = out / "results.json"
+        points = [p for p in points if p.world == env.world_size]  # the job's own
     else:
         for note in notes:
             print(note)
         log_path = launch_sweep(points, out).path
     print(write_report([log_path], out, title=f"s2vbench scaling: {name}"))
-    return 0
+    return _exit_status("scaling", sweep_outcome(read_results(log_path), points))
 
 
 def _points_json(path: Path) -> list:
@@ -165,7 +177,9 @@ def _points_json(path: Path) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..parallel.local_attention import BACKENDS
     from .calibrate import CALIBRATION_ROUNDS
+    from .points import DTYPES
 
     parser = argparse.ArgumentParser(prog="s2vbench", description="Wan-S2V scaling benchmarks")
     parser.add_argument("--traceback", action="store_true",
@@ -205,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
                            "data-parallel group, so the global batch grows with data parallelism (default strong)")
     p_sc.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per step on each rank (default 1)")
     p_sc.add_argument("--ac", action="store_true", help="activation checkpointing")
-    p_sc.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16",
+    p_sc.add_argument("--dtype", choices=DTYPES, default="bfloat16",
                       help="bfloat16: mixed precision over float32 master weights (default bfloat16)")
-    p_sc.add_argument("--attention-backend", choices=("torch", "triton", "flash_attn"), default="torch",
+    p_sc.add_argument("--attention-backend", choices=BACKENDS, default="torch",
                       help="attention kernel (under context parallelism: the local, per-ring-step attention); "
                            "flash_attn needs the gpu extra (default torch)")
     p_sc.add_argument("--compile", action="store_true", help="torch.compile each block and audio injector (before "
@@ -272,6 +286,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"s2vbench {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.traceback:
+            raise
+        # every result is written as it is finished, so what a resume needs is on disk already
+        print(f"s2vbench {args.command}: interrupted; what finished is saved (run the same command again to "
+              f"resume a run or sweep)", file=sys.stderr)
+        return 130
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -13,6 +13,8 @@ from .results import is_int
 
 STRATEGIES = ("single", "fsdp", "ulysses", "ring", "usp")
 """single: one rank; fsdp: data parallel with sharding; ulysses / ring: context parallel; usp: both."""
+DTYPES = ("float32", "bfloat16")
+"""float32, or bfloat16: autocast over float32 master weights (and bf16 FSDP parameters on GPU)."""
 TOKEN_TOLERANCE = 0.05
 """A requested token count is met by a clip geometry whose token count is within this relative distance."""
 
@@ -220,7 +222,7 @@ class Point:
         get_preset(self.preset)
         if self.scaling not in ("strong", "weak"):
             raise ValueError(f"scaling must be 'strong' or 'weak', got {self.scaling!r}")
-        if self.dtype not in ("float32", "bfloat16"):
+        if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
         # Checked before anything divides by them: a global batch of 0 used to reach torch on every rank
         for field, low in (("global_batch", 1), ("grad_accum", 1), ("steps", 1), ("warmup", 0)):
@@ -279,4 +281,4 @@ def default_cpu_points(cores: int, preset: str = "small") -> list[Point]:
     return points
 
 
-__all__ = ["STRATEGIES", "TOKEN_TOLERANCE", "Point", "clip_for_tokens", "default_cpu_points", "strategy_degrees"]
+__all__ = ["DTYPES", "STRATEGIES", "TOKEN_TOLERANCE", "Point", "clip_for_tokens", "default_cpu_points", "strategy_degrees"]

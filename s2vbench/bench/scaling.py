@@ -29,9 +29,10 @@ import torch.distributed as dist
 from ..model import get_preset
 from ..parallel.launch import default_backend
 from .cluster import detect_env, export_for_torch
-from .points import STRATEGIES, Point, clip_for_tokens
+from ..parallel.local_attention import BACKENDS
+from .points import DTYPES, STRATEGIES, Point, clip_for_tokens
 from .results import ResultsLog, atomic_write_bytes, check_output_folder, has_type, is_int, read_results
-from .sweep import failure_record, point_record
+from .sweep import check_resume, check_runnable_here, failure_record, point_record
 from .worker import PointOOM, run_point_rank
 
 try:
@@ -100,6 +101,10 @@ def _check_sweep_wide(preset: str, gpus: list, strategies: list, global_batch, s
     for axis, values in lists.items():
         if not values:
             raise ValueError(f"sweep axis {axis} is an empty list; give it at least one value or leave it out")
+    for axis, known in (("dtype", DTYPES), ("attention_backend", BACKENDS)):
+        unknown = [v for v in lists.get(axis, []) if v not in known]
+        if unknown:  # each would be a point "that cannot run", skipped with a note, not the typo it is
+            raise ValueError(f"unknown {axis} {unknown}; choose from {', '.join(known)}")
     if any(t is not None for t in lists.get("tokens", [])) and \
             any(v is not None for k in ("frames", "height", "width") for v in lists.get(k, [])):
         raise ValueError("give either tokens or frames/height/width, not both: a token count sets the clip's "
@@ -230,6 +235,7 @@ def run_in_job(points: list[Point], out: Path, timeout_s: float = 900.0) -> None
         raise ValueError(f"MASTER_PORT={env.master_port} leaves no room for the {len(mine)} ports of this job's "
                          f"points above it; use a port below {65535 - len(mine)}")
     check_output_folder(out)  # before any rank starts, not at the first point's write
+    check_runnable_here(mine, ranks_on_this_host=False)  # the job's own allocation holds its memory
     export_for_torch(env)
     backend = default_backend()
     results_path = out / "results.json"
@@ -237,7 +243,9 @@ def run_in_job(points: list[Point], out: Path, timeout_s: float = 900.0) -> None
     # ranks have joined a point), so all skip the same points: a rank that ran a point rank 0 skipped would
     # wait for it forever.
     finished = set(_died_in(out, mine))
-    finished |= {r.name for r in read_results(results_path)} if results_path.exists() else set()
+    recorded = read_results(results_path) if results_path.exists() else []
+    check_resume(recorded, mine, results_path)  # every rank raises alike, before any point
+    finished |= {r.name for r in recorded}
     log = ResultsLog(results_path) if env.rank == 0 else None
     if log is not None:
         _record_deaths(log, out, mine)
@@ -299,18 +307,24 @@ def _torchrun(world: int, spec: Path, out: Path, timeout_s: float) -> tuple[int 
         _, err = proc.communicate(timeout=timeout_s)
         return proc.returncode, err[-3000:]
     except subprocess.TimeoutExpired:
-        pass
-    # torchrun's ranks run in sessions of their own, out of reach of a signal to its group: SIGTERM makes
-    # torchrun stop them itself; SIGKILL only after a grace period, and whatever still holds the pipes then
-    # is left behind rather than waited for.
+        return None, _stop(proc)[-3000:]
+    except KeyboardInterrupt:  # in a session of its own, torchrun did not get the terminal's Ctrl-C
+        _stop(proc)
+        raise
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    """Stop a torchrun and its ranks; returns what it still wrote to stderr. Its ranks run in sessions of their
+    own, out of reach of a signal to its group: SIGTERM makes torchrun stop them itself; SIGKILL only after a
+    grace period (or a Ctrl-C), and whatever still holds the pipes then is left behind rather than waited for."""
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         _, err = proc.communicate(timeout=TORCHRUN_GRACE_S)
-    except subprocess.TimeoutExpired:
+        return err or ""
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        err = ""
-    return None, (err or "")[-3000:]
+        return ""
 
 
 def launch_sweep(points: list[Point], out: Path, timeout_s: float = 3600.0) -> ResultsLog:
@@ -324,6 +338,8 @@ def launch_sweep(points: list[Point], out: Path, timeout_s: float = 3600.0) -> R
                          f"({sorted({p.world for p in points})}); run the sweep in a SLURM job (--sbatch) or sweep "
                          f"--gpus up to {gpus_per_node}")
     check_output_folder(out)  # before any rank starts, not at the first point's write
+    check_runnable_here(points, ranks_on_this_host=True)
+    check_resume(ResultsLog(out / "results.json").records, points, out / "results.json")
     spec = out / "sweep.json"
     spec.write_text(json.dumps([p.to_dict() for p in points]))
     for world in sorted({p.world for p in points}):

@@ -7,6 +7,7 @@ points already in the results file are skipped.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import statistics
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 
 from ..model import clip_layout, get_preset
 from ..parallel.launch import RankFailed, default_backend, run_ranks
+from ..parallel.local_attention import check_backend_runs_here
 from .analytic import CommVolume, forward_flops, fsdp_comm_volume, training_state_bytes, training_step_comm_volume
 from .hardware import bf16_peak_tflops
 from .points import Point
@@ -174,6 +176,18 @@ def point_record(point: Point, results: list[dict]) -> Record:
                   notes=f"Chrome trace: {traces[0]}" if traces else "")
 
 
+def _last_lines(text: str, limit: int) -> str:
+    """The last whole lines of ``text`` that fit in ``limit`` characters (where an error's own line is, at the
+    end of a traceback); the last line alone, cut at its start, when it is longer."""
+    lines = text.rstrip().splitlines()
+    kept: list[str] = []
+    while lines and sum(len(x) + 1 for x in kept) + len(lines[-1]) <= limit:
+        kept.insert(0, lines.pop())
+    if not kept and lines:
+        return "..." + lines[-1][-(limit - 3):]
+    return ("...\n" if lines else "") + "\n".join(kept)
+
+
 def failure_record(point: Point, error: BaseException) -> Record:
     text = str(error)
     # a SIGKILL (the kernel's oom-killer), CUDA's or our own OOM, or the CPU allocator refusing (no overcommit)
@@ -181,8 +195,106 @@ def failure_record(point: Point, error: BaseException) -> Record:
                          r"can't allocate memory", text, re.IGNORECASE))
     status = "oom" if oom else "failed"
     return Record("iteration", point.name, point.to_dict(),
-                  [Metric("step_time", None, "s", f"{status}: {text[-500:]}", status="not_measured")],
-                  tags=[status], notes=text[-4000:])
+                  [Metric("step_time", None, "s", f"{status}: {_last_lines(text, 500)}", status="not_measured")],
+                  tags=[status], notes=_last_lines(text, 4000))
+
+
+def check_resume(records: list[Record], points: list[Point], where: str | Path) -> None:
+    """Refuse to resume over records of these points measured with other settings: a point's name leaves out
+    its steps, warm-up and other fields, so such a record would pass as this sweep's and be kept."""
+    wanted = {p.name: p for p in points}
+    clashes = []
+    for r in records:
+        point = wanted.get(r.name)
+        if point is None:
+            continue
+        try:
+            saved = Point.from_dict(r.config)
+        except TypeError as e:  # a field missing or of another kind: not a point this s2vbench can compare
+            clashes.append(f"{r.name}: its config is not a sweep point ({e})")
+            continue
+        diff = [f"{f.name} {getattr(saved, f.name)!r} there, {getattr(point, f.name)!r} now"
+                for f in dataclasses.fields(Point) if getattr(saved, f.name) != getattr(point, f.name)]
+        if diff:
+            clashes.append(f"{r.name} ({', '.join(diff)})")
+    if clashes:
+        more = f"; and {len(clashes) - 3} more" if len(clashes) > 3 else ""
+        raise ValueError(f"{where} already holds {len(clashes)} of this sweep's points measured with other settings, "
+                         f"which resuming would keep as this sweep's: {'; '.join(clashes[:3])}{more}. Re-run with "
+                         f"the settings they were measured with, write to a new --out, or remove those records "
+                         f"from the file")
+
+
+def sweep_outcome(records: list[Record], points: list[Point]) -> str | None:
+    """One line on what went wrong with a sweep's points, for a non-zero exit status; None when every point
+    that has a record was measured, or some ran out of memory beside measured ones (a sweep's finding, not a
+    failure)."""
+    names = {p.name for p in points}
+    mine = [r for r in records if r.name in names]
+    failed = [r.name for r in mine if "failed" in r.tags]
+    if failed:
+        listed = ", ".join(failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
+        return (f"{len(failed)} of {len(points)} points failed ({listed}); each one's error is in its record's "
+                f"notes and in the report")
+    if mine and all("oom" in r.tags for r in mine):
+        return (f"none of the {len(mine)} points ran: every one ran out of memory; sweep more GPUs, a smaller "
+                f"preset or clip, or turn on activation checkpointing (--ac)")
+    return None
+
+
+RANK_PROCESS_GIB = 1.0
+"""Host memory a CPU rank holds beyond its tensors (the interpreter, torch's libraries, allocator slack):
+peak RSS less the tracked tensor peak was 0.7 to 0.9 GiB a rank in reports/cpu-small-2026-12-03."""
+
+
+def host_memory_available() -> int | None:
+    """Bytes this host can still give without swapping (MemAvailable), or None where /proc/meminfo is absent."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def point_host_bytes(point: Point) -> float:
+    """Predicted host memory of a CPU point, all its ranks together: each rank's predicted peak (the model's
+    most loaded rank, bench.perfmodel) plus ``RANK_PROCESS_GIB``."""
+    from .perfmodel import Strategy, predict_training_memory
+
+    dp, u, r = point.degrees
+    st = Strategy(dp, u, r, point.ac, point.dtype, point.grad_accum, dp_replicate=point.dp_replicate)
+    cfg = get_preset(point.preset).model
+    peak = predict_training_memory(cfg, clip_layout(cfg, point.clip()), st, point.global_batch).memory_total
+    return point.world * (peak + RANK_PROCESS_GIB * GIB)
+
+
+def check_runnable_here(points: list[Point], ranks_on_this_host: bool = True) -> None:
+    """Before any rank starts, refuse points that cannot run on this machine, with the fix: an attention
+    backend it lacks (every rank would fail at its first attention) and, where this host runs every rank on
+    CPU (``ranks_on_this_host``), points predicted to need more memory than it has (the kernel's OOM killer
+    would take them, or the machine, down one by one)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for backend, dtype in sorted({(p.attention_backend, p.dtype) for p in points}):
+        try:
+            check_backend_runs_here(backend, device, dtype)
+        except ValueError as e:
+            hit = [p.name for p in points if (p.attention_backend, p.dtype) == (backend, dtype)]
+            raise ValueError(f"{len(hit)} point(s) of this sweep cannot run here ({hit[0]}"
+                             f"{', ...' if len(hit) > 1 else ''}): {e}") from None
+    available = host_memory_available() if device == "cpu" and ranks_on_this_host else None
+    if available is None:
+        return
+    over = [(p, need) for p in points if (need := point_host_bytes(p)) > available]
+    if over:
+        listed = "; ".join(f"{p.name} about {need / GIB:,.0f} GiB ({p.world} rank(s))" for p, need in over[:3])
+        more = f"; and {len(over) - 3} more" if len(over) > 3 else ""
+        raise ValueError(f"{len(over)} of the {len(points)} points need more memory than this CPU-only machine has "
+                         f"available ({available / GIB:.1f} GiB; every rank runs here, each predicted to hold its "
+                         f"tensors' peak plus {RANK_PROCESS_GIB:g} GiB): {listed}{more}. Use a smaller preset (tiny "
+                         f"or small; e.g. --sweep s2vbench/bench/sweeps/cpu_smoke.toml), fewer ranks or a shorter "
+                         f"clip, or run on GPUs")
 
 
 def run_sweep(points: list[Point], results_path: str | Path, timeout_s: float = 1800.0, progress: bool = True
@@ -190,7 +302,9 @@ def run_sweep(points: list[Point], results_path: str | Path, timeout_s: float = 
     results_path = Path(results_path)
     for p in points:
         p.validate()
+    check_runnable_here(points)
     log = ResultsLog(results_path)
+    check_resume(log.records, points, results_path)
     todo = [p for p in points if not log.done(p.name)]
     bar = None
     if progress:
@@ -227,4 +341,5 @@ def run_sweep(points: list[Point], results_path: str | Path, timeout_s: float = 
     return log
 
 
-__all__ = ["failure_record", "gpu_power_metric", "point_record", "run_sweep"]
+__all__ = ["RANK_PROCESS_GIB", "check_resume", "check_runnable_here", "failure_record", "gpu_power_metric",
+           "host_memory_available", "point_host_bytes", "point_record", "run_sweep", "sweep_outcome"]

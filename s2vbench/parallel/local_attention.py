@@ -39,6 +39,33 @@ def flash_attn_module() -> ModuleType:
     return flash_attn_interface
 
 
+def check_backend_runs_here(backend: str, device_type: str, dtype: str) -> None:
+    """Raise a ValueError naming why ``backend`` cannot compute in ``dtype`` ("float32" or "bfloat16") on
+    ``device_type`` ("cuda" or "cpu"), and the fix: checked before a job starts, since every rank of every
+    point would otherwise fail the same way at its first attention."""
+    _check(backend)
+    if backend == "flash_attn":
+        if device_type != "cuda":
+            raise ValueError("the 'flash_attn' attention backend runs on CUDA GPUs only, and this machine has "
+                             "none; choose 'torch' (or 'triton' under TRITON_INTERPRET=1)")
+        try:
+            flash_attn_module()
+        except ImportError as e:
+            raise ValueError(str(e)) from None
+        if dtype != "bfloat16":
+            raise ValueError(f"the 'flash_attn' backend computes in float16/bfloat16 only, got {dtype}; run with "
+                             f"dtype bfloat16, or choose the 'torch' or 'triton' backend")
+    elif backend == "triton" and device_type != "cuda":
+        from ..kernels.interpreter import interpreting
+
+        if not interpreting():
+            raise ValueError("the 'triton' attention backend needs a CUDA GPU; on CPU it runs only in Triton's "
+                             "interpreter (set TRITON_INTERPRET=1, float32 only, slow), so choose 'torch' here")
+        if dtype != "float32":  # the interpreter silently computes bfloat16 wrong
+            raise ValueError(f"the 'triton' attention backend in Triton's CPU interpreter computes {dtype} wrong; "
+                             f"run it with dtype float32, or choose 'torch'")
+
+
 def _flash_dtype_check(q: torch.Tensor) -> None:
     if q.dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"the 'flash_attn' backend computes in float16/bfloat16 only, got {q.dtype}; run with "
@@ -149,5 +176,5 @@ def local_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torc
     return attention_backward_reference(dout, q, k, v, out, lse)
 
 
-__all__ = ["BACKENDS", "aten_flash_applies", "aten_flash_backward", "aten_flash_forward", "flash_attn_module",
-           "local_backward", "local_forward"]
+__all__ = ["BACKENDS", "aten_flash_applies", "aten_flash_backward", "aten_flash_forward", "check_backend_runs_here",
+           "flash_attn_module", "local_backward", "local_forward"]
