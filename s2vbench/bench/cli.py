@@ -30,7 +30,7 @@ def _run(args: argparse.Namespace) -> int:
     from .sweep import run_sweep, sweep_outcome
 
     deadline = time.monotonic() + 60 * args.budget_min
-    out = check_output_folder(args.out or _default_out())  # before the first point, not at its first write
+    args.out = out = check_output_folder(args.out or _default_out())  # now, not at the first point's write
     cores = os.cpu_count() or 1
     points = default_cpu_points(cores, args.preset)
     if args.steps is not None:
@@ -114,7 +114,7 @@ def _scaling(args: argparse.Namespace, argv: list[str]) -> int:
     if env is not None and args.out is None:  # each rank would pick its own runs/<timestamp>; rank 0 would wait
         raise ValueError(f"inside a {env.launcher} job every rank must write to the same folder: pass --out DIR "
                          f"(on storage all nodes share)")
-    out = args.out or _default_out()
+    args.out = out = args.out or _default_out()  # named, so that an interrupted sweep can say where it is
     name = "scaling"
     if args.points_json is not None:
         points, notes = _points_json(args.points_json), []
@@ -289,10 +289,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.traceback:
             raise
-        # every result is written as it is finished, so what a resume needs is on disk already
-        print(f"s2vbench {args.command}: interrupted; what finished is saved (run the same command again to "
-              f"resume a run or sweep)", file=sys.stderr)
+        print(f"s2vbench {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """How to go on after an interrupt, for the commands that write each result as it is finished."""
+    if args.command in ("run", "scaling") and args.out is not None:
+        return f"; what finished is saved in {args.out}, and the same command with --out {args.out} resumes it"
+    if args.command == "calibrate":
+        return "; its finished rounds are saved, and the same command resumes them"
+    return ""
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

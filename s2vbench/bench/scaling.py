@@ -339,7 +339,8 @@ def launch_sweep(points: list[Point], out: Path, timeout_s: float = 3600.0) -> R
                          f"--gpus up to {gpus_per_node}")
     check_output_folder(out)  # before any rank starts, not at the first point's write
     check_runnable_here(points, ranks_on_this_host=True)
-    check_resume(ResultsLog(out / "results.json").records, points, out / "results.json")
+    recorded = out / "results.json"
+    check_resume(read_results(recorded) if recorded.exists() else [], points, recorded)
     spec = out / "sweep.json"
     spec.write_text(json.dumps([p.to_dict() for p in points]))
     for world in sorted({p.world for p in points}):
