@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 import torch.distributed as dist
+from test_devices import NO_GPU, two_gpus  # noqa: F401 - two_gpus is a fixture
 
 from s2vbench.model import WanS2V, get_preset
 from s2vbench.parallel import ParallelConfig, ParallelConfigError, build_mesh, parallelize
@@ -64,9 +65,6 @@ def one_rank():
     dist.destroy_process_group()
 
 
-NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-
-
 @pytest.mark.parametrize("device, why", [
     pytest.param("cuda", r"is not available: torch\.cuda\.is_available\(\) is False", marks=NO_GPU),
     pytest.param("cuda:0", r"is not available: torch\.cuda\.is_available\(\) is False", marks=NO_GPU),
@@ -83,15 +81,6 @@ def test_parallelize_refuses_a_device_this_process_lacks_before_changing_the_mod
     with pytest.raises(ParallelConfigError, match=rf"^device {re.escape(repr(device))} {why}.*; {fix}"):
         parallelize(model, ParallelConfig(), device)
     assert [block.self_attn.attn_backend for block in model.blocks] == backends
-
-
-@pytest.fixture
-def two_gpus(monkeypatch):
-    """This process as one that sees cuda:0 and cuda:1 and runs on cuda:1."""
-    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
-    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *a, **k: torch.device("cuda"))
-    monkeypatch.setattr(torch.accelerator, "device_count", lambda: 2)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
 
 
 def test_a_gpu_index_must_be_a_visible_gpu_and_the_current_one(two_gpus, one_rank):

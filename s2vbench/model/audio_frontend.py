@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import open_safetensors
+from .device import check_device
 
 WAV2VEC2_FPS = 50
 """Hidden-state rate of wav2vec2 on 16 kHz audio (a stride of 320 samples)."""
@@ -92,6 +93,7 @@ class AudioFrontend:
     def __init__(self, weights_dir: str | Path | None = None, config=None, device: str | torch.device = "cpu"):
         from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
+        device = check_device(device)
         if weights_dir is not None:
             weights_dir = Path(weights_dir)
             if not (weights_dir / "config.json").is_file():
@@ -112,7 +114,7 @@ class AudioFrontend:
             self.model = Wav2Vec2Model(config)
             self.processor = Wav2Vec2FeatureExtractor(sampling_rate=SAMPLE_RATE, do_normalize=True)
         self.model = self.model.to(device).eval()
-        self.device = torch.device(device)
+        self.device = device
 
     @property
     def num_hidden_states(self) -> int:

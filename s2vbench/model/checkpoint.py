@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .device import check_device
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that does not match the model, cannot be found, or cannot be read."""
@@ -128,7 +130,9 @@ def checkpoint_files(path: str | Path) -> dict[str, Path]:
 
 def load_state_dict(path: str | Path, keys: list[str] | None = None, dtype: torch.dtype | None = None,
                     device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Read (a subset of) an official-format checkpoint, optionally cast to ``dtype``."""
+    """Read (a subset of) an official-format checkpoint onto ``device`` (checked first: :func:`check_device`),
+    optionally cast to ``dtype``."""
+    device = check_device(device)
     where = checkpoint_files(path)
     wanted = list(where) if keys is None else keys
     absent = [k for k in wanted if k not in where]
@@ -140,7 +144,6 @@ def load_state_dict(path: str | Path, keys: list[str] | None = None, dtype: torc
     out: dict[str, torch.Tensor] = {}
     safe_open, _ = _safetensors()
     for f, ks in by_file.items():
-        # every header was read above: what fails here is the device, not the file
         with safe_open(str(f), framework="pt", device=str(device)) as sf:
             for k in ks:
                 t = sf.get_tensor(k)

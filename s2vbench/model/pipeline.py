@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from .audio_frontend import SAMPLE_RATE, VIDEO_FPS, AudioFrontend, bucket_per_video_frame, resample_features
 from .config import WanS2VConfig
+from .device import check_device
 from .sampling import ClipConditions, sample_clip
 from .vae import WanVAE
 
@@ -578,17 +579,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shift", type=float, default=3.0, help="timestep shift")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (clip r uses seed + r), and random weights'")
     parser.add_argument("--bf16", action="store_true", help="DiT forwards under bf16 autocast")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda or cuda:i (default: cuda where there is one)")
 
 
-def build_models(preset_name: str, weights: Path | None, vae_dim: int | None, device: str, seed: int
+def build_models(preset_name: str, weights: Path | None, vae_dim: int | None, device: str | torch.device, seed: int
                  ) -> tuple[torch.nn.Module, WanVAE, list[str]]:
-    """The DiT and the VAE: released weights from a local folder, or random ones (noted)."""
+    """The DiT and the VAE on ``device``: released weights from a local folder, or random ones (noted)."""
     from .checkpoint import load_checkpoint
     from .config import get_preset
     from .model import WanS2V
     from .vae import WanVAEConfig, load_vae
 
+    device = check_device(device)  # before the weights load, which takes minutes for 14b
     preset = get_preset(preset_name)
     notes = []
     torch.manual_seed(seed)
@@ -609,7 +612,8 @@ def build_models(preset_name: str, weights: Path | None, vae_dim: int | None, de
     return model.to(device).eval().requires_grad_(False), vae.to(device).eval().requires_grad_(False), notes
 
 
-def prepare_inputs(args: argparse.Namespace, cfg: WanS2VConfig, infer_frames: int, device: str) -> S2VInputs:
+def prepare_inputs(args: argparse.Namespace, cfg: WanS2VConfig, infer_frames: int, device: str | torch.device
+                   ) -> S2VInputs:
     notes: list[str] = []
     ref = load_reference_image(args.image, args.size)
     wav = read_wav(args.audio)
@@ -645,12 +649,13 @@ def run(args: argparse.Namespace) -> int:
 
     from .config import get_preset
 
+    device = check_device(args.device, "--device")
     preset = get_preset(args.preset)
     infer_frames = args.infer_frames or (preset.clip.infer_frames if args.preset in RANDOM_VAE_DIM else 80)
     gen = GenerationConfig(infer_frames=infer_frames, steps=args.steps, shift=args.shift, guide_scale=args.guide_scale,
                            seed=args.seed, num_clips=args.num_clips, dtype="bfloat16" if args.bf16 else None)
-    model, vae, notes = build_models(args.preset, args.weights, args.vae_dim, args.device, args.seed)
-    inputs = prepare_inputs(args, model.cfg, infer_frames, args.device)
+    model, vae, notes = build_models(args.preset, args.weights, args.vae_dim, device, args.seed)
+    inputs = prepare_inputs(args, model.cfg, infer_frames, device)
     inputs.notes[:0] = notes
     start = time.perf_counter()
     result = S2VPipeline(model, vae).generate(inputs, gen)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention
+from .device import check_device
 
 # Per-channel statistics of the released VAE's latents (from the official Wan2_1_VAE wrapper).
 WAN21_LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -445,6 +446,7 @@ def load_vae(path: str | Path, cfg: WanVAEConfig | None = None, device: str | to
     Without ``cfg`` the base width is read from the checkpoint (the official architecture otherwise)."""
     from .checkpoint import CheckpointError, load_state_dict
 
+    device = check_device(device)
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"VAE checkpoint {path} does not exist; pass the released Wan2.1_VAE.pth (it is in "

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from ..model.device import accelerator_here, check_device
 from .sequence_parallel import CPGroups
 from .ulysses import valid_ulysses_degrees
 
@@ -141,41 +142,15 @@ def _meshes(config: ParallelConfig, device_type: str) -> tuple[DeviceMesh, Devic
 def mesh_device_type(device: str | torch.device) -> str:
     """The device type a mesh is built on for ``device``: "cpu", or an accelerator this process has ("cuda",
     or "cuda:i" naming its current GPU). Raises :class:`ParallelConfigError` naming the device, the devices
-    this process has and the fix.
+    this process has and the fix (:func:`s2vbench.model.device.check_device`).
 
     torch finds a missing device only deep inside the mesh or FSDP ("Torch not compiled with CUDA enabled", an
     AttributeError on None), after the model was already changed; and the mesh takes a type alone, so a GPU
-    index is checked here against the current device, the one FSDP places shards on."""
-    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
-    kind = accelerator.type if accelerator is not None else None
-    count = torch.accelerator.device_count() if kind is not None else 0
-    here = ", ".join(["cpu"] + [f"{kind}:{i}" for i in range(count)])
+    index is checked against the current device, the one FSDP places shards on."""
+    kind, _ = accelerator_here()
     use = f'Pass "{kind}" (each rank on its current {kind} device) or "cpu"' if kind else 'Pass "cpu" (gloo)'
-
-    def refuse(why: str, fix: str = use) -> ParallelConfigError:
-        return ParallelConfigError(f"device {device!r} {why}; devices here: {here}. {fix}")
-
-    try:
-        parsed = device if isinstance(device, torch.device) else torch.device(device)
-    except (RuntimeError, TypeError):
-        raise refuse("is not a device name torch knows") from None
-    if parsed.type == "cpu":
-        return "cpu"
-    if parsed.type != kind:
-        if hasattr(getattr(torch, parsed.type, None), "is_available"):
-            raise refuse(f"is not available: torch.{parsed.type}.is_available() is False (no such device here, or a "
-                         f"torch built without {parsed.type} support)",
-                         f"{use}, or run where torch.{parsed.type}.is_available() is True")
-        raise refuse("is not a device this process can run ranks on")
-    if parsed.index is not None:
-        if parsed.index >= count:
-            raise refuse(f"does not exist: this process sees {count} {kind} device(s)",
-                         f"{use}; CUDA_VISIBLE_DEVICES (or the launcher) decides which GPUs a process sees")
-        current = torch.get_device_module(kind).current_device()
-        if parsed.index != current:
-            raise refuse(f"is not this process's current {kind} device, {kind}:{current}, which the mesh and FSDP use",
-                         f"Call torch.{kind}.set_device({parsed.index}) first, or pass \"{kind}\"")
-    return parsed.type
+    return check_device(device, error=ParallelConfigError, fix=use, role="run ranks on",
+                        current="the mesh and FSDP").type
 
 
 def build_mesh(config: ParallelConfig, device_type: str | torch.device = "cpu",
