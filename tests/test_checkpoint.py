@@ -103,6 +103,18 @@ def test_unreadable_file_is_a_checkpoint_error_naming_it(shared, tmp_path, how):
             load()
 
 
+def test_unreadable_vae_pth_is_named(tmp_path):
+    bad = tmp_path / "Wan2.1_VAE.pth"
+    torch.save({"conv1.weight": torch.ones(4)}, bad)
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=rf"VAE checkpoint {re.escape(str(bad))} \(100 bytes\) cannot be read "
+                                              rf"with torch\.load.*truncated or corrupt.*download it again"):
+        load_vae(bad)
+    torch.save([torch.ones(4)], bad)
+    with pytest.raises(CheckpointError, match="holds a list, not a state dict of tensors"):
+        load_vae(bad)
+
+
 def test_unreadable_shard_or_weight_map_is_named(weights, tmp_path):
     shard(weights, tmp_path)
     index = tmp_path / "diffusion_pytorch_model.safetensors.index.json"

@@ -1,5 +1,7 @@
 """Multi-clip generation with the tiny preset: the official loop's motion buffer, the mp4, and bad inputs."""
 
+import re
+
 import numpy as np
 import pytest
 import soundfile
@@ -15,7 +17,9 @@ from s2vbench.model.pipeline import (
     S2VInputs,
     S2VPipeline,
     audio_input_from_states,
+    load_audio_features,
     load_reference_image,
+    load_text_embedding,
     main,
     motion_buffer,
     random_text_embedding,
@@ -179,6 +183,34 @@ def test_image_of_wrong_size(tmp_path):
 def test_bad_generation_config():
     with pytest.raises(PipelineInputError, match="multiple of 4"):
         GenerationConfig(infer_frames=18)
+
+
+def _damaged_pt(path, how):
+    """A .pt file as an interrupted copy or a wrong file leaves it."""
+    torch.save({"context": torch.ones(4, 8)}, path)
+    good = path.read_bytes()
+    path.write_bytes({"truncated": good[:len(good) // 2], "random bytes": bytes(range(256)), "empty": b""}[how])
+    return path
+
+
+@pytest.mark.parametrize("how", ["truncated", "random bytes", "empty"])
+def test_unreadable_pt_inputs_are_named(tmp_path, how):
+    bad = _damaged_pt(tmp_path / "input.pt", how)
+    for load, fix in ((load_text_embedding, "save the embedding again"),
+                      (load_audio_features, "save the .* hidden states again")):
+        with pytest.raises(PipelineInputError, match=rf"file {re.escape(str(bad))} \({bad.stat().st_size:,} bytes\) "
+                                                     rf"cannot be read with torch\.load.*truncated or corrupt.*; {fix}"):
+            load(bad)
+
+
+def test_pt_inputs_must_hold_the_tensors_named(tmp_path):
+    path = tmp_path / "input.pt"
+    for held in ({"other": torch.ones(2)}, [1, 2], {"context": [1], "hidden_states": "x"}):
+        torch.save(held, path)
+        with pytest.raises(PipelineInputError, match="holds no 'hidden_states' tensor"):
+            load_audio_features(path)
+        with pytest.raises(PipelineInputError, match="must hold a tensor or a dict with 'context'"):
+            load_text_embedding(path)
 
 
 @torch.no_grad()

@@ -4,12 +4,14 @@ Accepted sources: one ``.safetensors`` file; a folder with a ``*.safetensors.ind
 released, sharded layout); or a folder of ``.safetensors`` shards. Every file's header, keys and shapes are
 checked before any tensor is copied: a mismatch names the keys and what to do, and a file safetensors cannot
 read (truncated, empty, not safetensors) is a :class:`CheckpointError` naming it and the fix, as is any other
-safetensors file s2vbench.model reads (:func:`open_safetensors`).
+safetensors file s2vbench.model reads (:func:`open_safetensors`) or file it reads with ``torch.load``
+(:func:`load_torch_file`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +61,27 @@ def read_tensors(path: str | Path, what: str = "checkpoint file",
     :func:`open_safetensors` raises them)."""
     with open_safetensors(path, what, error) as sf:
         return {k: sf.get_tensor(k) for k in sf.keys()}
+
+
+def load_torch_file(path: str | Path, what: str, fix: str, error: type[Exception] = CheckpointError) -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors, and containers of them, never pickled code.
+
+    A file it cannot read (truncated, corrupt, holding other objects) becomes ``error`` naming it, its size, the
+    reason in one line and ``fix``: torch's own message names no file and runs to several lines of advice about
+    ``weights_only``."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise error(f"{what} {path} cannot be opened ({e}); check that it is a readable file") from None
+    except Exception as e:  # noqa: BLE001 - truncated zip, bad pickle, EOF, a disallowed global: one answer
+        text = str(e)
+        # the weights-only unpickler buries its reason after paragraphs of advice; elsewhere it is the first line
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", text)
+        reason = found.group(1) if found else text.strip().split("\n")[0].split(". ")[0]
+        raise error(f"{what} {path} ({path.stat().st_size:,} bytes) cannot be read with torch.load(weights_only=True) "
+                    f"({type(e).__name__}{': ' + reason if reason else ''}): it is truncated or corrupt, or holds "
+                    f"more than tensors; {fix}") from None
 
 
 def _weight_map(index: Path) -> dict[str, str]:
@@ -199,4 +222,4 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True,
 
 
 __all__ = ["CheckpointError", "LoadReport", "checkpoint_files", "load_checkpoint", "load_state_dict",
-           "open_safetensors", "read_tensors"]
+           "load_torch_file", "open_safetensors", "read_tensors"]

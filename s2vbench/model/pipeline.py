@@ -406,20 +406,26 @@ def audio_input_from_states(states: torch.Tensor, infer_frames: int) -> tuple[to
     return bucket_per_video_frame(resample_features(states), infer_frames)
 
 
+def _read_tensor_file(path: Path, what: str, fix: str) -> object:
+    """What a .safetensors file (a dict of tensors) or a .pt file (``torch.load(weights_only=True)``) holds; a
+    file neither can read is a :class:`PipelineInputError` naming it and ``fix``."""
+    from .checkpoint import load_torch_file, read_tensors
+
+    if path.suffix == ".safetensors":
+        return read_tensors(path, what, PipelineInputError)
+    return load_torch_file(path, what, fix, PipelineInputError)
+
+
 def load_audio_features(path: str | Path) -> torch.Tensor:
     """Precomputed wav2vec2 hidden states [layers, T_50fps, C] from a .safetensors (key "hidden_states") or .pt."""
     path = _need_file(path, "audio features file", "pass hidden states saved as .safetensors or .pt")
-    if path.suffix == ".safetensors":
-        from .checkpoint import read_tensors
-
-        data = read_tensors(path, "audio features file", PipelineInputError)
-        if "hidden_states" not in data:
-            raise PipelineInputError(f"{path} has no 'hidden_states' tensor (keys {sorted(data)}); save the "
-                                     f"[layers, T, C] wav2vec2 hidden states under that key")
-        states = data["hidden_states"]
-    else:
-        states = torch.load(path, map_location="cpu", weights_only=True)
-        states = states["hidden_states"] if isinstance(states, dict) else states
+    data = _read_tensor_file(path, "audio features file", "save the [layers, T, C] wav2vec2 hidden states again, "
+                                                          "under the key 'hidden_states'")
+    states = data.get("hidden_states") if isinstance(data, dict) else data
+    if not isinstance(states, torch.Tensor):
+        keys = f"keys {sorted(map(str, data))}" if isinstance(data, dict) else f"a {type(data).__name__}"
+        raise PipelineInputError(f"{path} holds no 'hidden_states' tensor ({keys}); save the [layers, T, C] wav2vec2 "
+                                 f"hidden states as a tensor or under that key")
     if states.ndim != 3:
         raise PipelineInputError(f"audio features must be [layers, T_50fps, C], got {tuple(states.shape)}")
     return states.float()
@@ -429,15 +435,12 @@ def load_text_embedding(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | 
     """(context [1, L, D], negative [1, L', D] or None) from .safetensors or .pt: a tensor, or tensors under
     "context" and optionally "negative_context"."""
     path = _need_file(path, "text embedding file", "pass a .safetensors/.pt file holding 'context' [L, text_dim]")
-    if path.suffix == ".safetensors":
-        from .checkpoint import read_tensors
-
-        data: object = read_tensors(path, "text embedding file", PipelineInputError)
-    else:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+    data = _read_tensor_file(path, "text embedding file", "save the embedding again: a [L, text_dim] tensor, or "
+                                                          "'context' and optionally 'negative_context'")
     if isinstance(data, torch.Tensor):
         data = {"context": data}
-    if not isinstance(data, dict) or "context" not in data:
+    if not isinstance(data, dict) or "context" not in data or any(
+            not isinstance(data[k], torch.Tensor) for k in ("context", "negative_context") if k in data):
         raise PipelineInputError(f"{path} must hold a tensor or a dict with 'context' (and optionally "
                                  f"'negative_context'), [L, text_dim] each")
 

@@ -444,7 +444,7 @@ def load_vae(path: str | Path, cfg: WanVAEConfig | None = None, device: str | to
     """A :class:`WanVAE` with weights from ``Wan2.1_VAE.pth`` (a plain state dict; loaded with
     ``weights_only=True``, never executing pickled code) or an official-key ``.safetensors`` file, strictly.
     Without ``cfg`` the base width is read from the checkpoint (the official architecture otherwise)."""
-    from .checkpoint import CheckpointError, load_state_dict
+    from .checkpoint import CheckpointError, load_state_dict, load_torch_file
 
     device = check_device(device)
     path = Path(path)
@@ -454,14 +454,13 @@ def load_vae(path: str | Path, cfg: WanVAEConfig | None = None, device: str | to
     if path.suffix == ".safetensors":
         sd = load_state_dict(path)
     else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - the message names the fix whatever the cause
-            raise CheckpointError(
-                f"could not read {path} as a plain tensor state dict with weights_only=True ({type(e).__name__}: "
-                f"{e}). If you trust the file, convert it once: python -c \"import torch; from safetensors.torch "
-                f"import save_file; save_file(torch.load('{path}', weights_only=False), 'Wan2.1_VAE.safetensors')\" "
-                f"and pass the .safetensors file") from None
+        sd = load_torch_file(path, "VAE checkpoint", f"download it again, or if you trust the file, convert it once: "
+                             f"python -c \"import torch; from safetensors.torch import save_file; save_file(torch.load("
+                             f"'{path}', weights_only=False), 'Wan2.1_VAE.safetensors')\" and pass the .safetensors file")
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        held = "values other than tensors" if isinstance(sd, dict) else f"a {type(sd).__name__}"
+        raise CheckpointError(f"VAE checkpoint {path} holds {held}, not a state dict of tensors; pass the released "
+                              f"Wan2.1_VAE.pth or a .safetensors file with the same keys")
     if cfg is None and "encoder.conv1.weight" in sd:
         # the base width is the first conv's output channels (96 in Wan2.1_VAE.pth); the rest is fixed
         cfg = WanVAEConfig(dim=int(sd["encoder.conv1.weight"].shape[0]))
