@@ -155,6 +155,37 @@ def test_cli_writes_a_readable_mp4(tmp_path, capsys):
     assert "random" in printed and "2 clip(s)" in printed
 
 
+def test_cli_reports_bad_input_in_one_line_before_building_models(tmp_path, capsys, monkeypatch):
+    import s2vbench.model.pipeline as pipeline
+
+    img, wav = _files(tmp_path)
+    bad = _damaged_pt(tmp_path / "text.pt", "truncated")
+    common = ["--image", str(img), "--audio", str(wav), "--out", str(tmp_path / "video.mp4")]
+    monkeypatch.setattr(pipeline, "build_models", lambda *a: pytest.fail("built the models before checking inputs"))
+    for args, said in ((["--device", "banana"], r"--device 'banana' is not a device name torch knows; devices here: "
+                                                r"cpu.*\. Pass \"cpu\""),
+                       (["--device", "cpu", "--text-embedding", str(bad)], rf"text embedding file {re.escape(str(bad))} "
+                                                                           rf"\(.* bytes\) cannot be read")):
+        assert main(common + args) == 2
+        err = capsys.readouterr().err
+        assert re.fullmatch(rf"python -m s2vbench\.model\.pipeline: error: {said}[^\n]*\n", err), err
+    with pytest.raises(PipelineInputError, match="cannot be read"):
+        main(["--traceback", "--device", "cpu", "--text-embedding", str(bad)] + common)
+
+
+def test_cli_as_a_module_exits_2_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    img, wav = _files(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "s2vbench.model.pipeline", "--image", str(img), "--audio", str(wav),
+                           "--out", str(tmp_path / "video.mp4"), "--device", "banana"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("python -m s2vbench.model.pipeline: error: --device 'banana'")
+    assert done.stderr.count("\n") == 1, done.stderr
+
+
 def test_missing_audio_file(tmp_path):
     with pytest.raises(MissingInputError, match="audio file .*nope.wav does not exist"):
         read_wav(tmp_path / "nope.wav")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -657,8 +658,9 @@ def run(args: argparse.Namespace) -> int:
     infer_frames = args.infer_frames or (preset.clip.infer_frames if args.preset in RANDOM_VAE_DIM else 80)
     gen = GenerationConfig(infer_frames=infer_frames, steps=args.steps, shift=args.shift, guide_scale=args.guide_scale,
                            seed=args.seed, num_clips=args.num_clips, dtype="bfloat16" if args.bf16 else None)
+    # inputs first: a bad file is refused before the weights load, which takes minutes for 14b
+    inputs = prepare_inputs(args, preset.model, infer_frames, device)
     model, vae, notes = build_models(args.preset, args.weights, args.vae_dim, device, args.seed)
-    inputs = prepare_inputs(args, model.cfg, infer_frames, device)
     inputs.notes[:0] = notes
     start = time.perf_counter()
     result = S2VPipeline(model, vae).generate(inputs, gen)
@@ -671,9 +673,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: input it cannot use (a value, a file, a device) is one ``error:`` line and exit status
+    2, as every s2vbench command reports it; ``--traceback`` shows where it came from instead."""
+    from .checkpoint import CheckpointError
+
     parser = argparse.ArgumentParser(prog="python -m s2vbench.model.pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--traceback", action="store_true",
+                        help="on an error, show the Python traceback instead of the one-line message")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, OSError, CheckpointError) as e:
+        if args.traceback:
+            raise
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
 
 
 __all__ = ["ClipRecord", "GeneratedVideo", "GenerationConfig", "MissingInputError", "PipelineInputError",
