@@ -114,7 +114,7 @@ def _scaling(args: argparse.Namespace, argv: list[str]) -> int:
     if env is not None and args.out is None:  # each rank would pick its own runs/<timestamp>; rank 0 would wait
         raise ValueError(f"inside a {env.launcher} job every rank must write to the same folder: pass --out DIR "
                          f"(on storage all nodes share)")
-    args.out = out = args.out or _default_out()  # named, so that an interrupted sweep can say where it is
+    out = args.out or _default_out()
     name = "scaling"
     if args.points_json is not None:
         points, notes = _points_json(args.points_json), []
@@ -147,6 +147,7 @@ def _scaling(args: argparse.Namespace, argv: list[str]) -> int:
                             time_limit=args.time_limit, partition=args.partition, account=args.account,
                             cpus_per_task=args.cpus_per_task, workdir=Path.cwd()))
         return 0
+    args.out = out  # named, so that an interrupted sweep can say where it is
     if env is not None:
         run_in_job(points, out)
         if env.rank != 0 or args.points_json is not None:
