@@ -43,45 +43,53 @@ def ground_rank(rank: int, _world: int, point_dict: dict) -> dict:
 
 def ground_record(point: Point, result: dict, hw_name: str | None = None) -> Record:
     """Measured rank-0 compute next to the model's, and the grounded full-depth estimate, on ``hw_name``'s
-    profile (default: the shipped profile of the device that ran it, H100 SXM when it has none)."""
+    profile (default: the shipped profile of the device that ran it). A device no shipped profile describes
+    (a CPU, an H100 PCIe, a B200, ...) gets its measurement alone: the model's figures would be another
+    device's, and a grounded estimate from them would pass for this one's."""
     import statistics
 
     from ..model.config import get_preset
     from ..model.sequence import clip_layout
     from .perfmodel import Strategy, predict_training
-    from .profiles import load_profile, profile_for_device
+    from .profiles import load_profile, profile_for_device, shipped_profiles
 
-    hw = load_profile(hw_name or profile_for_device(result.get("device_name")))
-    clip = point.clip()
-    dp, u, r = point.degrees
-    st = Strategy(dp, u, r, point.ac, point.dtype, dp_replicate=point.dp_replicate)
-    small_cfg = get_preset(point.preset).model
-    lay = clip_layout(small_cfg, clip)
-    measured = statistics.median(result["times"])
-    reduced = predict_training(small_cfg, lay, st, hw, point.global_batch)
-    full_cfg = get_preset("14b").model
-    full = predict_training(full_cfg, lay, st, hw, point.global_batch)
-    scale = (full.compute + full.other) / (reduced.compute + reduced.other)
-    grounded = measured * scale + full.exposed_comm
+    device = result.get("device_name")
     how = f"rank 0 of {point.world} under torch's fake process group (collectives are no-ops), median of " \
           f"{len(result['times'])} timed steps, warm-up excluded; attention: the {point.attention_backend!r} " \
           f"backend{' (aten flash attention on CUDA)' if point.attention_backend == 'torch' else ''}"
+    measured = statistics.median(result["times"])
     metrics = [Metric("rank0_compute_time", measured, "s", how,
-                      stats={f"step{i}": t for i, t in enumerate(result["times"])}),
-               Metric("model_compute_time", reduced.compute + reduced.other, "s",
-                      f"perfmodel on {hw.name}, the same reduced-depth shapes, communication left out",
-                      "predicted"),
-               Metric("grounded_14b_step_time", grounded, "s",
-                      f"measured x {scale:.1f} (model's 40-layer / reduced compute) + modelled exposed "
-                      f"communication {full.exposed_comm:.3f} s ({hw.name})", "predicted"),
-               Metric("model_14b_step_time", full.time, "s", f"perfmodel alone on {hw.name}", "predicted")]
+                      stats={f"step{i}": t for i, t in enumerate(result["times"])})]
+    predicted = ("model_compute_time", "grounded_14b_step_time", "model_14b_step_time")
+    profile = hw_name or profile_for_device(device)
+    if profile is None:
+        why = (f"no shipped hardware profile describes {device} (shipped: {', '.join(shipped_profiles())}, the SXM "
+               f"parts of their datasheets), so the model has no figures for it")
+        metrics += [Metric(name, None, "s", why, status="not_measured") for name in predicted]
+    else:
+        hw = load_profile(profile)
+        profile = hw.name  # a profile file's own name, as the metrics give it
+        dp, u, r = point.degrees
+        st = Strategy(dp, u, r, point.ac, point.dtype, dp_replicate=point.dp_replicate)
+        small_cfg = get_preset(point.preset).model
+        lay = clip_layout(small_cfg, point.clip())
+        reduced = predict_training(small_cfg, lay, st, hw, point.global_batch)
+        full = predict_training(get_preset("14b").model, lay, st, hw, point.global_batch)
+        scale = (full.compute + full.other) / (reduced.compute + reduced.other)
+        metrics += [Metric("model_compute_time", reduced.compute + reduced.other, "s",
+                           f"perfmodel on {hw.name}, the same reduced-depth shapes, communication left out",
+                           "predicted"),
+                    Metric("grounded_14b_step_time", measured * scale + full.exposed_comm, "s",
+                           f"measured x {scale:.1f} (model's 40-layer / reduced compute) + modelled exposed "
+                           f"communication {full.exposed_comm:.3f} s ({hw.name})", "predicted"),
+                    Metric("model_14b_step_time", full.time, "s", f"perfmodel alone on {hw.name}", "predicted")]
     if result.get("peak_allocated") is not None:
         metrics.append(Metric("peak_allocated", result["peak_allocated"] / 2 ** 30, "GiB",
                               "torch.cuda.max_memory_allocated, rank 0's share"))
     else:
         metrics.append(Metric("peak_allocated", None, "GiB", "no CUDA device", status="not_measured"))
-    return Record("ground", f"ground/{point.name}", {**point.to_dict(), "hardware_profile": hw.name}, metrics,
-                  tags=["fake_pg"], notes=f"device {result.get('device_name')}")
+    return Record("ground", f"ground/{point.name}", {**point.to_dict(), "hardware_profile": profile}, metrics,
+                  tags=["fake_pg"], notes=f"device {device}")
 
 
 RUN_RANKS_SLACK_S = 45.0

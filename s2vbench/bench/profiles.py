@@ -12,6 +12,7 @@ import bisect
 import dataclasses
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -258,13 +259,18 @@ def shipped_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.json"))
 
 
-def profile_for_device(device_name: str | None, default: str = "h100-sxm") -> str:
-    """The shipped profile of a CUDA device name (``NVIDIA H200`` -> ``h200``); ``default`` for any other."""
+_DEVICE_PROFILES = ((r"\bH200\b(?!.*\bNVL\b)", "h200"),
+                    (r"\bA100\b(?=.*80GB)(?!.*PCIE)", "a100-80gb"),
+                    (r"\bH100\b(?!.*\b(PCIE|NVL)\b)", "h100-sxm"))
+"""CUDA device names each shipped profile describes: the SXM parts of its datasheet. A GH200, an H200 NVL, an
+H100 PCIe or NVL and a 40 GB A100 differ in peak, bandwidth or capacity, so none of them gets a profile."""
+
+
+def profile_for_device(device_name: str | None) -> str | None:
+    """The shipped profile of a CUDA device name (``NVIDIA H200`` -> ``h200``), or None when no shipped profile
+    describes it (CPUs included): predicting with another device's figures would pass for this one's."""
     name = (device_name or "").upper()
-    for key, profile in (("H200", "h200"), ("A100", "a100-80gb"), ("H100", "h100-sxm")):
-        if key in name:
-            return profile
-    return default
+    return next((profile for pattern, profile in _DEVICE_PROFILES if re.search(pattern, name)), None)
 
 
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
