@@ -82,7 +82,7 @@ BAD_OPTIONS = [(["--steps", "0"], "--steps"), (["--repeats", "0"], "--repeats"),
                (["--token-cap", "0"], "--token-cap"), (["--vae-dim", "0"], "--vae-dim"),
                (["--device", "foo"], "--device"), (["--preset", "nope"], "--preset")]
 if not torch.cuda.is_available():
-    BAD_OPTIONS.append((["--device", "cuda"], "no CUDA device"))
+    BAD_OPTIONS.append((["--device", "cuda"], "--device 'cuda' is not available: torch.cuda.is_available() is False"))
 
 
 @pytest.mark.parametrize("extra, says", BAD_OPTIONS)
@@ -122,3 +122,18 @@ def test_longform_resumes_only_its_own_run(tmp_path):
     (tmp_path / "bad" / "results.json").write_text("{")
     with pytest.raises(ResultsError, match="pick another output folder"):
         run(tmp_path / "bad")
+
+
+def test_longform_refuses_a_preset_whose_weights_exceed_host_memory(tmp_path, monkeypatch):
+    # 14b on a CPU machine: every point would build 65 GB of float32 weights (a traceback from the CPU allocator,
+    # or the OOM killer, after minutes)
+    from s2vbench.bench import longform, sweep
+
+    monkeypatch.setattr(sweep, "host_memory_available", lambda: 23 * 2**30)
+    monkeypatch.setattr(longform, "run_in_fresh_process", lambda *a, **k: pytest.fail("measured"))
+    with pytest.raises(ValueError, match=r"preset '14b' needs at least 61.7 GiB of host memory .* 23.0 GiB "
+                                         r"available; use --preset tiny or small on CPU"):
+        run_longform("14b", tmp_path / "o", clips=1, split_clips=0, progress=False)
+    assert not (tmp_path / "o").exists()
+    monkeypatch.setattr(sweep, "host_memory_available", lambda: int(1.01 * 2**30))  # tiny: 2.5 MB of weights
+    run_longform("tiny", tmp_path / "t", clips=1, repeats=1, split_clips=0, in_process=True, progress=False)

@@ -44,6 +44,7 @@ import torch
 
 from ..model import PreparedSequence, WanS2V, get_preset
 from ..model.config import PRESETS, Preset, WanS2VConfig
+from ..model.device import check_device
 from ..model.pipeline import (
     RANDOM_VAE_DIM,
     GenerationConfig,
@@ -57,7 +58,7 @@ from ..model.pipeline import (
 from ..model.rope import rope_cos_sin
 from ..model.sequence import MOTION, SequenceLayout, rope_positions, sequence_layout
 from ..model.vae import WanVAE, WanVAEConfig
-from .analytic import forward_flops
+from .analytic import forward_flops, parameter_count
 from .measure import peak_rss_bytes
 from .results import Metric, Record, ResultsError, ResultsLog, atomic_write_text
 
@@ -356,6 +357,8 @@ def run_longform(preset_name: str, out: Path, clips: int = 10, warmup: int = 1, 
     ``out/report.md`` and ``out/longform.png``."""
     preset = get_preset(preset_name)
     cfg, clip = preset.model, preset.clip
+    if device == "cpu":
+        check_host_memory(preset_name)
     if token_cap is None:
         token_cap = DEFAULT_CPU_TOKEN_CAP if device == "cpu" else None
     vae_dim = RANDOM_VAE_DIM.get(preset_name, 96) if vae_dim is None else vae_dim
@@ -676,21 +679,26 @@ def write_report(log: ResultsLog, out: Path) -> Path:
 # ---- command line -------------------------------------------------------------------------------------
 def _device(text: str) -> str:
     """``--device``: cpu, or a CUDA device this machine has, checked before any model is built."""
-    try:
-        dev = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu or cuda (cuda:N for one GPU)") from None
-    if dev.type == "cpu":
-        return "cpu"  # one spelling: the measurements branch on device == "cpu"
-    if dev.type != "cuda":
+    dev = check_device(text, "--device", error=argparse.ArgumentTypeError)
+    if dev.type not in ("cpu", "cuda"):
         raise argparse.ArgumentTypeError(f"{text!r}: longform measures on cpu or cuda only")
-    if not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text!r}: torch {torch.__version__} sees no CUDA device on this machine; "
-                                         f"use --device cpu")
-    if dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    return text
+    return "cpu" if dev.type == "cpu" else text  # one spelling of cpu: the measurements branch on device == "cpu"
+
+
+def check_host_memory(preset_name: str) -> None:
+    """On CPU, refuse a preset whose float32 weights alone (every point builds the model in a process of its
+    own, one at a time) would not fit in the memory this machine has available: the kernel's OOM killer, or
+    the CPU allocator deep in the first build, would say it minutes later and less clearly."""
+    from .sweep import RANK_PROCESS_GIB, host_memory_available
+
+    available = host_memory_available()
+    if available is None:
+        return
+    need = 4 * parameter_count(get_preset(preset_name).model) + RANK_PROCESS_GIB * 2**30
+    if need > available:
+        raise ValueError(f"preset {preset_name!r} needs at least {need / 2**30:,.1f} GiB of host memory (its float32 "
+                         f"weights plus {RANK_PROCESS_GIB:g} GiB a process, before activations), and this machine has "
+                         f"{available / 2**30:.1f} GiB available; use --preset tiny or small on CPU, or --device cuda")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
