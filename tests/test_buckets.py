@@ -456,3 +456,27 @@ def test_unreadable_manifests_name_the_file(tmp_path):
     with pytest.raises(ManifestError) as e:
         read_manifest(bad)
     assert f"manifest {bad} cannot be read as Parquet" in str(e.value)
+
+
+def test_a_plan_over_max_buckets_says_so_in_records_and_report(tmp_path):
+    # the plan's own note reached neither: the report said "at most N buckets" above tables of more shapes
+    import argparse
+
+    from s2vbench.bench import buckets
+    from s2vbench.bench.results import read_results
+
+    f = write_manifest(synthetic_manifest(120, seed=9), tmp_path / "tiny.jsonl")
+    parser = argparse.ArgumentParser()
+    buckets.add_arguments(parser)
+    args = parser.parse_args(["--manifest", str(f), "--no-measure", "--scale-preset", "small", "--scale-max-tokens",
+                              "8192", "--scale-frames", "4,24", "--out", str(tmp_path / "out"), "--dp", "2",
+                              "--max-buckets", "1"])
+    assert buckets.run(args) == 0
+    recs = {r.name: r for r in read_results(tmp_path / "out" / "results.json")}
+    report = (tmp_path / "out" / "report.md").read_text()
+    for name, kind in (("tiny/bucketed", "bucket"), ("tiny/small/bucketed", "buckets_scale")):
+        shapes = int(recs[name].metric("shapes").value) if kind == "buckets_scale" else \
+            sum(1 for r in recs.values() if r.kind == "bucket")
+        assert shapes > 1, "the test needs a plan that overflows"
+        assert f"{shapes - 1} bucket(s) beyond max_buckets=1" in recs[name].notes
+    assert "Note: tiny: " in report and "more shapes than --max-buckets 1" in report

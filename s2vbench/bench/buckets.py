@@ -453,7 +453,8 @@ def run(args: argparse.Namespace) -> int:
             cfg_rec = {**common, "manifest": str(path), "method": res.name, "fixed_shape": list(shape),
                        "skipped_rows": len(read.skipped), "skipped_by_reason": read.skipped_by_reason()}
             metrics = _metrics(res, times)
-            log.append(Record("buckets", f"{name}/{res.name}", cfg_rec, metrics, notes="; ".join(res.notes)))
+            notes = plan.notes + res.notes if res.name == "bucketed" else res.notes
+            log.append(Record("buckets", f"{name}/{res.name}", cfg_rec, metrics, notes="; ".join(notes)))
             rec = log.records[-1]
             imb = rec.metric("predicted_dp_imbalance")
             meas = rec.metric("measured_dp_imbalance")
@@ -497,6 +498,7 @@ def run(args: argparse.Namespace) -> int:
                                   tablefmt="pipe", disable_numparse=True), "",
                          (f"Batch cost spread across buckets ((max - min) / median): predicted {pred_spread:.2%}, "
                          f"measured {_fmt(meas_spread, '.2%')}."), ""]
+        lines_tables += [f"Note: {n}." for n in plan.notes] + ([""] if plan.notes else [])
         plots.append(_plot_assignment(plan, name, out))
         print(f"{name}: {len(plan.buckets)} buckets, utilisation {bucketed.utilisation:.2%}")
     floor = floor_max = None
@@ -508,15 +510,18 @@ def run(args: argparse.Namespace) -> int:
                                   {"max": floor_max, **{f"{k[0]}x{k[1]}": _spread(r)
                                                         for k, r in times.rounds.items()}})]))
         plots.append(_plot_times(timing_points, floor, out))
-    scale_rows = []
+    scale_rows, scale_notes = [], []
     for path, read, bplan, res, nres in scaled:
         name = Path(path).stem
+        scale_notes += [f"{name}: {n}" for n in bplan.notes]
         for r in (res, nres):
             metrics = _metrics(r, None)
+            notes = bplan.notes + r.notes if r is res else r.notes
             log.append(Record("buckets_scale", f"{name}/{args.scale_preset}/{r.name}",
                               {**common, "preset": args.scale_preset, "max_tokens": args.scale_max_tokens,
                                "latent_frames": [smin, smax], "manifest": str(path), "method": r.name,
-                               "skipped_rows": len(read.skipped)}, metrics, tags=["predicted"]))
+                               "skipped_rows": len(read.skipped)}, metrics, tags=["predicted"],
+                              notes="; ".join(notes)))
             imb = log.records[-1].metric("predicted_dp_imbalance")
             scale_rows.append((name, r.name, r.shapes, r.clips, len(read.skipped), f"{r.utilisation:.2%}",
                                f"{r.crop_loss:.2%}", f"{imb.value:.3%}",
@@ -575,6 +580,8 @@ def run(args: argparse.Namespace) -> int:
                   tabulate(scale_rows, headers=["manifest", "method", "shapes", "clips", "skipped", "token util.",
                                                 "crop loss", "pred. DP imbalance", "batch cost spread",
                                                 "batch sizes"], tablefmt="pipe", disable_numparse=True), ""]
+        lines += [f"Note: {n} (so this plan has more shapes than --max-buckets {args.max_buckets})."
+                  if "beyond max_buckets" in n else f"Note: {n}." for n in scale_notes] + ([""] if scale_notes else [])
     lines += ["Results: `results.json` (records of kind buckets, bucket, noise_floor, buckets_scale).", ""]
     atomic_write_text(out / "report.md", "\n".join(lines))
     print(f"results: {out / 'results.json'}\nreport:  {out / 'report.md'}")
