@@ -388,6 +388,8 @@ def _buckets_cli(tmp_path, *extra, out=None):
     (["--frames", "4"], "--frames='4'"), (["--max-tokens", "10"], "--max-tokens 10"),
     (["--scale-preset", "small", "--scale-frames", "x"], "--scale-frames='x'"),
     (["--scale-preset", "small", "--scale-max-tokens", "100"], "--scale-max-tokens 100"),
+    (["--base-batch", "100"], "--base-batch 100: at most 64"),  # named max_batch, which is no option
+    (["--seed=-5"], "argument --seed: takes a whole number from 0 to 2**63 - 1"),  # numpy's own words before
 ])
 def test_bench_refuses_bad_options_before_planning(tmp_path, monkeypatch, capsys, extra, says):
     from s2vbench.bench import buckets

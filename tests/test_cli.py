@@ -196,3 +196,18 @@ def test_run_and_gpu_run_check_their_output_folder_before_measuring(monkeypatch,
     assert cli.main([command, "--out", str(tmp_path / out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"s2vbench {command}: error: ") and re.search(match, err), err
+
+
+@pytest.mark.parametrize("argv", [["model", "--preset", "tiny", "--no-forward"], ["buckets", "--no-measure"]])
+@pytest.mark.parametrize("bad", ["99999999999999999999", "-1", "x"])
+def test_a_seed_a_generator_cannot_take_is_refused_naming_the_flag(capsys, argv, bad):
+    # torch said "Overflow when unpacking long long" beyond int64, numpy "expected non-negative integer" below 0
+    with pytest.raises(SystemExit) as e:
+        cli.main([*argv, f"--seed={bad}"])
+    assert e.value.code == 2 and "argument --seed: takes a whole number from 0 to 2**63 - 1" in capsys.readouterr().err
+
+
+def test_the_largest_seed_runs():
+    from s2vbench.model.cli import SEED_MAX, describe
+
+    assert "finite=True" in describe("tiny", seed=SEED_MAX)

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.bucketing import BucketError, BucketGeometry, BucketPlan, fit_fixed, plan_buckets
+from ..data.bucketing import MAX_BATCH, BucketError, BucketGeometry, BucketPlan, fit_fixed, plan_buckets
 from ..data.manifest import ManifestError, read_manifest, shipped_manifests
 from ..data.sampler import BucketSampler, SamplerError, dp_cost_imbalance
+from ..model.cli import seed_arg
 from ..model.config import PRESETS, get_preset
 from .analytic import clip_step_cost
 from .results import Metric, Record, ResultsLog, atomic_write_text
@@ -44,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=positive_int, default=3072, help="M: most tokens of one clip (default 3072)")
     p.add_argument("--frames", default="4,16", help="latent frame window MIN,MAX (4F pixel frames; default 4,16)")
     p.add_argument("--max-buckets", type=positive_int, default=16, help="most bucket shapes (default 16)")
-    p.add_argument("--base-batch", type=positive_int, default=1, help="batch size of the costliest bucket (default 1)")
+    p.add_argument("--base-batch", type=positive_int, default=1,
+                   help=f"batch size of the costliest bucket, at most {MAX_BATCH} (default 1)")
     p.add_argument("--dp", type=positive_int, default=4, help="data-parallel degree of the simulated job (default 4)")
     p.add_argument("--cp", type=positive_int, default=2,
                    help="context-parallel degree of the simulated job (default 2)")
@@ -52,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                  "default: the largest bucket's shape")
     p.add_argument("--on-error", choices=("raise", "skip"), default="skip",
                    help="bad manifest rows: stop with an error, or skip and count them (default skip)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the synthetic manifests and the sampler (default 0)")
     p.add_argument("--steps", type=positive_int, default=3, help="timed train steps per shape (default 3)")
     p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed warm-up steps per shape (default 1)")
     p.add_argument("--repeats", type=positive_int, default=3, help="interleaved timing rounds over all shapes (default 3; the noise floor "
@@ -380,6 +382,8 @@ def run(args: argparse.Namespace) -> int:
     geom = _geometry(cfg, args.max_tokens, args.frames, args.cp, ("--max-tokens", "--frames"))
     fmin, fmax = geom.min_latent_frames, geom.max_latent_frames
     fixed = _fixed_shape(args.fixed, geom) if args.fixed else None
+    if args.base_batch > MAX_BATCH:  # cheaper buckets get larger batches, up to the cap
+        raise BucketError(f"--base-batch {args.base_batch}: at most {MAX_BATCH}, the largest batch a bucket is given")
     if args.scale_preset != "none":
         big = get_preset(args.scale_preset).model
         bgeom = _geometry(big, args.scale_max_tokens, args.scale_frames, args.cp,

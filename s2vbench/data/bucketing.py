@@ -340,13 +340,17 @@ class BucketPlan:
         return (max(costs) - min(costs)) / (sum(costs) / len(costs))
 
 
+MAX_BATCH = 64
+"""The largest batch size a bucket is given (the cheapest clips' buckets get the largest batches)."""
+
+
 def _batch_size(clip_cost: float, target: float, max_batch: int) -> int:
     best = min(range(1, max_batch + 1), key=lambda b: (abs(b * clip_cost / target - 1), b))
     return best
 
 
 def plan_buckets(rows: Sequence[ManifestRow], geom: BucketGeometry, cost: Callable[[int], float],
-                 max_buckets: int = 16, base_batch: int = 1, max_batch: int = 64) -> BucketPlan:
+                 max_buckets: int = 16, base_batch: int = 1, max_batch: int = MAX_BATCH) -> BucketPlan:
     """Choose at most ``max_buckets`` shapes and a batch size for each.
 
     Every clip first gets its own best target; the candidate shapes are those targets. A greedy pass adds the
@@ -420,5 +424,5 @@ def _argbest(value: np.ndarray, crop: np.ndarray) -> np.ndarray:
     return masked.argmin(axis=1)
 
 
-__all__ = ["Bucket", "BucketError", "BucketGeometry", "BucketPlan", "ClipTarget", "admissible", "clip_tokens",
+__all__ = ["MAX_BATCH", "Bucket", "BucketError", "BucketGeometry", "BucketPlan", "ClipTarget", "admissible", "clip_tokens",
            "fit_clip", "fit_fixed", "plan_buckets", "target_for_shape"]

@@ -65,10 +65,26 @@ def describe(name: str, forward: bool = True, seed: int = 0) -> str:
     return "\n".join(lines)
 
 
+SEED_MAX = 2**63 - 1
+"""The largest seed every generator takes (torch's manual_seed takes int64 and uint64, numpy's non-negative)."""
+
+
+def seed_arg(text: str) -> int:
+    """An argparse type for ``--seed``: a whole number from 0 to ``SEED_MAX`` (beyond it torch failed with
+    "Overflow when unpacking long long", and numpy below 0 with "expected non-negative integer")."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"takes a whole number from 0 to 2**63 - 1, got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", required=True, choices=sorted(PRESETS), help="model preset")
     parser.add_argument("--no-forward", action="store_true", help="only count parameters")
-    parser.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
+    parser.add_argument("--seed", type=seed_arg, default=0, help="seed of weights and inputs")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,4 +98,4 @@ def main(argv: list[str] | None = None) -> int:
     return run(parser.parse_args(argv))
 
 
-__all__ = ["build", "describe", "main", "parameter_groups", "smoke_forward"]
+__all__ = ["SEED_MAX", "build", "describe", "main", "parameter_groups", "seed_arg", "smoke_forward"]

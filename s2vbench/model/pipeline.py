@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .audio_frontend import SAMPLE_RATE, VIDEO_FPS, AudioFrontend, bucket_per_video_frame, resample_features
+from .cli import seed_arg
 from .config import WanS2VConfig
 from .device import check_device
 from .sampling import ClipConditions, sample_clip
@@ -581,7 +582,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=40, help="sampling steps per clip")
     parser.add_argument("--guide-scale", type=float, default=4.5, help="CFG scale")
     parser.add_argument("--shift", type=float, default=3.0, help="timestep shift")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed (clip r uses seed + r), and random weights'")
+    parser.add_argument("--seed", type=seed_arg, default=0, help="noise seed (clip r uses seed + r), and random weights'")
     parser.add_argument("--bf16", action="store_true", help="DiT forwards under bf16 autocast")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu, cuda or cuda:i (default: cuda where there is one)")
