@@ -7,17 +7,21 @@ import numpy as np
 import pytest
 
 from s2vbench.bench import cli
-from s2vbench.bench.compare import bootstrap_median_ci, load_series
+from s2vbench.bench.compare import bootstrap_median_ci, load_series, run_compare
+from s2vbench.bench.points import Point
 from s2vbench.bench.results import Metric, Record, ResultsLog
+from s2vbench.bench.sweep import failure_record
 
 
-def results_file(path, scale, n=25, seed=0, device="cpu", host="runner-1", cpu_count=2):
+def results_file(path, scale, n=25, seed=0, device="cpu", host="runner-1", cpu_count=2, names=("a", "b"), extra=()):
+    """Points ``names`` (1 s, 2 s, ... per step, 2% noise), then the records ``extra`` as they are."""
     rng = np.random.default_rng(seed)
     log = ResultsLog(path, environment={"device": device, "cpu": "test-cpu", "cpu_count": cpu_count, "host": host})
-    for name, base in (("a", 1.0), ("b", 2.0)):
+    for base, name in enumerate(names, 1):
         steps = (base * scale.get(name, 1.0) * (1 + 0.02 * rng.standard_normal(n))).tolist()
         log.append(Record("iteration", name, {}, [Metric("step_time", float(np.median(steps)), "s", "synthetic",
                                                          stats={f"step{i}": t for i, t in enumerate(steps)})]))
+    log.extend(extra)
     return path
 
 
@@ -54,6 +58,73 @@ def test_runs_on_two_hosts_of_one_machine_type_match(tmp_path, capsys):
     assert cli.main(["compare", str(base), str(fewer)]) == 2
     out = capsys.readouterr().out
     assert "unmatched" in out and "test-cpu x 2 cores" in out and "test-cpu x 16 cores" in out
+
+
+FSDP = Point("small", 2, "fsdp")
+
+
+@pytest.mark.parametrize("error, said", [
+    (RuntimeError("rank 1 exited with code -9"), "OUT OF MEMORY in the new run"),
+    (ValueError("shapes [2, 3] and [3, 4] do not match"), "FAILED in the new run"),
+])
+def test_a_point_that_failed_in_the_new_run_is_a_regression(tmp_path, capsys, error, said):
+    # was "unmatched (config or hardware differs)" and exit 0: the failure record was skipped like a missing point
+    base = results_file(tmp_path / "base.json", {}, seed=0, names=("a", FSDP.name))
+    new = results_file(tmp_path / "new.json", {}, seed=1, names=("a",), extra=[failure_record(FSDP, error)])
+    assert cli.main(["compare", str(base), str(new)]) == 1
+    out = capsys.readouterr().out
+    assert f"{said} (a regression): {FSDP.name} on test-cpu x 2 cores: " in out and str(error) in out
+    assert "1 regression(s) among 2 matched point(s): 0 slower, 1 failed or out of memory" in out
+    assert "unmatched" not in out
+    # a new run that failed at every point is a run of regressions (exit 1), not an unreadable input (exit 2)
+    all_failed = results_file(tmp_path / "all.json", {}, names=(), extra=[failure_record(FSDP, error)])
+    assert cli.main(["compare", str(base), str(all_failed)]) == 1
+    assert "2 regression(s) among 1 matched point(s) and 1 missing" in capsys.readouterr().out
+
+
+def test_a_point_missing_from_the_new_run_fails_unless_allowed(tmp_path, capsys):
+    other = Record("iteration", "c", {}, [Metric("step_time", 1.0, "s", "synthetic")],
+                   environment={"device": "NVIDIA H100", "cpu": "test-cpu", "cpu_count": 2})
+    base = results_file(tmp_path / "base.json", {}, seed=0, extra=[other])
+    new = results_file(tmp_path / "new.json", {}, seed=1, names=("a",))
+    assert cli.main(["compare", str(base), str(new)]) == 1
+    out = capsys.readouterr().out
+    assert "MISSING from the new run (a regression; --allow-missing permits it): b on test-cpu x 2 cores" in out
+    assert "1 regression(s) among 1 matched point(s) and 1 missing" in out
+    # a point of hardware the new run has no point on is not the new run's to have: listed, not missing
+    assert "only in the baseline): c on NVIDIA H100 | test-cpu x 2 cores" in out and "MISSING" not in out.split(
+        "only in the baseline")[1]
+    assert run_compare(base, new, allow_missing=True) == 0
+    assert "MISSING from the new run (allowed by --allow-missing): b" in capsys.readouterr().out
+
+
+def test_untimed_points_are_judged_by_what_the_baseline_had(tmp_path, capsys):
+    def untimed(name, how="oversubscribed: more ranks than cores"):
+        return Record("iteration", name, {}, [Metric("step_time", None, "s", how, status="not_measured")],
+                      tags=["oversubscribed"])
+
+    # timed in the baseline, left untimed now: coverage lost, a regression unless missing points are allowed
+    base = results_file(tmp_path / "base.json", {}, seed=0)
+    new = results_file(tmp_path / "new.json", {}, seed=1, names=("a",), extra=[untimed("b")])
+    assert cli.main(["compare", str(base), str(new)]) == 1
+    assert "NOT TIMED in the new run (a regression; --allow-missing permits it): b on" in capsys.readouterr().out
+    assert run_compare(base, new, allow_missing=True) == 0
+    capsys.readouterr()
+    # untimed in both, or failing in both: nothing changed, nothing judged
+    base = results_file(tmp_path / "base2.json", {}, seed=0, names=("a",),
+                        extra=[untimed("u"), failure_record(FSDP, RuntimeError("exited with code -9"))])
+    new = results_file(tmp_path / "new2.json", {}, seed=1, names=("a",),
+                       extra=[untimed("u"), failure_record(FSDP, RuntimeError("exited with code -9"))])
+    assert cli.main(["compare", str(base), str(new)]) == 0
+    out = capsys.readouterr().out
+    assert "untimed in both runs (not judged): u on" in out and f"untimed in both runs (not judged): {FSDP.name}" in out
+    # untimed in the baseline, failing now: it ran before, so the failure is new
+    new = results_file(tmp_path / "new3.json", {}, seed=1, names=("a",),
+                       extra=[failure_record(Point("small", 4, "usp"), RuntimeError("boom")), untimed(FSDP.name)])
+    base = results_file(tmp_path / "base3.json", {}, seed=0, names=("a",),
+                        extra=[untimed(Point("small", 4, "usp").name), untimed(FSDP.name)])
+    assert cli.main(["compare", str(base), str(new)]) == 1
+    assert "FAILED in the new run (a regression): small/usp" in capsys.readouterr().out
 
 
 def _machine(node="runner-1", brand="AMD EPYC 7763 64-Core Processor", count=4, arch="x86_64", **extra):

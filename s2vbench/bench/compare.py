@@ -6,6 +6,11 @@ baseline's median, taken for a median of as many samples as the new run has (the
 new-sized sample drawn from the resample, so both runs' noise is in the interval); a slower median outside it is
 a regression and makes the command exit non-zero. Reads our results files and pytest-benchmark JSON
 (raw timings with ``--benchmark-save-data``; without them the baseline's [min, max] is the interval).
+
+A point the baseline timed that the new run did not is never a pass: failed or out of memory there (a record
+without a step time, as ``sweep.failure_record`` writes it) is a regression, and so is a point missing from the
+new run or recorded there without a timing, unless ``allow_missing``. A point is missing only on hardware the new
+run has points on: baseline points of other hardware are not the new run's to have.
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ class Series:
     """Lower end of the interval when raw samples are missing."""
     high: float | None = None
     """Upper end of the interval when raw samples are missing."""
+    status: str = "timed"
+    """"timed", or why the point has no timings: "failed", "oom" (out of memory) or "not timed" (left untimed on
+    purpose, e.g. oversubscribed or over a token cap)."""
+    reason: str = ""
+    """What the record says about why it has no timings."""
 
     @property
     def median(self) -> float:
@@ -55,6 +65,16 @@ def _timings(path: Path, point: str, values) -> list[float]:
         raise ValueError(f"{path}: point {point!r} has timings {values!r:.120}, not a list of positive seconds; "
                          f"compare needs files as s2vbench or pytest-benchmark wrote them")
     return [float(v) for v in values]
+
+
+def _untimed(key: tuple[str, str], record, metric) -> Series:
+    """A point recorded without a step time, and why: ``sweep.failure_record`` and longform tag failures "failed"
+    or "oom"; ``Metric.failed`` starts its text with "failed:"."""
+    tags = set(record.tags)
+    how = metric.how.strip().lower()
+    status = ("oom" if "oom" in tags or how.startswith("oom") else
+              "failed" if "failed" in tags or how.startswith("failed") else "not timed")
+    return Series(key, [], status=status, reason=" ".join(metric.how.split())[:300])
 
 
 def _pytest_benchmark(path: Path, doc: dict) -> dict[tuple[str, str], Series]:
@@ -101,13 +121,16 @@ def load_series(path: Path) -> dict[tuple[str, str], Series]:
     out: dict[tuple[str, str], Series] = {}
     if isinstance(doc, dict) and doc.get("schema") == SCHEMA:
         for r in read_results(path):
-            steps = step_times(r)
-            if not steps:
+            try:
+                m = r.metric("step_time")
+            except KeyError:  # a record of a kind that times no steps (a summary, a kernel check)
                 continue
             env = r.environment
             device = env.get("device")
             hw = hardware(env.get("cpu"), env.get("cpu_count"), accelerator=device if device != "cpu" else None)
-            out[(r.name, hw)] = Series((r.name, hw), _timings(path, r.name, steps))
+            key = (r.name, hw)
+            # kept, not skipped: a point that failed in the new run must fail the check, not vanish from it
+            out[key] = _untimed(key, r, m) if m.value is None else Series(key, _timings(path, r.name, step_times(r)))
         return out
     if isinstance(doc, dict) and "benchmarks" in doc:  # pytest-benchmark
         return _pytest_benchmark(path, doc)
@@ -139,20 +162,48 @@ def bootstrap_median_ci(samples: list[float], level: float = 0.95, repeats: int 
 @dataclass
 class Verdict:
     key: tuple[str, str]
-    baseline: float
-    new: float
-    low: float
-    high: float
+    baseline: float | None
+    new: float | None
+    low: float | None
+    high: float | None
     verdict: str
-    """"regression", "improvement" or "same"."""
+    """Both timed: "regression", "improvement" or "same". Otherwise (see :data:`LOST`): "failed" or "oom" in the
+    new run, "not timed" there, "missing" from it; or, not judged, "untimed in both" and "no baseline timing"."""
+    reason: str = ""
+    """Why a point has no timing in the new run (or in either)."""
+
+
+FAILED = ("failed", "oom")
+"""Verdicts of points the new run failed at: always regressions."""
+LOST = ("missing", "not timed")
+"""Verdicts of points the baseline timed and the new run did not (nor failed at): regressions unless allowed."""
 
 
 def compare(baseline: dict, new: dict, level: float = 0.95, repeats: int = 2000
             ) -> tuple[list[Verdict], list[tuple[str, str]]]:
-    """Verdicts for points present in both; and the keys present in only one."""
+    """Verdicts for points present in both, and for baseline points missing from the new run on hardware it has
+    points on; and the keys present in only one that were not judged."""
     verdicts = []
-    for key in sorted(set(baseline) & set(new)):
-        b, n = baseline[key], new[key]
+    new_hardware = {hw for _, hw in new}
+    for key in sorted(set(baseline) | set(new)):
+        b, n = baseline.get(key), new.get(key)
+        if b is None:
+            continue
+        if n is None:
+            if b.status == "timed" and key[1] in new_hardware:
+                verdicts.append(Verdict(key, b.median, None, None, None, "missing", "no record in the new run"))
+            continue
+        if b.status != "timed" or n.status != "timed":
+            if b.status == "timed":
+                verdicts.append(Verdict(key, b.median, None, None, None, n.status, n.reason))
+            elif n.status in FAILED and b.status not in FAILED:  # ran in the baseline, if untimed; fails now
+                verdicts.append(Verdict(key, None, None, None, None, n.status, n.reason))
+            elif n.status == "timed":
+                verdicts.append(Verdict(key, None, n.median, None, None, "no baseline timing", b.reason))
+            else:
+                verdicts.append(Verdict(key, None, None, None, None, "untimed in both", b.reason if
+                                        b.reason == n.reason else f"baseline: {b.reason}; new: {n.reason}"))
+            continue
         if b.low is not None:
             lo, hi = b.low, b.high
         else:
@@ -160,11 +211,27 @@ def compare(baseline: dict, new: dict, level: float = 0.95, repeats: int = 2000
         med = n.median
         verdict = "regression" if med > hi else "improvement" if med < lo else "same"
         verdicts.append(Verdict(key, b.median, med, lo, hi, verdict))
-    unmatched = sorted(set(baseline) ^ set(new))
+    judged = {v.key for v in verdicts}
+    unmatched = sorted(k for k in set(baseline) ^ set(new) if k not in judged)
     return verdicts, unmatched
 
 
-def run_compare(baseline: Path, new: Path, level: float = 0.95, repeats: int = 2000) -> int:
+def _explain(v: Verdict, allow_missing: bool) -> str:
+    """One line on a point that has no timing in the new run, or in the baseline."""
+    what = {"failed": "FAILED in the new run", "oom": "OUT OF MEMORY in the new run",
+            "not timed": "NOT TIMED in the new run", "missing": "MISSING from the new run",
+            "untimed in both": "untimed in both runs", "no baseline timing": "timed now, untimed in the baseline"}
+    if v.verdict in FAILED:
+        counted = " (a regression)"
+    elif v.verdict in LOST:
+        counted = " (allowed by --allow-missing)" if allow_missing else " (a regression; --allow-missing permits it)"
+    else:
+        counted = " (not judged)"
+    return f"{what[v.verdict]}{counted}: {v.key[0]} on {v.key[1]}" + (f": {v.reason}" if v.reason else "")
+
+
+def run_compare(baseline: Path, new: Path, level: float = 0.95, repeats: int = 2000,
+                allow_missing: bool = False) -> int:
     from tabulate import tabulate
 
     # checked before reading anything: cli passes --level and --repeats through unchecked
@@ -176,22 +243,42 @@ def run_compare(baseline: Path, new: Path, level: float = 0.95, repeats: int = 2
     series = {}
     for which, path in (("baseline", baseline), ("new", new)):
         series[which] = load_series(path)
-        if not series[which]:  # nothing to compare can never pass a regression check
+        # the baseline needs timings to judge by; the new run may have failed at every point it recorded
+        if not any(s.status == "timed" for s in series[which].values()) and (which == "baseline"
+                                                                             or not series[which]):
             raise ValueError(f"{which} {path} has no timed points (no records with step times, or no benchmarks); "
                              f"nothing to compare: pass a results file of a run that timed its points")
-    verdicts, unmatched = compare(series["baseline"], series["new"], level, repeats)
-    rows = [(v.key[0], v.key[1], f"{v.baseline:.4g}", f"{v.new:.4g}", f"[{v.low:.4g}, {v.high:.4g}]",
-             f"{v.new / v.baseline - 1:+.1%}", v.verdict) for v in verdicts]
-    print(tabulate(rows, headers=["point", "hardware", "baseline s", "new s", f"{level:.0%} CI of baseline median",
-                                  "change", "verdict"]))
-    for key in unmatched:
-        print(f"unmatched (config or hardware differs): {key[0]} on {key[1]}")
-    if not verdicts:
+    if not set(series["baseline"]) & set(series["new"]):
+        for key in sorted(set(series["baseline"]) | set(series["new"])):
+            print(f"unmatched (config or hardware differs): {key[0]} on {key[1]}")
         raise ValueError(f"no point of {new} matched one of {baseline} by config and hardware (listed above), so "
                          f"nothing was compared; compare runs of the same points on the same hardware")
-    regressions = [v for v in verdicts if v.verdict == "regression"]
-    print(f"{len(regressions)} regression(s) among {len(verdicts)} matched point(s)")
+    verdicts, unmatched = compare(series["baseline"], series["new"], level, repeats)
+    timed = [v for v in verdicts if v.low is not None]
+    rows = [(v.key[0], v.key[1], f"{v.baseline:.4g}", f"{v.new:.4g}", f"[{v.low:.4g}, {v.high:.4g}]",
+             f"{v.new / v.baseline - 1:+.1%}", v.verdict) for v in timed]
+    if rows:
+        print(tabulate(rows, headers=["point", "hardware", "baseline s", "new s",
+                                      f"{level:.0%} CI of baseline median", "change", "verdict"]))
+    for v in verdicts:
+        if v.low is None:
+            print(_explain(v, allow_missing))
+    for key in unmatched:
+        side = "baseline" if key in series["baseline"] else "new run"
+        print(f"unmatched (config or hardware differs; only in the {side}): {key[0]} on {key[1]}")
+    slower = sum(v.verdict == "regression" for v in timed)
+    failed = sum(v.verdict in FAILED for v in verdicts)
+    lost = sum(v.verdict in LOST for v in verdicts)
+    missing = sum(v.verdict == "missing" for v in verdicts)
+    regressions = slower + failed + (0 if allow_missing else lost)
+    line = f"{regressions} regression(s) among {len(verdicts) - missing} matched point(s)"
+    if missing:
+        line += f" and {missing} missing"
+    if failed or lost:
+        line += (f": {slower} slower, {failed} failed or out of memory in the new run, {lost} missing from it or "
+                 f"untimed there" + (" (allowed by --allow-missing)" if allow_missing and lost else ""))
+    print(line)
     return 1 if regressions else 0
 
 
-__all__ = ["Series", "Verdict", "bootstrap_median_ci", "compare", "hardware", "load_series", "run_compare"]
+__all__ = ["FAILED", "LOST", "Series", "Verdict", "bootstrap_median_ci", "compare", "hardware", "load_series", "run_compare"]
