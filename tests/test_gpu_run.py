@@ -84,3 +84,78 @@ def test_a_variant_that_fails_is_recorded_and_the_others_are_checked(monkeypatch
     from s2vbench.bench.kernels import RING_LOCAL_VARIANT
 
     assert recs[RING_LOCAL_VARIANT].metric("passed").value == 1.0, recs[RING_LOCAL_VARIANT].metrics
+
+
+def _cpu_only():
+    import pytest
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU stand-ins' record names")
+
+
+def _file_with(path, records, environment=None):
+    from s2vbench.bench.results import ResultsLog
+
+    log = ResultsLog(path, environment=environment)  # None: this machine's
+    log.extend(records)
+    return path.read_bytes()
+
+
+def _needs_cuda_record():
+    from s2vbench.bench.results import Metric, Record
+
+    return Record("attention_correctness", "attention-correctness/needs-cuda", {},
+                  [Metric("passed", None, "1", "needs a GPU", status="not_measured")])
+
+
+def test_gpu_run_resumes_its_own_results_on_this_machine(tmp_path):
+    _cpu_only()
+    path = tmp_path / "results.json"
+    _file_with(path, [_needs_cuda_record()])
+    gpu_run(tmp_path, budget_minutes=1e-9)  # no minutes: nothing new is measured, and nothing refused
+    assert [r.name for r in read_results(path)] == ["attention-correctness/needs-cuda"]
+
+
+def test_gpu_run_refuses_another_commands_results(tmp_path, capsys):
+    # it used to append its records to `run`'s results.json, which `report` then mixed with them
+    import re
+
+    from s2vbench.bench import cli
+    from s2vbench.bench.results import Metric, Record
+
+    _cpu_only()
+    path = tmp_path / "results.json"
+    run_point = Record("iteration", "small/single/w1/dp1-u1-r1/float32/ac0/gb2", {"world": 1, "strategy": "single"},
+                       [Metric("step_time", 5.0, "s", "x")])
+    before = _file_with(path, [run_point])
+    assert cli.main(["gpu-run", "--out", str(tmp_path), "--budget-min", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("s2vbench gpu-run: error: ") and err.count("\n") == 1, err
+    assert re.search(rf"{re.escape(str(path))} holds 1 record\(s\) gpu-run does not write here \(kind iteration: "
+                     rf"small/single/w1/", err), err
+    assert "pass a new --out, or move" in err
+    assert path.read_bytes() == before  # left as it was
+
+
+def test_gpu_run_refuses_results_of_another_machine_or_other_settings(tmp_path):
+    import dataclasses
+
+    import pytest
+
+    from s2vbench.bench.kernels import wan_conv_shapes
+    from s2vbench.bench.results import Metric, Record, capture_environment
+
+    _cpu_only()
+    elsewhere = tmp_path / "elsewhere"
+    _file_with(elsewhere / "results.json", [_needs_cuda_record()],
+               environment={**capture_environment(), "cpu": "Another CPU", "cpu_count": 96})
+    with pytest.raises(ValueError, match=r"1 measured on another machine \(Another CPU x 96 cores; this one is "):
+        gpu_run(elsewhere, budget_minutes=1e-9)
+    # the full-width conv where a CPU run measures an eighth of it: the same name, other settings
+    wide = tmp_path / "wide"
+    conv = wan_conv_shapes(scale=1)[0]
+    _file_with(wide / "results.json", [Record("causal_conv_kernel", f"causal-conv/{conv.name}/torch.float32",
+                                              {"shape": dataclasses.asdict(conv), "dtype": "torch.float32"},
+                                              [Metric("torch_time", 50.0, "us", "x")])])
+    with pytest.raises(ValueError, match=r"1 of gpu-run's measured with other settings .*causal-conv/conv1_local"):
+        gpu_run(wide, budget_minutes=1e-9)

@@ -15,6 +15,14 @@ CALIBRATION_SECTION = "calibration.md"
 with it, so a report regenerated there keeps what the run measured instead of dropping it."""
 
 
+def machine(env: dict) -> str:
+    """The machine a record was measured on, as ``compare`` matches points: its GPU, CPU model and core count."""
+    from .compare import hardware
+
+    device = env.get("device")
+    return hardware(env.get("cpu"), env.get("cpu_count"), accelerator=device if device != "cpu" else None)
+
+
 def _value(rec: Record, name: str):
     try:
         return rec.metric(name).value
