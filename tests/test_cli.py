@@ -211,3 +211,45 @@ def test_the_largest_seed_runs():
     from s2vbench.model.cli import SEED_MAX, describe
 
     assert "finite=True" in describe("tiny", seed=SEED_MAX)
+
+
+@pytest.mark.parametrize("budget", ["inf", "nan", "1e999"])
+def test_gpu_run_refuses_a_budget_that_is_not_finite(capsys, budget):
+    # inf was taken: on a GPU the model stage's timeout became infinite
+    with pytest.raises(SystemExit) as e:
+        cli.main(["gpu-run", "--budget-min", budget])
+    assert e.value.code == 2
+    assert f"--budget-min: takes a positive, finite number of minutes, got {budget!r}" in capsys.readouterr().err
+
+
+def test_gpu_run_exits_1_when_nothing_was_measured(tmp_path, capsys):
+    # it exited 0 after measuring nothing
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU the correctness stage measures before the budget is asked")
+    assert cli.main(["gpu-run", "--out", str(tmp_path), "--budget-min", "1e-9"]) == 1
+    out, err = capsys.readouterr()
+    assert f"results: {tmp_path / 'results.json'}" in out  # written first
+    assert err == ("s2vbench gpu-run: nothing was measured: the budget ran out before the first benchmark; give it "
+                   "more --budget-min\n")
+
+
+def test_gpu_run_exits_1_when_a_stage_failed(tmp_path, monkeypatch, capsys):
+    from s2vbench.bench import gpu_run
+    from s2vbench.bench.results import Metric, Record, ResultsLog
+
+    def measured(out, budget_minutes, smoke=None):  # a conv that raised beside a measured one
+        log = ResultsLog(out / "results.json", environment={"device": "cpu"})
+        log.append(Record("causal_conv_kernel", "causal-conv/conv2/torch.float32", {},
+                          [Metric("torch_time", 60.0, "us", "x"), Metric("triton_time", 12.0, "us", "x")]))
+        log.append(Record("causal_conv_kernel", "causal-conv/conv3/torch.float32", {},
+                          [Metric("torch_time", 60.0, "us", "x"),
+                           Metric.failed("triton_time", "us", RuntimeError("out of resources"))]))
+        return log.path
+
+    monkeypatch.setattr(gpu_run, "gpu_run", measured)
+    assert cli.main(["gpu-run", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("s2vbench gpu-run: 1 of 2 points failed (causal-conv/conv3/torch.float32); ") and \
+        err.count("\n") == 1, err

@@ -159,3 +159,26 @@ def test_gpu_run_refuses_results_of_another_machine_or_other_settings(tmp_path):
                                               [Metric("torch_time", 50.0, "us", "x")])])
     with pytest.raises(ValueError, match=r"1 of gpu-run's measured with other settings .*causal-conv/conv1_local"):
         gpu_run(wide, budget_minutes=1e-9)
+
+
+def test_the_outcome_names_failures_and_wrong_kernels_and_lets_findings_pass():
+    from s2vbench.bench.gpu_run import gpu_run_outcome
+    from s2vbench.bench.results import Metric, Record
+
+    def rec(name, kind, *metrics, tags=()):
+        return Record(kind, name, {}, list(metrics), tags=list(tags))
+
+    timed = rec("attention/smoke/sdpa_math_cpu/float32", "attention_kernel", Metric("fwd_time", 8.0, "ms", "x"))
+    needs_cuda = rec("attention/smoke/triton/float32", "attention_kernel",
+                     Metric("fwd_time", None, "ms", "needs CUDA", status="not_measured"))
+    oom = rec("model", "iteration", Metric("step_time", None, "s", "oom: ...", status="not_measured"), tags=["oom"])
+    assert gpu_run_outcome([timed, needs_cuda, oom]) is None  # reasons and an OOM are findings
+    assert gpu_run_outcome([needs_cuda]).startswith("nothing was measured")
+    crashed = rec("ground/x", "iteration", Metric("step_time", None, "s", "failed: ...", status="not_measured"),
+                  tags=["failed"])
+    wrong = rec("attention-correctness/tma/32768/torch.bfloat16", "attention_correctness",
+                Metric("out_max_abs_err", 0.5, "1", "x"), Metric("passed", 0.0, "1", "x"))
+    line = gpu_run_outcome([timed, crashed, wrong])
+    assert "1 of 3 points failed (ground/x)" in line and \
+        "1 attention kernel(s) failed the correctness check, an error above 2x torch's own " \
+        "(attention-correctness/tma/32768/torch.bfloat16)" in line

@@ -72,7 +72,18 @@ def _positive(convert, what: str):
 
 
 positive_int = _positive(int, "a positive integer")
-_positive_minutes = _positive(float, "a positive number of minutes")
+
+
+def _finite_float(text: str) -> float:
+    """float(text), refusing inf and nan (a ValueError): an infinite budget makes every timeout infinite, so
+    that a step that hangs on a GPU holds the lease until it ends."""
+    value = float(text)
+    if not abs(value) < float("inf"):
+        raise ValueError(f"{text!r} is not finite")
+    return value
+
+
+_positive_minutes = _positive(_finite_float, "a positive, finite number of minutes")
 
 
 def non_negative_int(text: str) -> int:
@@ -337,11 +348,12 @@ def _dispatch(args: argparse.Namespace, argv: list[str] | None) -> int:
 
         print(write_report(args.results, args.out, args.title))
         return 0
-    from .gpu_run import gpu_run
-    from .results import check_output_folder
+    from .gpu_run import gpu_run, gpu_run_outcome
+    from .results import check_output_folder, read_results
 
-    gpu_run(check_output_folder(args.out or _default_out()), args.budget_min, smoke=True if args.smoke else None)
-    return 0
+    path = gpu_run(check_output_folder(args.out or _default_out()), args.budget_min,
+                   smoke=True if args.smoke else None)
+    return _exit_status("gpu-run", gpu_run_outcome(read_results(path)))
 
 
 if __name__ == "__main__":

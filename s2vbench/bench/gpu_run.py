@@ -178,6 +178,29 @@ def _attention_stage(shapes, log: ResultsLog, budget: Budget, dtype: torch.dtype
                                   [Metric.failed(f"{p}_time", "ms", e) for p in ("fwd", "bwd", "fwd_bwd")]))
 
 
+def gpu_run_outcome(records: list[Record]) -> str | None:
+    """One line on what went wrong, for a non-zero exit status (the results are written all the same): points
+    that failed, kernels that failed their correctness check, or nothing measured at all. None otherwise: a row
+    not measured for a stated reason (Triton without CUDA) and a model point out of memory are findings."""
+    # Metric.failed's how, and failure_record's tag: what measuring raised, kept in the record
+    failed = [r.name for r in records if "failed" in r.tags or any(m.how.startswith("failed:") for m in r.metrics)]
+    wrong = [r.name for r in records if r.kind == "attention_correctness"
+             and any(m.name == "passed" and m.value == 0.0 for m in r.metrics)]
+    problems = []
+    if failed:
+        problems.append(f"{len(failed)} of {len(records)} points failed ({_listed(failed)}); each one's error is in "
+                        f"its record and in `s2vbench report`, and a resume measures it again only once its record "
+                        f"is removed from results.json")
+    if wrong:
+        problems.append(f"{len(wrong)} attention kernel(s) failed the correctness check, an error above 2x torch's "
+                        f"own ({_listed(wrong)})")
+    if problems:
+        return "; ".join(problems)
+    if not any(m.status == "measured" for r in records for m in r.metrics):
+        return "nothing was measured: the budget ran out before the first benchmark; give it more --budget-min"
+    return None
+
+
 def gpu_run(out_dir: Path, budget_minutes: float = DEFAULT_BUDGET_MIN, smoke: bool | None = None) -> Path:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     smoke = device.type != "cuda" if smoke is None else smoke
@@ -237,4 +260,4 @@ def gpu_run(out_dir: Path, budget_minutes: float = DEFAULT_BUDGET_MIN, smoke: bo
     return log.path
 
 
-__all__ = ["Budget", "CORRECTNESS_VARIANTS", "check_resumable", "gpu_run"]
+__all__ = ["Budget", "CORRECTNESS_VARIANTS", "check_resumable", "gpu_run", "gpu_run_outcome"]
