@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from s2vbench.bench import cli
-from s2vbench.bench.compare import bootstrap_median_ci, load_series, run_compare
+from s2vbench.bench.compare import bootstrap_median_ci, load_series, min_bootstrap_samples, run_compare
 from s2vbench.bench.points import Point
 from s2vbench.bench.results import Metric, Record, ResultsLog
 from s2vbench.bench.sweep import failure_record
@@ -147,7 +147,7 @@ def _machine(node="runner-1", brand="AMD EPYC 7763 64-Core Processor", count=4, 
 def test_pytest_benchmark_machines_match_by_hardware_not_hostname(tmp_path, capsys, other, matches):
     def bench(path, machine):
         path.write_text(json.dumps({"machine_info": machine, "benchmarks": [
-            {"fullname": "tests/x.py::test_k", "stats": {"data": [1e-3, 1.01e-3, 0.99e-3]}}]}))
+            {"fullname": "tests/x.py::test_k", "stats": {"data": [1e-3, 1.01e-3, 0.99e-3] * 2}}]}))
         return path
 
     base, new = bench(tmp_path / "b.json", _machine()), bench(tmp_path / "n.json", other)
@@ -262,8 +262,9 @@ def _pb_file(path, stats):
 
 
 def test_a_new_median_equal_to_the_interval_bound_is_unchanged(tmp_path, capsys):
-    # one baseline sample: the interval is [t, t], so an identical new sample sits exactly on its upper bound
-    base = _pb_file(tmp_path / "b.json", {"data": [1e-3]})
+    # equal baseline samples, enough to bootstrap: the interval is [t, t], so an identical new sample sits exactly
+    # on its upper bound
+    base = _pb_file(tmp_path / "b.json", {"data": [1e-3] * min_bootstrap_samples(0.95)})
     new = _pb_file(tmp_path / "n.json", {"data": [1e-3]})
     assert cli.main(["compare", str(base), str(new)]) == 0
     assert "0 regression(s) among 1 matched" in capsys.readouterr().out
@@ -271,11 +272,94 @@ def test_a_new_median_equal_to_the_interval_bound_is_unchanged(tmp_path, capsys)
 
 def test_stats_only_pytest_benchmark_uses_min_to_max_as_the_interval(tmp_path, capsys):
     # without raw data the baseline's [min, max] is the interval: a median inside it, above the old one, is "same"
-    base = _pb_file(tmp_path / "b.json", {"median": 1.0, "min": 0.9, "max": 1.1})
-    new = _pb_file(tmp_path / "n.json", {"median": 1.05, "min": 1.0, "max": 1.2})
+    base = _pb_file(tmp_path / "b.json", {"median": 1.0, "min": 0.9, "max": 1.1, "rounds": 10})
+    new = _pb_file(tmp_path / "n.json", {"median": 1.05, "min": 1.0, "max": 1.2, "rounds": 10})
     assert cli.main(["compare", str(base), str(new)]) == 0
     out = capsys.readouterr().out
-    assert "[0.9, 1.1]" in out and "0 regression(s) among 1 matched" in out
+    assert "[0.9, 1.1]" in out and "min-max of 10" in out and "0 regression(s) among 1 matched" in out
+
+
+def test_the_fewest_samples_to_bootstrap_is_where_their_range_reaches_the_level():
+    # P(median within [min, max] of n samples) = 1 - 2^(1-n): 0.9375 at 5, 0.969 at 6; 0.984 at 7, 0.992 at 8
+    assert [min_bootstrap_samples(level) for level in (0.5, 0.9, 0.95, 0.99)] == [2, 5, 6, 8]
+    rng = np.random.default_rng(0)
+    draws = rng.exponential(1.0, (20000, 6))  # skewed on purpose: the bound holds for any distribution
+    inside = (draws.min(axis=1) <= np.log(2)) & (np.log(2) <= draws.max(axis=1))
+    assert abs(inside.mean() - (1 - 0.5 ** 5)) < 0.005
+
+
+CLIPS = [(1.346, 1.283, 1.409), (1.707, 1.702, 1.712), (3.686, 3.528, 3.843)]
+"""(median, min, max) of longform's first clips, cpu-small-2026-11-24."""
+
+
+def _longform_file(path, clips, n=2):
+    """Records as longform writes them: the median of n steps, with min, max and n, but not the steps."""
+    log = ResultsLog(path, environment={"device": "cpu", "cpu": "test-cpu", "cpu_count": 2})
+    for i, (med, lo, hi) in enumerate(clips):
+        log.append(Record("longform_step", f"framepack/clip{i:02d}", {}, [Metric(
+            "step_time", med, "s", "median", stats={"median": med, "min": lo, "max": hi, "n": n})]))
+    return path
+
+
+def _scaled(clips, scale):
+    return [tuple(scale * t for t in clip) for clip in clips]
+
+
+def test_a_baseline_of_few_samples_is_not_judged_by_a_zero_width_interval(tmp_path, capsys):
+    # was: a bootstrap of the one stored median, a zero-width interval, and every 0.1% slowdown a regression.
+    # 2 samples against 2 cannot show a change at 95% by any rule: not judged, and nothing judged is exit 2
+    base = _longform_file(tmp_path / "base.json", CLIPS)
+    for scale in (1.001, 1.5):
+        assert cli.main(["compare", str(base), str(_longform_file(tmp_path / "new.json", _scaled(CLIPS, scale)))]) == 2
+        out, err = capsys.readouterr()
+        assert "too few: 2 vs 2 samples" in out and "0 regression(s) among 3 matched point(s); 3 not judged" in out
+        assert "could be judged" in err
+
+
+def test_a_baseline_of_few_samples_is_judged_by_both_runs_ranges(tmp_path, capsys):
+    # 2 baseline samples against 25 new: every new one slower than both baseline ones by chance is 1/C(27, 2)
+    base = _longform_file(tmp_path / "base.json", CLIPS)
+    shifted = [(med * 1.001, med * 0.98, med * 1.02) for med, _, _ in CLIPS]  # overlaps every baseline range
+    assert cli.main(["compare", str(base), str(_longform_file(tmp_path / "same.json", shifted, n=25))]) == 0
+    out = capsys.readouterr().out
+    assert "ranges, 2 vs 25 samples" in out and "[1.283, 1.409]" in out and "0 regression(s) among 3 matched" in out
+    # only clip01's baseline range lies below every new sample
+    slower = [(med * 1.03, med * 1.005, med * 1.06) for med, _, _ in CLIPS]
+    assert cli.main(["compare", str(base), str(_longform_file(tmp_path / "slow.json", slower, n=25))]) == 1
+    out = capsys.readouterr().out
+    assert "1 regression(s) among 3 matched" in out
+    assert [line.split()[0] for line in out.splitlines() if line.endswith("regression")] == ["framepack/clip01"]
+    # a few raw steps on each side: their own ranges
+    few = results_file(tmp_path / "few.json", {}, n=3)
+    assert cli.main(["compare", str(few), str(results_file(tmp_path / "few2.json", {"a": 1.5}, n=5))]) == 1
+    out = capsys.readouterr().out
+    assert "ranges, 3 vs 5 samples" in out and "1 regression(s) among 2 matched" in out
+    # 3 against 3 parts by chance 1/20 of the time: judged at --level 0.9 (5% a side), not at 0.95
+    assert cli.main(["compare", str(few), str(few), "--level", "0.9"]) == 0
+    assert "ranges, 3 vs 3 samples" in capsys.readouterr().out
+
+
+def test_a_baseline_of_one_sample_is_not_judged(tmp_path, capsys):
+    # one sample and no range: reported as not judged, neither a regression nor silently passed
+    doc = {"machine_info": {"node": "n", "cpu": {"brand_raw": "c"}}, "benchmarks": [
+        {"fullname": "t::one", "stats": {"data": [1e-3]}},
+        {"fullname": "t::many", "stats": {"data": [1e-3, 1.01e-3, 0.99e-3, 1.02e-3, 0.98e-3, 1e-3, 1.005e-3]}}]}
+    base = tmp_path / "b.json"
+    base.write_text(json.dumps(doc))
+    doc["benchmarks"] = [{**b, "stats": {"data": [1.001 * t for t in b["stats"]["data"]]}} for b in doc["benchmarks"]]
+    new = tmp_path / "n.json"
+    new.write_text(json.dumps(doc))
+    assert cli.main(["compare", str(base), str(new)]) == 0
+    out = capsys.readouterr().out
+    assert "too few: 1 vs 1 samples" in out and "too few samples" in out
+    assert "0 regression(s) among 2 matched point(s); 1 not judged (too few samples" in out
+
+
+def test_a_recorded_range_that_does_not_hold_its_median_is_refused(tmp_path):
+    path = _pb_file(tmp_path / "b.json", {"median": 2.0, "min": 0.9, "max": 1.1})
+    with pytest.raises(ValueError, match="median 2.0 outside its min 0.9 and max 1.1") as info:
+        load_series(path)
+    assert str(path) in str(info.value)
 
 
 def test_our_benchmark_json_names_the_gpu_so_compare_keeps_cards_apart(tmp_path):

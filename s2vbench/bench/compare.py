@@ -11,6 +11,20 @@ A point the baseline timed that the new run did not is never a pass: failed or o
 without a step time, as ``sweep.failure_record`` writes it) is a regression, and so is a point missing from the
 new run or recorded there without a timing, unless ``allow_missing``. A point is missing only on hardware the new
 run has points on: baseline points of other hardware are not the new run's to have.
+
+Too few baseline samples for a bootstrap: every median the bootstrap draws lies within the baseline's own
+[min, max], and that range covers the median of the distribution the samples came from with probability
+1 - 2^(1-n) for n samples, whatever the distribution. Below :func:`min_bootstrap_samples` (6 at 0.95, 8 at 0.99)
+even the full range falls short of the level; with one sample the bootstrap interval has no width at all, and any
+slowdown would be flagged. Nor is the new median against the few samples' [min, max] a fair test: from one
+distribution, the median of 2 new samples lies above the max of 2 baseline ones about 30% of the time. Such a
+point is judged by the two runs' ranges (samples, or the min, max and count recorded): slower when every new
+sample is slower than every baseline one (the new min above the baseline max), faster the other way round. With
+no change that happens by chance with probability 1 / C(n_b + n_new, n_b), whatever the distribution; it is used
+only where that is at most (1 - level) / 2, the bootstrap interval's own rate on each side (at 0.95: 2 baseline
+samples against 8 new, 3 against 5; not 2 against 2, nor 3 against 3, which 0.9 allows). Otherwise the point is reported as "too few samples" and
+counted as not judged in the summary: neither a regression nor a pass. A run in which no point could be judged
+is an error (exit 2), as one in which no point matched.
 """
 
 from __future__ import annotations
@@ -35,9 +49,11 @@ class Series:
     samples: list[float]
     """Per-step (or per-round) times."""
     low: float | None = None
-    """Lower end of the interval when raw samples are missing."""
+    """The recorded minimum of the samples behind the median, where the file has one."""
     high: float | None = None
-    """Upper end of the interval when raw samples are missing."""
+    """The recorded maximum."""
+    n: int | None = None
+    """How many samples the recorded median, minimum and maximum are of, where the file says."""
     status: str = "timed"
     """"timed", or why the point has no timings: "failed", "oom" (out of memory) or "not timed" (left untimed on
     purpose, e.g. oversubscribed or over a token cap)."""
@@ -65,6 +81,24 @@ def _timings(path: Path, point: str, values) -> list[float]:
         raise ValueError(f"{path}: point {point!r} has timings {values!r:.120}, not a list of positive seconds; "
                          f"compare needs files as s2vbench or pytest-benchmark wrote them")
     return [float(v) for v in values]
+
+
+def _spread(path: Path, point: str, median: float, stats: dict, n_key: str) -> dict:
+    """The recorded min, max and sample count of a point, as Series fields; {} where the file has none."""
+    if "min" not in stats or "max" not in stats:
+        return {}
+    lo, hi = _timings(path, point, [stats["min"], stats["max"]])
+    if not lo <= median <= hi:
+        raise ValueError(f"{path}: point {point!r} has median {median!r} outside its min {lo!r} and max {hi!r}; "
+                         f"compare needs files as s2vbench or pytest-benchmark wrote them")
+    n = stats.get(n_key)
+    return {"low": lo, "high": hi, "n": n if is_int(n) and n > 0 else None}
+
+
+def _timed(path: Path, key: tuple[str, str], record, metric) -> Series:
+    steps = _timings(path, record.name, step_times(record))
+    median = _timings(path, record.name, [metric.value])[0]
+    return Series(key, steps, **_spread(path, record.name, median, metric.stats, "n"))
 
 
 def _untimed(key: tuple[str, str], record, metric) -> Series:
@@ -102,8 +136,8 @@ def _pytest_benchmark(path: Path, doc: dict) -> dict[tuple[str, str], Series]:
             raise ValueError(f"{path}: benchmark {name!r} has neither raw timings (stats.data, saved with "
                              f"--benchmark-save-data) nor stats median, min and max")
         else:
-            med, lo, hi = _timings(path, name, [st["median"], st["min"], st["max"]])
-            out[(name, hw)] = Series((name, hw), [med], lo, hi)
+            med = _timings(path, name, [st["median"]])[0]
+            out[(name, hw)] = Series((name, hw), [med], **_spread(path, name, med, st, "rounds"))
     return out
 
 
@@ -130,12 +164,52 @@ def load_series(path: Path) -> dict[tuple[str, str], Series]:
             hw = hardware(env.get("cpu"), env.get("cpu_count"), accelerator=device if device != "cpu" else None)
             key = (r.name, hw)
             # kept, not skipped: a point that failed in the new run must fail the check, not vanish from it
-            out[key] = _untimed(key, r, m) if m.value is None else Series(key, _timings(path, r.name, step_times(r)))
+            out[key] = _untimed(key, r, m) if m.value is None else _timed(path, key, r, m)
         return out
     if isinstance(doc, dict) and "benchmarks" in doc:  # pytest-benchmark
         return _pytest_benchmark(path, doc)
     raise ValueError(f"{path} is neither an s2vbench results file nor pytest-benchmark JSON; pass a results.json "
                      f"that s2vbench wrote or the file of pytest --benchmark-json")
+
+
+def min_bootstrap_samples(level: float) -> int:
+    """The fewest samples whose [min, max] covers the population median with probability ``level`` at least
+    (1 - 2^(1-n) >= level): with fewer, no interval drawn from the samples, the bootstrap's included, can."""
+    n = 1
+    while 1 - 0.5 ** (n - 1) < level:
+        n += 1
+    return n
+
+
+def _range(s: Series) -> tuple[float, float, int | None]:
+    """A series' [min, max], and how many samples it spans (None where the file does not say)."""
+    if len(s.samples) > 1:
+        return min(s.samples), max(s.samples), len(s.samples)
+    if s.low is not None:
+        return s.low, s.high, s.n
+    return s.samples[0], s.samples[0], 1
+
+
+def judge(b: Series, n: Series, level: float = 0.95, repeats: int = 2000
+          ) -> tuple[str, float | None, float | None, str]:
+    """(verdict, low, high, where the interval comes from) for a point timed in both runs; ("too few samples",
+    None, None, why) where the samples cannot support the level (see the module's docstring)."""
+    need = min_bootstrap_samples(level)
+    if len(b.samples) >= need:
+        lo, hi = bootstrap_median_ci(b.samples, level, repeats, new_size=len(n.samples))
+        source = f"{level:.0%} bootstrap"
+    else:
+        lo, hi, nb = _range(b)
+        if nb is None or nb < need:
+            new_lo, new_hi, nn = _range(n)
+            chance = 1 / math.comb(nb + nn, nb) if nb and nn else 1.0
+            if chance > (1 - level) / 2 * (1 + 1e-9):  # 1/20 at --level 0.9 is 0.05, not above 0.04999...
+                return "too few samples", None, None, f"too few: {nb or '?'} vs {nn or '?'} samples"
+            verdict = "regression" if new_lo > hi else "improvement" if new_hi < lo else "same"
+            return verdict, lo, hi, f"ranges, {nb} vs {nn} samples"
+        source = f"min-max of {nb}"  # a recorded range over enough samples: it covers the median at the level
+    med = n.median
+    return ("regression" if med > hi else "improvement" if med < lo else "same"), lo, hi, source
 
 
 def bootstrap_median_ci(samples: list[float], level: float = 0.95, repeats: int = 2000, seed: int = 0,
@@ -167,12 +241,17 @@ class Verdict:
     low: float | None
     high: float | None
     verdict: str
-    """Both timed: "regression", "improvement" or "same". Otherwise (see :data:`LOST`): "failed" or "oom" in the
+    """Both timed: "regression", "improvement", "same", or "too few samples" to judge by (not judged;
+    :func:`judge`). Otherwise (see :data:`LOST`): "failed" or "oom" in the
     new run, "not timed" there, "missing" from it; or, not judged, "untimed in both" and "no baseline timing"."""
     reason: str = ""
-    """Why a point has no timing in the new run (or in either)."""
+    """Why a point has no timing in the new run (or in either), or too few samples."""
+    source: str = ""
+    """Where the interval comes from: a bootstrap, the baseline's recorded min-max, or both runs' ranges."""
 
 
+JUDGED = ("regression", "improvement", "same")
+"""Verdicts of points timed in both runs and judged."""
 FAILED = ("failed", "oom")
 """Verdicts of points the new run failed at: always regressions."""
 LOST = ("missing", "not timed")
@@ -204,13 +283,8 @@ def compare(baseline: dict, new: dict, level: float = 0.95, repeats: int = 2000
                 verdicts.append(Verdict(key, None, None, None, None, "untimed in both", b.reason if
                                         b.reason == n.reason else f"baseline: {b.reason}; new: {n.reason}"))
             continue
-        if b.low is not None:
-            lo, hi = b.low, b.high
-        else:
-            lo, hi = bootstrap_median_ci(b.samples, level, repeats, new_size=len(n.samples))
-        med = n.median
-        verdict = "regression" if med > hi else "improvement" if med < lo else "same"
-        verdicts.append(Verdict(key, b.median, med, lo, hi, verdict))
+        verdict, lo, hi, source = judge(b, n, level, repeats)
+        verdicts.append(Verdict(key, b.median, n.median, lo, hi, verdict, source=source))
     judged = {v.key for v in verdicts}
     unmatched = sorted(k for k in set(baseline) ^ set(new) if k not in judged)
     return verdicts, unmatched
@@ -254,19 +328,21 @@ def run_compare(baseline: Path, new: Path, level: float = 0.95, repeats: int = 2
         raise ValueError(f"no point of {new} matched one of {baseline} by config and hardware (listed above), so "
                          f"nothing was compared; compare runs of the same points on the same hardware")
     verdicts, unmatched = compare(series["baseline"], series["new"], level, repeats)
-    timed = [v for v in verdicts if v.low is not None]
-    rows = [(v.key[0], v.key[1], f"{v.baseline:.4g}", f"{v.new:.4g}", f"[{v.low:.4g}, {v.high:.4g}]",
+    timed = [v for v in verdicts if v.verdict in (*JUDGED, "too few samples")]
+    rows = [(v.key[0], v.key[1], f"{v.baseline:.4g}", f"{v.new:.4g}",
+             f"[{v.low:.4g}, {v.high:.4g}]" if v.low is not None else "-", v.source or v.reason,
              f"{v.new / v.baseline - 1:+.1%}", v.verdict) for v in timed]
     if rows:
-        print(tabulate(rows, headers=["point", "hardware", "baseline s", "new s",
-                                      f"{level:.0%} CI of baseline median", "change", "verdict"]))
+        print(tabulate(rows, headers=["point", "hardware", "baseline s", "new s", "baseline interval",
+                                      "from", "change", "verdict"]))
     for v in verdicts:
-        if v.low is None:
+        if v.verdict not in (*JUDGED, "too few samples"):
             print(_explain(v, allow_missing))
     for key in unmatched:
         side = "baseline" if key in series["baseline"] else "new run"
         print(f"unmatched (config or hardware differs; only in the {side}): {key[0]} on {key[1]}")
     slower = sum(v.verdict == "regression" for v in timed)
+    unjudged = sum(v.verdict == "too few samples" for v in timed)
     failed = sum(v.verdict in FAILED for v in verdicts)
     lost = sum(v.verdict in LOST for v in verdicts)
     missing = sum(v.verdict == "missing" for v in verdicts)
@@ -277,8 +353,16 @@ def run_compare(baseline: Path, new: Path, level: float = 0.95, repeats: int = 2
     if failed or lost:
         line += (f": {slower} slower, {failed} failed or out of memory in the new run, {lost} missing from it or "
                  f"untimed there" + (" (allowed by --allow-missing)" if allow_missing and lost else ""))
+    if unjudged:
+        line += (f"; {unjudged} not judged (too few samples: under {min_bootstrap_samples(level)} in the baseline, "
+                 f"and too few in both runs for their ranges to part by chance under {(1 - level) / 2:.1%})")
     print(line)
+    if not regressions and not any(v.verdict in JUDGED for v in verdicts):
+        raise ValueError(f"no point of {baseline} could be judged (listed above), so nothing was checked; time "
+                         f"the baseline with at least {min_bootstrap_samples(level)} steps or rounds per point, or "
+                         f"both runs with more, or pass a lower --level")
     return 1 if regressions else 0
 
 
-__all__ = ["FAILED", "LOST", "Series", "Verdict", "bootstrap_median_ci", "compare", "hardware", "load_series", "run_compare"]
+__all__ = ["FAILED", "JUDGED", "LOST", "Series", "Verdict", "bootstrap_median_ci", "compare", "hardware", "judge",
+           "load_series", "min_bootstrap_samples", "run_compare"]
