@@ -27,14 +27,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tabulate import tabulate
 
 from .ground import RUN_RANKS_SLACK_S, ground_points, run_ground
 from .kernels import (RING_LOCAL_VARIANT, AttnShape, ConvShape, attention_benchmark, attention_correctness,
                       attention_providers, conv_benchmark, smoke_attention_shapes, wan_attention_shapes,
                       wan_conv_shapes)
 from .points import Point
-from .report import machine
+from .report import attention_table, machine
 from .results import Metric, Record, ResultsLog
 
 
@@ -65,29 +64,6 @@ class Budget:
 
     def allows(self, need_s: float) -> bool:
         return self.left_s() > need_s
-
-
-def _summary(records: list[Record]) -> str:
-    rows = []
-    by_shape: dict[str, dict[str, Record]] = {}
-    for r in records:
-        if r.kind == "attention_kernel":
-            by_shape.setdefault(r.config["shape"]["name"], {})[r.config["provider"]] = r
-    for shape, provs in by_shape.items():
-        base = provs.get("sdpa_cudnn")
-        for prov, r in provs.items():
-            f, b = r.metric("fwd_time"), r.metric("bwd_time")
-            if f.value is None:
-                rows.append((shape, prov, "not measured", "", "", ""))
-                continue
-            ratio_f = ratio_b = ""
-            if base is not None and base.metric("fwd_time").value:
-                ratio_f = f"{base.metric('fwd_time').value / f.value:.2f}x"
-                ratio_b = f"{base.metric('bwd_time').value / b.value:.2f}x"
-            rows.append((shape, prov, f"{r.metric('fwd_tflops').value:.1f}", f"{r.metric('bwd_tflops').value:.1f}",
-                         ratio_f, ratio_b))
-    return tabulate(rows, headers=["shape", "provider", "fwd TFLOP/s", "bwd TFLOP/s", "fwd vs cuDNN",
-                                   "bwd vs cuDNN"])
 
 
 def _attention_name(shape: AttnShape, provider: str, dtype: torch.dtype) -> str:
@@ -255,7 +231,7 @@ def gpu_run(out_dir: Path, budget_minutes: float = DEFAULT_BUDGET_MIN, smoke: bo
                 log.append(Record("causal_conv_kernel", name, {"shape": vars(shape), "dtype": str(dtype)},
                                   [Metric.failed("triton_time", "us", e)]))
     _attention_stage([s for s in shapes if s not in per_rank], log, budget, dtype, device, 0.0)
-    print(_summary(log.records))
+    print(attention_table(log.records, tablefmt="simple"))
     print(f"results: {log.path} ({len(log.records)} records, device {log.environment.get('device')})")
     return log.path
 

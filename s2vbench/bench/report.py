@@ -175,6 +175,208 @@ def _plots(records: list[Record], out: Path) -> list[str]:
     return made
 
 
+KERNEL_KINDS = ("attention_correctness", "attention_kernel", "ground", "causal_conv_kernel")
+"""The records of ``gpu-run`` besides its model point's iteration, each with a table of its own."""
+
+TORCH_ATTENTION = ("sdpa_cudnn", "sdpa_flash", "sdpa_math_cpu")
+"""The torch providers a kernel's time is compared with, the first one measured on its shape and machine."""
+
+_ELEMENT_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}
+
+
+def _is_ground(r: Record) -> bool:
+    # run_ground records a point that failed with sweep.failure_record: kind iteration, named ground/...
+    return r.kind == "ground" or r.name.startswith("ground/")
+
+
+def _iterations(records: list[Record]) -> list[Record]:
+    return [r for r in records if r.kind == "iteration" and not _is_ground(r)]
+
+
+def _metric(r: Record, name: str):
+    try:
+        return r.metric(name)
+    except KeyError:
+        return None
+
+
+def _reason(r: Record) -> str:
+    """Why a record's first figure that was not measured is missing (needs CUDA, failed: ...)."""
+    return next((m.how for m in r.metrics if m.status == "not_measured"), "")
+
+
+def _attention_shape(shape: dict) -> str:
+    n = shape.get("q_len")
+    n = n if shape.get("kv_len") == n else f"{n}x{shape.get('kv_len')}"
+    return f"{shape.get('name')} (B{shape.get('batch')} H{shape.get('heads')} N{n} D{shape.get('head_dim')})"
+
+
+def attention_table(records: list[Record], tablefmt: str = "pipe") -> str:
+    """Time and TFLOP/s of each attention provider and shape, and its speed against torch's (the first of
+    ``TORCH_ATTENTION`` measured on the same shape, dtype and machine): gpu-run prints it, the report holds it."""
+    recs = [r for r in records if r.kind == "attention_kernel"]
+
+    def key(r):
+        return machine(r.environment), r.config.get("shape", {}).get("name"), r.config.get("dtype")
+
+    torch_times = {}
+    for provider in reversed(TORCH_ATTENTION):  # the first in the list wins
+        for r in recs:
+            if r.config.get("provider") == provider and _value(r, "fwd_time") is not None:
+                torch_times[key(r)] = (provider, _value(r, "fwd_time"), _value(r, "bwd_time"))
+    rows = []
+    for r in recs:
+        base = torch_times.get(key(r))
+        fwd, bwd = _value(r, "fwd_time"), _value(r, "bwd_time")
+        vs = [f"{base[i] / t:.2f}x" if base and t and base[i] else "n/a" for i, t in ((1, fwd), (2, bwd))]
+        rows.append((_attention_shape(r.config.get("shape", {})), r.config.get("provider"), r.config.get("dtype"),
+                     _fmt(fwd, ".4g"), _fmt(_value(r, "fwd_tflops"), ".4g"), _fmt(bwd, ".4g"),
+                     _fmt(_value(r, "bwd_tflops"), ".4g"), _fmt(_value(r, "fwd_bwd_tflops"), ".4g"), vs[0], vs[1],
+                     base[0] if base else "",
+                     "" if fwd is not None else f"not measured: {_reason(r)}"))
+    return tabulate(rows, headers=["shape", "provider", "dtype", "fwd ms", "fwd TFLOP/s", "bwd ms", "bwd TFLOP/s",
+                                   "fwd+bwd TFLOP/s", "fwd vs torch", "bwd vs torch", "torch", "note"],
+                    tablefmt=tablefmt, disable_numparse=True)
+
+
+def _correctness_lines(records: list[Record]) -> list[str]:
+    recs = [r for r in records if r.kind == "attention_correctness"]
+    if not recs:
+        return []
+    keys = ("out", "lse", "dq", "dk", "dv")
+    rows = []
+    for r in recs:
+        passed = _metric(r, "passed")
+        errors = []
+        for k in keys:
+            m = _metric(r, f"{k}_max_abs_err")
+            if m is None or m.value is None:
+                errors.append("")
+                continue
+            within = m.stats.get("within_2x_rule") == 1.0
+            errors.append(f"{m.value:.2e} vs {_fmt(m.stats.get('torch_same_dtype'), '.2e')}"
+                          + ("" if within else " **over 2x**"))
+        verdict = ("not measured: " + passed.how if passed is None or passed.value is None else
+                   "yes" if passed.value == 1.0 else "**NO**")
+        rows.append((r.config.get("variant", r.name), r.config.get("n", ""),
+                     str(r.config.get("dtype", "")).replace("torch.", ""), *errors,
+                     verdict))
+    return ["## Attention correctness", "",
+            ("Max |error| of each output against a float64 reference, next to torch SDPA's own error in the same "
+             "dtype (*ours vs torch*). A kernel passes when every error is within 2x torch's plus a 1e-6 floor (the "
+             "2x rule) and none is NaN. lse: torch returns none, so its figure is the plain-torch reference in the "
+             "same dtype, on the first 2048 rows."), "",
+            tabulate(rows, headers=["variant", "N", "dtype", *(f"{k} max abs err" for k in keys), "passed"],
+                     tablefmt="pipe", disable_numparse=True), ""]
+
+
+def _conv_bytes(config: dict) -> float | None:
+    """The bytes a causal conv cannot avoid: input, weight and bias read once, output written once."""
+    shape, size = config.get("shape", {}), _ELEMENT_BYTES.get(str(config.get("dtype")).replace("torch.", ""))
+    try:
+        b, c_in, c_out, t, stride = (shape[k] for k in ("batch", "c_in", "c_out", "t", "stride"))
+        t_out = -(-t // stride)
+        return size * (b * c_in * t + c_out * c_in * 3 + c_out + b * t_out * c_out)
+    except (KeyError, TypeError):  # a shape or dtype this report cannot size
+        return None
+
+
+def _conv_lines(records: list[Record]) -> list[str]:
+    recs = [r for r in records if r.kind == "causal_conv_kernel"]
+    if not recs:
+        return []
+    rows = []
+    for r in recs:
+        shape, nbytes = r.config.get("shape", {}), _conv_bytes(r.config)
+        t_torch, t_ours = _value(r, "torch_time"), _value(r, "triton_time")
+
+        def gbps(us):
+            return _fmt(nbytes / (us * 1e-6) / 1e9, ".4g") if nbytes and us else "n/a"
+
+        rows.append((f"{shape.get('name')} (B{shape.get('batch')} {shape.get('c_in')}->{shape.get('c_out')} "
+                     f"T{shape.get('t')} stride {shape.get('stride')})",
+                     str(r.config.get("dtype")).replace("torch.", ""),
+                     _fmt(t_torch, ".1f"), _fmt(t_ours, ".1f"), _fmt(_value(r, "speedup_vs_torch"), ".2f"),
+                     gbps(t_torch), gbps(t_ours), "" if t_ours is not None else f"not measured: {_reason(r)}"))
+    return ["## Causal conv", "",
+            ("The audio encoder's causal Conv1d fused with its LayerNorm and SiLU (Triton) against the torch eager "
+             "sequence, forward, median time. GB/s: the bytes it cannot avoid (input, weight and bias read once, "
+             "output written once) over the median time."), "",
+            tabulate(rows, headers=["shape", "dtype", "torch us", "Triton us", "speed-up vs torch", "torch GB/s",
+                                    "Triton GB/s", "note"], tablefmt="pipe", disable_numparse=True), ""]
+
+
+def _ground_lines(records: list[Record]) -> list[str]:
+    recs = [r for r in records if _is_ground(r)]
+    if not recs:
+        return []
+
+    def cell(r, name, spec=".4g"):
+        m = _metric(r, name)
+        return "" if m is None else "not measured" if m.value is None else f"{format(m.value, spec)} ({m.status})"
+
+    rows, missing, failed = [], set(), []
+    for r in recs:
+        if r.kind != "ground":
+            failed.append(f"- `{r.name}`: {r.metrics[0].how if r.metrics else r.notes}")
+            continue
+        missing |= {f"{m.name}: {m.how}" for m in r.metrics if m.status == "not_measured"}
+        measured, model = _value(r, "rank0_compute_time"), _value(r, "model_compute_time")
+        rows.append((f"{strategy_label(r.config)} w{r.config.get('world')}", r.notes.removeprefix("device "),
+                     r.config.get("hardware_profile") or "none", cell(r, "rank0_compute_time"),
+                     cell(r, "model_compute_time"), _fmt(measured / model, ".2f") if measured and model else "n/a",
+                     cell(r, "grounded_14b_step_time"), cell(r, "model_14b_step_time"),
+                     cell(r, "peak_allocated", ".2f")))
+    lines = ["## The 8-GPU claim grounded on one GPU", "",
+             ("Rank 0 of the job run for real under torch's fake process group (every collective a no-op), at the "
+              "paper's per-rank shapes and reduced depth: its compute time is **measured**. Everything else is the "
+              "performance model's, on the hardware profile named, and **predicted**: *grounded 14b* is the "
+              "measured time x the model's 40-layer / reduced-depth compute ratio + the model's exposed "
+              "communication. Each figure says which it is."), ""]
+    if rows:
+        lines += [tabulate(rows, headers=["point", "device", "profile", "rank-0 compute s", "model compute s",
+                                          "measured / model", "grounded 14b step s", "model-only 14b step s",
+                                          "peak allocated GiB"], tablefmt="pipe", disable_numparse=True), ""]
+    if missing:
+        lines += ["Not measured:", ""] + [f"- {m}" for m in sorted(missing)] + [""]
+    if failed:
+        lines += ["Points that did not run:", ""] + failed + [""]
+    return lines
+
+
+def _attention_lines(records: list[Record]) -> list[str]:
+    if not any(r.kind == "attention_kernel" for r in records):
+        return []
+    return ["## Attention kernels", "",
+            ("Median time per call and TFLOP/s (4 B H Nq Nk D FLOPs forward, 2.5x that backward). *vs torch*: "
+             "torch's time over the provider's (above 1x: faster than torch), torch being the first of "
+             f"{', '.join(TORCH_ATTENTION)} measured on the same shape, dtype and machine."), "",
+            attention_table(records), ""]
+
+
+def _gpu_model_lines(records: list[Record]) -> list[str]:
+    """The model points' GPU figures (MFU, CUDA memory, NVML power), where any was measured."""
+    names = ("mfu", "cuda_peak_allocated", "gpu_power")
+    recs = [r for r in _iterations(records) if any(_value(r, n) is not None for n in names)]
+    if not recs:
+        return []
+    rows = []
+    for r in recs:
+        mem, power = _metric(r, "cuda_peak_allocated"), _metric(r, "gpu_power")
+        rows.append((r.name, _fmt(_value(r, "step_time")), _fmt(_value(r, "tflops_per_device"), ".1f"),
+                     _fmt(_value(r, "mfu"), ".1%") if _value(r, "mfu") is not None else "n/a",
+                     _fmt(mem.value if mem else None, ".2f"), _fmt(mem.stats.get("reserved") if mem else None, ".2f"),
+                     _fmt(power.value if power else None, ".0f"),
+                     _fmt(power.stats.get("max") if power and power.value is not None else None, ".0f"),
+                     _fmt(power.stats.get("sm_util_mean") if power and power.value is not None else None, ".0f")))
+    return ["## GPU figures of the model points", "",
+            ("MFU: model TFLOP/s per device over the datasheet's dense bf16 peak. Memory: "
+             "torch.cuda.max_memory_allocated (and reserved), max over ranks. Power and SM utilisation: NVML, "
+             "mean over the timed steps (and max), max over ranks."), "",
+            tabulate(rows, headers=["point", "step s", "TFLOP/s/dev", "MFU", "CUDA peak GiB", "reserved GiB",
+                                    "power W", "max W", "SM util %"], tablefmt="pipe", disable_numparse=True), ""]
+
+
 def write_report(results: list[Path], out: Path, title: str | None = None) -> Path:
     """Write ``out/report.md`` (and its PNGs) from the records of ``results``, ending with the calibration
     section a run saved in ``out`` (``CALIBRATION_SECTION``), if there is one."""
@@ -191,9 +393,7 @@ def write_report(results: list[Path], out: Path, title: str | None = None) -> Pa
         recs = read_results(p)
         if not recs:
             raise ResultsError(f"{p} holds no records, so there is nothing to report; did its run finish a point?")
-        for r in recs:
-            if r.kind != "iteration":
-                continue
+        for r in _iterations(recs):
             try:
                 check_iteration(r)
             except ValueError as e:
@@ -203,14 +403,18 @@ def write_report(results: list[Path], out: Path, title: str | None = None) -> Pa
                                    f"its own")
             owner[r.name] = p
         records += recs
-    if not owner:
+    if not owner and not any(r.kind in KERNEL_KINDS or _is_ground(r) for r in records):
         kinds = sorted({r.kind for r in records})
-        raise ResultsError(f"{', '.join(map(str, results))} hold(s) no iteration records (only {', '.join(kinds)}), "
-                           f"which are what the report tables; pass the results.json of `s2vbench run`, `scaling` or "
-                           f"`gpu-run` (buckets and longform write their own report.md)")
+        raise ResultsError(f"{', '.join(map(str, results))} hold(s) none of the records the report tables "
+                           f"(iteration, {', '.join(KERNEL_KINDS)}), only {', '.join(kinds)}; pass the results.json "
+                           f"of `s2vbench run`, `scaling` or `gpu-run` (buckets and longform write their own "
+                           f"report.md)")
     check_output_folder(out)
+    kernel_lines = (_gpu_model_lines(records) + _correctness_lines(records) + _attention_lines(records)
+                    + _ground_lines(records) + _conv_lines(records))
+    env = records[0].environment
+    records = _iterations(records)  # from here on, what the iteration tables and plots read
     plots = _plots(records, out)
-    env = records[0].environment if records else {}
     bases, sp = speedups(records)
     lines = [f"# {title or 's2vbench report'}", "",
              (f"Made {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} from "
@@ -238,9 +442,11 @@ def write_report(results: list[Path], out: Path, title: str | None = None) -> Pa
                      _fmt(exposed, ".0%") if exposed is not None else "n/a", _fmt(_value(r, "peak_rss")),
                      _fmt(_value(r, "tracked_peak_memory"), ".4f"), _fmt(_value(r, "saved_activations"), ".4f"),
                      ", ".join(r.tags)))
-    lines += ["## Iteration time", "", tabulate(rows, headers=[
-        "strategy", "ranks", "AC", "dtype", "step s", "min-max s", "speed-up", "efficiency", "samples/s/dev", "tokens/s/dev",
-        "TFLOP/s/dev", "exposed comm", "peak RSS GiB", "tracked peak GiB", "saved act. GiB", "tags"], tablefmt="pipe", disable_numparse=True), ""]
+    if rows:
+        lines += ["## Iteration time", "", tabulate(rows, headers=[
+            "strategy", "ranks", "AC", "dtype", "step s", "min-max s", "speed-up", "efficiency", "samples/s/dev",
+            "tokens/s/dev", "TFLOP/s/dev", "exposed comm", "peak RSS GiB", "tracked peak GiB", "saved act. GiB",
+            "tags"], tablefmt="pipe", disable_numparse=True), ""]
     comm_rows = []
     for r in [r for r in records if r.kind == "iteration"]:
         for m in r.metrics:
@@ -287,10 +493,12 @@ def write_report(results: list[Path], out: Path, title: str | None = None) -> Pa
     if not_timed:
         lines += ["## Points without timings", ""]
         lines += [f"- `{r.name}`: {r.metric('step_time').how}" for r in not_timed] + [""]
-    lines += [("MFU is not measured on CPU: there is no bf16 peak to divide by. GPU figures appear only when "
-              "measured on a GPU."), ""]
+    if records:
+        lines += [("MFU is not measured on CPU: there is no bf16 peak to divide by. GPU figures appear only when "
+                  "measured on a GPU."), ""]
     for p in plots:
         lines += [f"![{p[:-4]}]({p})", ""]
+    lines += kernel_lines
     section = out / CALIBRATION_SECTION
     if section.is_file():
         lines.append(section.read_text(encoding="utf-8"))
@@ -299,4 +507,5 @@ def write_report(results: list[Path], out: Path, title: str | None = None) -> Pa
     return path
 
 
-__all__ = ["CALIBRATION_SECTION", "check_iteration", "speedups", "write_report"]
+__all__ = ["CALIBRATION_SECTION", "KERNEL_KINDS", "attention_table", "check_iteration", "machine", "speedups",
+           "write_report"]
