@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..model.config import ConfigError, WanS2VConfig, get_preset
@@ -254,6 +254,13 @@ def scaling_curves(work: Workload, hw: HardwareProfile, gpus: list[int]) -> dict
     out: dict[str, list[tuple[int, Prediction]]] = {"strong (64 clips)": [], "strong HSDP (64 clips)": [],
                                                     "weak (1 clip / 8 GPUs)": [], "weak HSDP (1 clip / 8 GPUs)": [],
                                                     "sequence (1 clip)": []}
+
+    def add(curve: str, n: int, st: Strategy, global_batch: int) -> None:
+        # a clip split over more ranks than it has tokens leaves ranks with only padding, which a real job
+        # refuses: such a point is off the curve (a short clip's curve ends early)
+        if st.cp <= lay.total:
+            out[curve].append((n, predict_training(cfg, lay, st, hw, global_batch)))
+
     for n in gpus:
         u = min(n, hw.gpus_per_node, 8)
         if cfg.num_heads % u:
@@ -261,18 +268,12 @@ def scaling_curves(work: Workload, hw: HardwareProfile, gpus: list[int]) -> dict
         if n >= 8:
             cp_groups = n // 8
             if 64 % cp_groups == 0:
-                out["strong (64 clips)"].append(
-                    (n, predict_training(cfg, lay, Strategy(cp_groups, 8, 1, ac=True, grad_accum=64 // cp_groups),
-                                         hw, 64)))
-                out["strong HSDP (64 clips)"].append(
-                    (n, predict_training(cfg, lay, Strategy(1, 8, 1, ac=True, grad_accum=64 // cp_groups,
-                                                            dp_replicate=cp_groups), hw, 64)))
-            out["weak (1 clip / 8 GPUs)"].append(
-                (n, predict_training(cfg, lay, Strategy(cp_groups, 8, 1, ac=True), hw, cp_groups)))
-            out["weak HSDP (1 clip / 8 GPUs)"].append(
-                (n, predict_training(cfg, lay, Strategy(1, 8, 1, ac=True, dp_replicate=cp_groups), hw, cp_groups)))
-        if n // u <= lay.total:
-            out["sequence (1 clip)"].append((n, predict_training(cfg, lay, Strategy(1, u, n // u, ac=True), hw, 1)))
+                add("strong (64 clips)", n, Strategy(cp_groups, 8, 1, ac=True, grad_accum=64 // cp_groups), 64)
+                add("strong HSDP (64 clips)", n,
+                    Strategy(1, 8, 1, ac=True, grad_accum=64 // cp_groups, dp_replicate=cp_groups), 64)
+            add("weak (1 clip / 8 GPUs)", n, Strategy(cp_groups, 8, 1, ac=True), cp_groups)
+            add("weak HSDP (1 clip / 8 GPUs)", n, Strategy(1, 8, 1, ac=True, dp_replicate=cp_groups), cp_groups)
+        add("sequence (1 clip)", n, Strategy(1, u, n // u, ac=True), 1)
     return out
 
 
@@ -326,31 +327,68 @@ def _records(preds: list[tuple[str, Prediction]], hw: HardwareProfile, work: Wor
     return recs
 
 
-def write_claim(out: Path, work: Workload, gpus: int, hardware: list[str]) -> Path:
-    """predictions.md (the claim table per profile and scaling curves), PNGs and predictions.json."""
+@dataclass
+class ClaimSection:
+    """One profile's part of ``predict``'s answer, computed whole before anything is printed or written."""
+
+    hw: HardwareProfile
+    rows: list[list]
+    """The claim table's rows."""
+    preds: list[tuple[str, Prediction]]
+    """The claim table's configurations and predictions."""
+    curves: dict[str, list[tuple[int, Prediction]]] = field(default_factory=dict)
+    """Scaling curves (for a report only)."""
+    inference: Prediction | None = None
+    """One clip's inference on the table's GPUs (for a report only)."""
+
+
+REPORT_GPU_COUNTS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+"""The scaling curves' GPU counts."""
+
+
+def claim_section(work: Workload, gpus: int, hw: HardwareProfile, report: bool) -> ClaimSection:
+    rows, preds = claim_table(work, gpus, hw)
+    section = ClaimSection(hw, rows, preds)
+    if report:
+        section.curves = scaling_curves(work, hw, REPORT_GPU_COUNTS)
+        section.inference = predict_inference(*work.model(), Strategy(1, min(gpus, 8), max(1, gpus // 8), ac=False),
+                                              hw)
+    return section
+
+
+def claim_log(out: Path):
+    """The report's predictions.json, opened (and an existing file that is not a results file refused) before
+    anything is computed or written."""
+    from .results import ResultsLog, check_output_folder
+
+    check_output_folder(out, "--report")
+    return ResultsLog(out / "predictions.json", environment={"kind": "prediction"}, resume=False)
+
+
+def write_claim(log, work: Workload, gpus: int, hardware: list[str], sections: list[ClaimSection]) -> Path:
+    """predictions.md (the claim table per profile and scaling curves), PNGs and predictions.json (``log``, from
+    :func:`claim_log`) into the log's folder, from ``sections`` computed beforehand, so that nothing here can fail
+    on the input half-way through."""
     from tabulate import tabulate
 
-    from .results import ResultsLog
+    from .results import atomic_write_text
 
-    out.mkdir(parents=True, exist_ok=True)
-    log = ResultsLog(out / "predictions.json", environment={"kind": "prediction"}, resume=False)
+    out = log.path.parent
     lines = [f"# Predicted: {work.preset}, {work.frames} frames of {work.width}x{work.height}, {gpus} GPUs", "",
              ("Every figure here is **predicted** by `s2vbench/bench/perfmodel.py`, not measured. Regenerate with "
              f"`s2vbench predict --preset {work.preset} --frames {work.frames} --size {work.width}x{work.height} "
              f"--gpus {gpus} --hw {','.join(hardware)} --report {out}`."), ""]
-    gpu_counts = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
-    for name in hardware:
-        hw = load_profile(name)
-        rows, preds = claim_table(work, gpus, hw)
-        log.extend(_records(preds, hw, work))
-        lines += [f"## {hw.name}", "", tabulate(rows, PREDICTION_HEADERS, tablefmt="github"), "",
+    records = []
+    for sec in sections:
+        hw = sec.hw
+        records += _records(sec.preds, hw, work)
+        lines += [f"## {hw.name}", "", tabulate(sec.rows, PREDICTION_HEADERS, tablefmt="github"), "",
                   f"({_profile_caveat(hw)})", ""]
-        for n, p in preds:
+        for n, p in sec.preds:
             lines += [f"- {n}: {note}" for note in p.notes]
-        curves = scaling_curves(work, hw, gpu_counts)
-        png = plot_curves(curves, out / f"scaling-{hw.name}.png", f"{work.preset} on {hw.name}")
+        png = plot_curves(sec.curves, out / f"scaling-{hw.name}.png", f"{work.preset} on {hw.name}")
         rows = []
-        for cname, pts in curves.items():
+        for cname, pts in sec.curves.items():
             for g, p in pts:
                 rows.append([cname, g, p.global_batch, p.strategy.label, f"{p.time:.2f}",
                              f"{p.global_batch / p.time:.3f}", f"{p.exposed_comm / p.time:.0%}",
@@ -359,13 +397,12 @@ def write_claim(out: Path, work: Workload, gpus: int, hardware: list[str]) -> Pa
                   f"![scaling]({png.name})", "",
                   tabulate(rows, ["curve", "GPUs", "clips/iter", "strategy", "s/iter", "clips/s",
                                   "exposed comm share", "GB/rank", "fits"], tablefmt="github"), ""]
-        inf = predict_inference(*work.model(), Strategy(1, min(gpus, 8), max(1, gpus // 8), ac=False), hw)
+        inf = sec.inference
         lines += [f"Inference, one clip (40 steps x 2 CFG forwards) on {gpus} GPUs: {inf.time:.1f} s predicted "
                   f"(compute {inf.compute:.1f}, exposed communication {inf.exposed_comm:.1f}, other {inf.other:.1f}); "
                   + "; ".join(inf.notes) + ".", ""]
+    log.extend(records)
     path = out / "predictions.md"
-    from .results import atomic_write_text
-
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
@@ -406,14 +443,10 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
 def run_predict(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    # everything checked before the first table prints, so a bad value never leaves a partial or empty answer;
-    # errors reach cli.main, which prints them as one line (exit 2)
+    # everything is checked and computed before the first table prints or the first file is written, so a bad
+    # value never leaves a partial or empty answer; errors reach cli.main, which prints them as one line (exit 2)
     if args.gpus < 1:
         raise PlanError(f"--gpus {args.gpus}: predict needs at least 1 GPU, e.g. --gpus 8")
-    if args.report is not None:
-        from .results import check_output_folder
-
-        check_output_folder(args.report, "--report")
     width, height = parse_size(args.size)
     work = Workload(args.preset, args.frames, width, height, args.gpus)
     names = [h.strip() for h in args.hw.split(",") if h.strip()]
@@ -421,21 +454,22 @@ def run_predict(args: argparse.Namespace) -> int:
         raise PlanError(f"--hw {args.hw!r} names no hardware profile; pass one or more, comma-separated, e.g. "
                         f"--hw h100-sxm,h200")
     profiles = [load_profile(name) for name in names]
-    work.model()
-    for hw in profiles:
-        rows, preds = claim_table(work, args.gpus, hw)
-        _cfg, lay = work.model()
+    _cfg, lay = work.model()
+    log = claim_log(args.report) if args.report is not None else None  # a bad folder fails before the work
+    sections = [claim_section(work, args.gpus, hw, args.report is not None) for hw in profiles]
+    for sec in sections:
         print(f"{work.preset}: {work.frames} frames of {width}x{height} = {lay.total:,} tokens per clip, "
-              f"{args.gpus} GPUs, profile {hw.name} (predicted)")
-        print(tabulate(rows, PREDICTION_HEADERS, tablefmt="github"))
-        for n, p in preds:
+              f"{args.gpus} GPUs, profile {sec.hw.name} (predicted)")
+        print(tabulate(sec.rows, PREDICTION_HEADERS, tablefmt="github"))
+        for n, p in sec.preds:
             for note in p.notes:
                 print(f"  {n}: {note}")
-        print(f"({_profile_caveat(hw)})\n")
-    if args.report is not None:
-        print(write_claim(args.report, work, args.gpus, names))
+        print(f"({_profile_caveat(sec.hw)})\n")
+    if log is not None:
+        print(write_claim(log, work, args.gpus, names, sections))
     return 0
 
 
-__all__ = ["Workload", "add_plan_arguments", "add_predict_arguments", "claim_configurations", "claim_table",
-           "describe_plan", "load_plan", "parse_size", "run_plan", "run_predict", "scaling_curves", "write_claim"]
+__all__ = ["ClaimSection", "Workload", "add_plan_arguments", "add_predict_arguments", "claim_configurations",
+           "claim_log", "claim_section", "claim_table", "describe_plan", "load_plan", "parse_size", "run_plan",
+           "run_predict", "scaling_curves", "write_claim"]
