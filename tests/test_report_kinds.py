@@ -121,3 +121,25 @@ def test_report_still_refuses_records_it_has_no_table_for(tmp_path):
     log.append(Record("buckets", "b", {}, [Metric("utilisation", 0.9, "1", "x")]))
     with pytest.raises(ResultsError, match=r"none of the records the report tables .*only buckets"):
         write_report([log.path], tmp_path / "rep")
+
+
+def test_the_header_names_every_machine_and_commit(tmp_path):
+    # it gave the first record's machine and commit as every record's
+    from s2vbench.bench.report import write_report
+
+    gpu = _gpu_run_results(tmp_path / "gpu.json")
+    mixed = ResultsLog(tmp_path / "mixed.json", environment={"device": "cpu", "cpu": "cpu-a", "cpu_count": 2,
+                                                             "git_commit": "b" * 40})
+    for i, env in enumerate([{}, {}, {"device": "cpu", "cpu": "cpu-b", "cpu_count": 8, "git_commit": "b" * 40}]):
+        mixed.append(Record("iteration", f"p{i}", {"world": 1, "strategy": "single"},
+                            [Metric("step_time", 1.0, "s", "x"), Metric("exposed_comm", 0.0, "s", "x")],
+                            environment=env))
+    text = write_report([gpu, mixed.path], tmp_path / "rep").read_text()
+    assert "Device: **" not in text
+    assert "(3 machine(s), 2 commit(s))" in text
+    assert (f"- **NVIDIA H100 80GB HBM3 | test-cpu x 16 cores** (1 GPUs), git aaaaaaaaaaaa: 9 record(s) from "
+            f"{gpu};") in text
+    assert f"- **cpu-a x 2 cores** (0 GPUs), git bbbbbbbbbbbb: 2 record(s) from {mixed.path};" in text
+    assert f"- **cpu-b x 8 cores** (0 GPUs), git bbbbbbbbbbbb: 1 record(s) from {mixed.path};" in text
+    alone = write_report([gpu], tmp_path / "alone").read_text()  # one machine and commit: one line, as before
+    assert "Device: **NVIDIA H100 80GB HBM3** (1 GPUs); CPU test-cpu x 16; " in alone and "git aaaaaaaaaaaa." in alone

@@ -377,6 +377,33 @@ def _gpu_model_lines(records: list[Record]) -> list[str]:
                                     "power W", "max W", "SM util %"], tablefmt="pipe", disable_numparse=True), ""]
 
 
+def _environment_lines(records: list[Record], files: dict[int, Path]) -> list[str]:
+    """What the records ran on: one line where they share a machine and commit; else every machine and commit
+    with its records and files, where the header used to give the first record's as every record's."""
+    def commit(env: dict) -> str:
+        return f"{(env.get('git_commit') or '?')[:12]}{' (dirty)' if env.get('git_dirty') else ''}"
+
+    def versions(env: dict) -> str:
+        return (f"torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, driver "
+                f"{env.get('driver')}, deepspeed {env.get('deepspeed')}")
+
+    groups: dict[tuple[str, str], list[Record]] = {}
+    for r in records:
+        groups.setdefault((machine(r.environment), commit(r.environment)), []).append(r)
+    if len(groups) == 1:
+        env = records[0].environment
+        return [(f"Device: **{env.get('device', '?')}** ({env.get('device_count', 0)} GPUs); CPU "
+                 f"{env.get('cpu', '?')} x {env.get('cpu_count', '?')}; {versions(env)}; git {commit(env)}."), ""]
+    machines, commits = len({m for m, _ in groups}), len({c for _, c in groups})
+    lines = [f"**These records come from more than one machine or commit** ({machines} machine(s), {commits} "
+             f"commit(s)); each figure was measured on its own record's:", ""]
+    for (where, at), recs in groups.items():
+        env, paths = recs[0].environment, sorted({str(files[id(r)]) for r in recs})
+        lines.append(f"- **{where}** ({env.get('device_count', 0)} GPUs), git {at}: {len(recs)} record(s) from "
+                     f"{', '.join(paths)}; {versions(env)}")
+    return lines + [""]
+
+
 def write_report(results: list[Path], out: Path, title: str | None = None) -> Path:
     """Write ``out/report.md`` (and its PNGs) from the records of ``results``, ending with the calibration
     section a run saved in ``out`` (``CALIBRATION_SECTION``), if there is one."""
@@ -384,6 +411,7 @@ def write_report(results: list[Path], out: Path, title: str | None = None) -> Pa
     if out.exists() and not out.is_dir():  # before anything is read; the folder is made once the input is good
         check_output_folder(out)
     records: list[Record] = []
+    files: dict[int, Path] = {}  # each record's file, by id
     seen: dict[Path, Path] = {}
     owner: dict[str, Path] = {}
     for p in map(Path, results):
@@ -403,6 +431,7 @@ def write_report(results: list[Path], out: Path, title: str | None = None) -> Pa
                                    f"its own")
             owner[r.name] = p
         records += recs
+        files.update((id(r), p) for r in recs)
     if not owner and not any(r.kind in KERNEL_KINDS or _is_ground(r) for r in records):
         kinds = sorted({r.kind for r in records})
         raise ResultsError(f"{', '.join(map(str, results))} hold(s) none of the records the report tables "
@@ -412,17 +441,13 @@ def write_report(results: list[Path], out: Path, title: str | None = None) -> Pa
     check_output_folder(out)
     kernel_lines = (_gpu_model_lines(records) + _correctness_lines(records) + _attention_lines(records)
                     + _ground_lines(records) + _conv_lines(records))
-    env = records[0].environment
+    environment = _environment_lines(records, files)
     records = _iterations(records)  # from here on, what the iteration tables and plots read
     plots = _plots(records, out)
     bases, sp = speedups(records)
     lines = [f"# {title or 's2vbench report'}", "",
              (f"Made {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} from "
-             f"{', '.join(str(p) for p in results)}."), "",
-             (f"Device: **{env.get('device', '?')}** ({env.get('device_count', 0)} GPUs); CPU {env.get('cpu', '?')} "
-             f"x {env.get('cpu_count', '?')}; torch {env.get('torch')}, triton {env.get('triton')}, CUDA "
-             f"{env.get('cuda')}, driver {env.get('driver')}, deepspeed {env.get('deepspeed')}; git "
-             f"{(env.get('git_commit') or '?')[:12]}{' (dirty)' if env.get('git_dirty') else ''}."), ""]
+             f"{', '.join(str(p) for p in results)}."), "", *environment]
     if bases:
         lines += ["Speed-up is relative to the smallest rank count that ran, within points that differ only in "
                   "rank count and strategy; the baselines are " +
