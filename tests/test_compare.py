@@ -172,13 +172,43 @@ def test_nothing_to_compare_fails(tmp_path, capsys):
     assert "has no timed points" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flag, value", [("--level", "1.5"), ("--level", "0"), ("--repeats", "0"),
-                                         ("--repeats", "-5")])
-def test_level_and_repeats_are_checked(tmp_path, capsys, flag, value):
+@pytest.mark.parametrize("flag, value, says", [
+    ("--level", "1.5", "strictly between 0 and 1"), ("--level", "0", "strictly between 0 and 1"),
+    ("--level", "nan", "strictly between 0 and 1"), ("--repeats", "0", "from 1 to 100000"),
+    ("--repeats", "-5", "from 1 to 100000"),
+    ("--repeats", "10000000000", "from 1 to 100000"),  # was a numpy MemoryError traceback and exit 1
+    ("--repeats", "100", "pass --repeats 400 or more"),  # 2.5 resamples beyond each end: an interval of outliers
+    ("--level", "0.99999", "pass a level of at most 0.9998"),  # needs 2 million resamples
+])
+def test_level_and_repeats_are_checked(tmp_path, capsys, flag, value, says):
     base = results_file(tmp_path / "base.json", {}, seed=0)
     assert cli.main(["compare", str(base), str(base), flag, value]) == 2  # were numpy tracebacks
     err = capsys.readouterr().err
-    assert err.startswith(f"s2vbench compare: error: {flag} ") and "Traceback" not in err
+    assert err.startswith(f"s2vbench compare: error: {flag} {value}") and says in err and "Traceback" not in err
+
+
+def test_usage_errors_exit_2_as_argparse_does(tmp_path, capsys):
+    # 2 is input the command cannot use, 1 a regression: CI must tell a broken job from a slower build
+    base = results_file(tmp_path / "base.json", {}, seed=0)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["compare", str(base), str(base), "--repeats", "1e3"])
+    assert info.value.code == 2 and "invalid int value" in capsys.readouterr().err
+    # the defaults are within the bounds at the levels the README names
+    assert cli.main(["compare", str(base), str(base), "--level", "0.99"]) == 0
+
+
+def test_bootstrap_memory_stays_bounded_for_many_samples():
+    # resampling all at once held repeats x samples values, several times over: 20 x 10^6 float64 is 160 MB each
+    import tracemalloc
+
+    x = np.random.default_rng(0).normal(1.0, 0.01, 1_000_000)
+    tracemalloc.start()
+    try:
+        lo, hi = bootstrap_median_ci(x, repeats=20, new_size=len(x))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert lo <= np.median(x) <= hi and peak < 250e6  # 4 arrays of 4 rows at once: 128 MB
 
 
 @pytest.mark.parametrize("doc, match", [
@@ -190,6 +220,7 @@ def test_level_and_repeats_are_checked(tmp_path, capsys, flag, value):
     ({"benchmarks": [{"fullname": "t::a", "stats": {"median": 0.0, "min": 0.0, "max": 0.0}}]},
      "not a list of positive seconds"),  # was a ZeroDivisionError printing the change
     ("{", "is not valid JSON"),
+    ("[" * 100_000 + "]" * 100_000, "nests its JSON too deeply"),  # was a RecursionError traceback
     ([1, 2], "neither an s2vbench results file nor pytest-benchmark JSON"),
 ])
 def test_malformed_inputs_name_the_file(tmp_path, doc, match):

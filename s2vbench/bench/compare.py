@@ -152,6 +152,9 @@ def load_series(path: Path) -> dict[tuple[str, str], Series]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); was it cut short? Re-run the benchmark that wrote "
                          f"it") from None
+    except RecursionError:  # json's parser recurses per nesting level; neither format nests more than a few
+        raise ValueError(f"{path} nests its JSON too deeply to read; pass a results.json or pytest-benchmark JSON "
+                         f"as written") from None
     out: dict[tuple[str, str], Series] = {}
     if isinstance(doc, dict) and doc.get("schema") == SCHEMA:
         for r in read_results(path):
@@ -212,23 +215,55 @@ def judge(b: Series, n: Series, level: float = 0.95, repeats: int = 2000
     return ("regression" if med > hi else "improvement" if med < lo else "same"), lo, hi, source
 
 
+MAX_REPEATS = 100_000
+"""The most bootstrap resamples: the interval's ends move far less than timing noise well before this, and time
+grows with it."""
+MIN_TAIL = 10
+"""The fewest resamples beyond each end of the interval: with fewer, an end is one of a few extreme draws."""
+_CHUNK = 1 << 22
+"""Resampled values held at once (32 MiB of float64), so that memory stays bounded for any sample count."""
+
+
+def check_settings(level, repeats) -> None:
+    """--level and --repeats as the check can use them, or a ValueError naming the flag and a value that works."""
+    if not is_number(level) or not 0 < level < 1:
+        raise ValueError(f"--level {level}: a confidence level lies strictly between 0 and 1, e.g. 0.95 or 0.99")
+    if not is_int(repeats) or not 1 <= repeats <= MAX_REPEATS:
+        raise ValueError(f"--repeats {repeats}: the number of bootstrap resamples must be an integer from 1 to "
+                         f"{MAX_REPEATS}, e.g. 2000")
+    # the tolerance keeps float error in 1 - level from asking for one resample more (2000 at 0.99, not 2001)
+    least = math.ceil(2 * MIN_TAIL / (1 - level) * (1 - 1e-9))
+    if least > MAX_REPEATS:
+        raise ValueError(f"--level {level} needs {least} bootstrap resamples for {MIN_TAIL} beyond each end of the "
+                         f"interval, over the most (--repeats {MAX_REPEATS}); pass a level of at most "
+                         f"{1 - 2 * MIN_TAIL / MAX_REPEATS:g}")
+    if repeats < least:
+        raise ValueError(f"--repeats {repeats} at --level {level} leaves {repeats * (1 - level) / 2:g} resample(s) "
+                         f"beyond each end of the interval, so its ends rest on a few extreme draws; pass --repeats "
+                         f"{least} or more")
+
+
 def bootstrap_median_ci(samples: list[float], level: float = 0.95, repeats: int = 2000, seed: int = 0,
                         new_size: int | None = None) -> tuple[float, float]:
     """Percentile bootstrap interval of the baseline median; with ``new_size``, of the median of a new sample of
     that size drawn from a resample of the baseline (both runs' sampling noise)."""
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    if not is_int(repeats) or repeats < 1:
-        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    if not is_int(repeats) or not 1 <= repeats <= MAX_REPEATS:
+        raise ValueError(f"repeats must be an integer from 1 to {MAX_REPEATS}, got {repeats!r}")
     x = np.asarray(samples, dtype=np.float64)
     if len(x) == 1:
         return float(x[0]), float(x[0])
     rng = np.random.default_rng(seed)
-    resamples = rng.choice(x, size=(repeats, len(x)), replace=True)
-    if new_size is not None:
-        pick = rng.integers(0, len(x), size=(repeats, new_size))
-        resamples = np.take_along_axis(resamples, pick, axis=1)
-    meds = np.median(resamples, axis=1)
+    meds = np.empty(repeats)
+    rows = max(1, _CHUNK // max(len(x), new_size or 0))
+    for start in range(0, repeats, rows):
+        r = min(rows, repeats - start)
+        resamples = rng.choice(x, size=(r, len(x)), replace=True)
+        if new_size is not None:
+            pick = rng.integers(0, len(x), size=(r, new_size))
+            resamples = np.take_along_axis(resamples, pick, axis=1)
+        meds[start:start + r] = np.median(resamples, axis=1)
     a = (1 - level) / 2
     return float(np.quantile(meds, a)), float(np.quantile(meds, 1 - a))
 
@@ -308,12 +343,7 @@ def run_compare(baseline: Path, new: Path, level: float = 0.95, repeats: int = 2
                 allow_missing: bool = False) -> int:
     from tabulate import tabulate
 
-    # checked before reading anything: cli passes --level and --repeats through unchecked
-    if not 0 < level < 1:
-        raise ValueError(f"--level {level}: a confidence level lies strictly between 0 and 1, e.g. 0.95 or 0.99")
-    if not is_int(repeats) or repeats < 1:
-        raise ValueError(f"--repeats {repeats}: the number of bootstrap resamples must be a positive integer, "
-                         f"e.g. 2000")
+    check_settings(level, repeats)  # before reading anything: cli passes --level and --repeats through unchecked
     series = {}
     for which, path in (("baseline", baseline), ("new", new)):
         series[which] = load_series(path)
@@ -364,5 +394,5 @@ def run_compare(baseline: Path, new: Path, level: float = 0.95, repeats: int = 2
     return 1 if regressions else 0
 
 
-__all__ = ["FAILED", "JUDGED", "LOST", "Series", "Verdict", "bootstrap_median_ci", "compare", "hardware", "judge",
-           "load_series", "min_bootstrap_samples", "run_compare"]
+__all__ = ["FAILED", "JUDGED", "LOST", "Series", "Verdict", "bootstrap_median_ci", "compare", "check_settings",
+           "hardware", "judge", "load_series", "min_bootstrap_samples", "run_compare"]
