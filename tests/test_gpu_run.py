@@ -157,7 +157,8 @@ def test_gpu_run_refuses_results_of_another_machine_or_other_settings(tmp_path):
     _file_with(wide / "results.json", [Record("causal_conv_kernel", f"causal-conv/{conv.name}/torch.float32",
                                               {"shape": dataclasses.asdict(conv), "dtype": "torch.float32"},
                                               [Metric("torch_time", 50.0, "us", "x")])])
-    with pytest.raises(ValueError, match=r"1 of gpu-run's measured with other settings .*causal-conv/conv1_local"):
+    with pytest.raises(ValueError, match=r"1 of gpu-run's record\(s\) measured with other settings "
+                                         r".*causal-conv/conv1_local"):
         gpu_run(wide, budget_minutes=1e-9)
 
 

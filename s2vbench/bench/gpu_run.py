@@ -119,7 +119,8 @@ def check_resumable(log: ResultsLog, own: dict[str, tuple[tuple[str, ...], Calla
     machine. Resuming keeps every record already there, so the file would mix them, and ``report`` with them."""
     here = machine(log.environment)
     foreign = [r for r in log.records if r.name not in own or r.kind not in own[r.name][0]]
-    other_settings = [r for r in log.records if r not in foreign and not own[r.name][1](r.config)]
+    other_settings = [r for r in log.records
+                      if r.name in own and r.kind in own[r.name][0] and not own[r.name][1](r.config)]
     elsewhere = [r for r in log.records if machine(r.environment) != here]
     problems = []
     if foreign:
@@ -127,8 +128,8 @@ def check_resumable(log: ResultsLog, own: dict[str, tuple[tuple[str, ...], Calla
         problems.append(f"{len(foreign)} record(s) gpu-run does not write here (kind {', '.join(kinds)}: "
                         f"{_listed([r.name for r in foreign])})")
     if other_settings:
-        problems.append(f"{len(other_settings)} of gpu-run's measured with other settings (--smoke or not, or "
-                        f"an older s2vbench: {_listed([r.name for r in other_settings])})")
+        problems.append(f"{len(other_settings)} of gpu-run's record(s) measured with other settings (--smoke or "
+                        f"not, or an older s2vbench: {_listed([r.name for r in other_settings])})")
     if elsewhere:
         there = sorted({machine(r.environment) for r in elsewhere})
         problems.append(f"{len(elsewhere)} measured on another machine ({'; '.join(there)}; this one is {here})")
