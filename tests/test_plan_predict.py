@@ -30,3 +30,33 @@ def test_predict_writes_and_prints_nothing_when_a_later_profile_fails(tmp_path, 
     printed, err = capsys.readouterr()
     assert "cannot be predicted" in err and printed == ""
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--frames", "400000000000"], "frames=400000000000 of width=1024 x height=768 is 307,200,000,007,680 tokens per "
+                                   "clip, above the limit of 10,000,000"),  # was a MemoryError traceback
+    (["--frames", "4000000"], "3,072,007,680 tokens per clip, above the limit"),  # was predicted
+    (["--size", "1048576x1048576"], "62,277,025,792 tokens per clip, above the limit"),
+    (["--gpus", "1048577"], "--gpus 1048577 gives 1,048,577 ranks, above the limit of 1,048,576"),
+])
+def test_predict_refuses_absurd_sizes_in_one_line(argv, match, capsys):
+    assert cli.main(["predict", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert match in err and out == "" and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("text, match", [
+    ("frames = 400000000000\n[parallel]\nulysses = 8\n", "frames=400000000000 .* above the limit of 10,000,000"),
+    ("[parallel]\ndp_shard = 1000000\nulysses = 8\n", r"1 x 1000000 x 1 x 8 gives 8,000,000 ranks, above the limit"),
+])
+def test_plan_refuses_absurd_sizes_naming_the_file(tmp_path, text, match):
+    path = tmp_path / "p.toml"
+    path.write_text('preset = "14b"\n' + text)
+    with pytest.raises(PlanError, match=match) as info:
+        plan.load_plan(path)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_the_size_limits_leave_room_for_any_real_clip():
+    _cfg, lay = plan.Workload("14b", 12000, 1024, 768, 1).model()  # 12,000 frames: 12.5 minutes in one clip
+    assert lay.total == 9_223_680

@@ -29,6 +29,16 @@ except ModuleNotFoundError:  # Python 3.10
 
 GB = 1e9
 
+MAX_TOKENS = 10_000_000
+"""Tokens per clip that plan and predict accept. No real clip comes near: it is 224x the paper's 44,544-token clip,
+about 13,000 frames at 1024x768 (13 minutes at 16 fps in one clip, where Wan-S2V makes long videos clip by clip),
+and a prediction at this length still takes seconds and a few hundred MB. The bound is what stops an absurd
+frame count or size with one line, before the model builds the clip's [tokens, 3] RoPE positions for its op count
+(400 billion frames ran out of memory there; 4 million frames planned 3 billion tokens per clip)."""
+MAX_RANKS = 2 ** 20
+"""Ranks (GPUs) that plan and predict accept: far more than any GPU cluster built holds, and still finite work (plan
+prints one row per rank: about a minute at this count)."""
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -57,9 +67,21 @@ class Workload:
                 raise PlanError(f"{what}={px} must be a positive multiple of 8 (the VAE's spatial stride); the "
                                 f"official pipeline uses multiples of 64")
         try:
-            return cfg, sequence_layout(cfg, self.frames // 4, self.height // 8, self.width // 8, self.with_motion)
+            lay = sequence_layout(cfg, self.frames // 4, self.height // 8, self.width // 8, self.with_motion)
         except InputError as exc:
             raise PlanError(str(exc)) from None
+        if lay.total > MAX_TOKENS:
+            raise PlanError(f"frames={self.frames} of width={self.width} x height={self.height} is {lay.total:,} tokens "
+                            f"per clip, above the limit of {MAX_TOKENS:,} (224x the paper's clip); use fewer frames "
+                            f"or a smaller size, e.g. 48 frames of 1024x768")
+        return cfg, lay
+
+
+def check_ranks(ranks: int, what: str) -> None:
+    """Refuse more than ``MAX_RANKS`` ranks, naming ``what`` set them."""
+    if ranks > MAX_RANKS:
+        raise PlanError(f"{what} gives {ranks:,} ranks, above the limit of {MAX_RANKS:,} (more GPUs than any cluster "
+                        f"holds)")
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -156,7 +178,13 @@ def load_plan(path: Path) -> tuple[Workload, Strategy, str]:
             raise PlanError(f"{path}: [parallel] {key} = {value} must be a positive integer")
     if par.get("dtype", "bfloat16") not in ("bfloat16", "float32"):
         raise PlanError(f"{path}: [parallel] dtype = {par['dtype']!r}: choose \"bfloat16\" or \"float32\"")
-    return work, Strategy(**par), doc.get("hardware", "h100-sxm")
+    st = Strategy(**par)
+    try:
+        check_ranks(st.world_size, f"[parallel] dp_replicate x dp_shard x ring x ulysses = {st.dp_replicate} x "
+                                   f"{st.dp_shard} x {st.ring} x {st.ulysses}")
+    except PlanError as exc:
+        raise PlanError(f"{path}: {exc}") from None
+    return work, st, doc.get("hardware", "h100-sxm")
 
 
 def describe_plan(work: Workload, st: Strategy, hw: HardwareProfile) -> str:
@@ -447,6 +475,7 @@ def run_predict(args: argparse.Namespace) -> int:
     # value never leaves a partial or empty answer; errors reach cli.main, which prints them as one line (exit 2)
     if args.gpus < 1:
         raise PlanError(f"--gpus {args.gpus}: predict needs at least 1 GPU, e.g. --gpus 8")
+    check_ranks(args.gpus, f"--gpus {args.gpus}")
     width, height = parse_size(args.size)
     work = Workload(args.preset, args.frames, width, height, args.gpus)
     names = [h.strip() for h in args.hw.split(",") if h.strip()]
@@ -470,6 +499,6 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["ClaimSection", "Workload", "add_plan_arguments", "add_predict_arguments", "claim_configurations",
-           "claim_log", "claim_section", "claim_table", "describe_plan", "load_plan", "parse_size", "run_plan",
-           "run_predict", "scaling_curves", "write_claim"]
+__all__ = ["MAX_RANKS", "MAX_TOKENS", "ClaimSection", "Workload", "add_plan_arguments", "add_predict_arguments",
+           "check_ranks", "claim_configurations", "claim_log", "claim_section", "claim_table", "describe_plan",
+           "load_plan", "parse_size", "run_plan", "run_predict", "scaling_curves", "write_claim"]
