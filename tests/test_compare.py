@@ -216,9 +216,9 @@ def test_bootstrap_memory_stays_bounded_for_many_samples():
     ({"benchmarks": [{"fullname": "t::a", "stats": {"min": 1, "max": 2}}]}, "nor stats median, min and max"),
     ({"machine_info": "n", "benchmarks": []}, "machine_info must be an object"),
     ({"benchmarks": "abc"}, "'benchmarks' must be a list"),
-    ({"benchmarks": [{"fullname": "t::a", "stats": {"data": [1.0, "x"]}}]}, "not a list of positive seconds"),
+    ({"benchmarks": [{"fullname": "t::a", "stats": {"data": [1.0, "x"]}}]}, "not a list of positive, finite times"),
     ({"benchmarks": [{"fullname": "t::a", "stats": {"median": 0.0, "min": 0.0, "max": 0.0}}]},
-     "not a list of positive seconds"),  # was a ZeroDivisionError printing the change
+     "not a list of positive, finite times"),  # was a ZeroDivisionError printing the change
     ("{", "is not valid JSON"),
     ("[" * 100_000 + "]" * 100_000, "nests its JSON too deeply"),  # was a RecursionError traceback
     ([1, 2], "neither an s2vbench results file nor pytest-benchmark JSON"),
@@ -391,6 +391,60 @@ def test_a_recorded_range_that_does_not_hold_its_median_is_refused(tmp_path):
     with pytest.raises(ValueError, match="median 2.0 outside its min 0.9 and max 1.1") as info:
         load_series(path)
     assert str(path) in str(info.value)
+
+
+def _edit_step_times(src, dst, edit):
+    """``src`` with ``edit(metric)`` applied to every step_time metric, written to ``dst``."""
+    doc = json.loads(Path(src).read_text())
+    for r in doc["records"]:
+        for m in r["metrics"]:
+            if m["name"] == "step_time":
+                edit(m)
+    Path(dst).write_text(json.dumps(doc))
+    return dst
+
+
+def _in(unit, factor):
+    def edit(m):
+        m["unit"], m["value"] = unit, m["value"] * factor
+        m["stats"] = {k: v * factor if k.startswith("step") else v for k, v in m["stats"].items()}
+    return edit
+
+
+@pytest.mark.parametrize("unit, factor", [("ms", 1e3), ("us", 1e6), ("\u00b5s", 1e6), ("ns", 1e9)])
+def test_step_times_in_other_units_of_time_are_read_as_seconds(tmp_path, capsys, unit, factor):
+    # was: ms read as seconds, a +99900% "regression"
+    base = results_file(tmp_path / "base.json", {}, seed=0)
+    same = _edit_step_times(results_file(tmp_path / "s.json", {}, seed=1), tmp_path / "same.json", _in(unit, factor))
+    assert cli.main(["compare", str(base), str(same)]) == 0
+    assert "0 regression(s) among 2 matched" in capsys.readouterr().out
+    slow = _edit_step_times(results_file(tmp_path / "f.json", {"a": 1.1}, seed=1), tmp_path / "slow.json",
+                            _in(unit, factor))
+    assert cli.main(["compare", str(base), str(slow)]) == 1
+    out = capsys.readouterr().out
+    assert "1 regression(s) among 2 matched" in out and "+10" in out and "99900" not in out
+
+
+def test_step_times_in_units_not_of_time_are_refused(tmp_path, capsys):
+    base = results_file(tmp_path / "base.json", {}, seed=0)
+    new = _edit_step_times(base, tmp_path / "new.json", _in("tokens/s", 1.0))
+    assert cli.main(["compare", str(base), str(new)]) == 2
+    err = capsys.readouterr().err
+    assert f"{new}: point 'a' records step_time in 'tokens/s', not a unit of time compare reads" in err
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_step_times_are_refused_naming_the_file_and_point(tmp_path, capsys, value):
+    # was: a NaN step_time with valid per-step stats compared as if timed; s2vbench report refuses it
+    base = results_file(tmp_path / "base.json", {}, seed=0)
+
+    def spoil(m):
+        m["value"] = str(value)  # as results.to_jsonable writes a non-finite float
+    new = _edit_step_times(results_file(tmp_path / "n.json", {}, seed=1), tmp_path / "new.json", spoil)
+    for args in ([base, new], [new, base]):
+        assert cli.main(["compare", *map(str, args)]) == 2
+        err = capsys.readouterr().err
+        assert f"{new}: point 'a' has step_time {value!r} s, not a positive, finite time" in err
 
 
 def test_our_benchmark_json_names_the_gpu_so_compare_keeps_cards_apart(tmp_path):

@@ -78,8 +78,8 @@ def _timings(path: Path, point: str, values) -> list[float]:
     """Positive, finite seconds, or an error naming the file and the point (instead of a numpy error later)."""
     if not isinstance(values, list) or not values or not all(
             is_number(v) and 0 < v < math.inf for v in values):
-        raise ValueError(f"{path}: point {point!r} has timings {values!r:.120}, not a list of positive seconds; "
-                         f"compare needs files as s2vbench or pytest-benchmark wrote them")
+        raise ValueError(f"{path}: point {point!r} has timings {values!r:.120}, not a list of positive, finite "
+                         f"times; compare needs files as s2vbench or pytest-benchmark wrote them")
     return [float(v) for v in values]
 
 
@@ -95,10 +95,23 @@ def _spread(path: Path, point: str, median: float, stats: dict, n_key: str) -> d
     return {"low": lo, "high": hi, "n": n if is_int(n) and n > 0 else None}
 
 
+_SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ns": 1e-9}
+"""Units a step time may be recorded in (micro as u, the micro sign or mu), in seconds."""
+
+
 def _timed(path: Path, key: tuple[str, str], record, metric) -> Series:
-    steps = _timings(path, record.name, step_times(record))
-    median = _timings(path, record.name, [metric.value])[0]
-    return Series(key, steps, **_spread(path, record.name, median, metric.stats, "n"))
+    """A timed point in seconds, whatever unit of time it was recorded in."""
+    name, unit = record.name, metric.unit
+    if unit not in _SECONDS:  # a figure of another unit read as seconds would be a false change of 1000x or more
+        raise ValueError(f"{path}: point {name!r} records step_time in {unit!r}, not a unit of time compare reads "
+                         f"({', '.join(_SECONDS)}); compare needs files as s2vbench wrote them")
+    if not 0 < metric.value < math.inf:  # NaN too; s2vbench report refuses these records as well
+        raise ValueError(f"{path}: point {name!r} has step_time {metric.value!r} {unit}, not a positive, finite "
+                         f"time, so it has no timing to compare; re-run that point, or remove its record")
+    factor = _SECONDS[unit]
+    steps = [t * factor for t in _timings(path, name, step_times(record))]
+    stats = {k: v * factor if k in ("min", "max") and is_number(v) else v for k, v in metric.stats.items()}
+    return Series(key, steps, **_spread(path, name, metric.value * factor, stats, "n"))
 
 
 def _untimed(key: tuple[str, str], record, metric) -> Series:
