@@ -60,3 +60,30 @@ def test_plan_refuses_absurd_sizes_naming_the_file(tmp_path, text, match):
 def test_the_size_limits_leave_room_for_any_real_clip():
     _cfg, lay = plan.Workload("14b", 12000, 1024, 768, 1).model()  # 12,000 frames: 12.5 minutes in one clip
     assert lay.total == 9_223_680
+
+
+def _named_profile(path, name):
+    import json
+
+    from s2vbench.bench.profiles import PROFILE_DIR
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**json.loads((PROFILE_DIR / "h200.json").read_text()), "name": name}))
+
+
+def test_a_plans_hardware_file_is_read_from_the_plans_folder(tmp_path, monkeypatch, capsys):
+    plans, cwd = tmp_path / "plans", tmp_path / "cwd"
+    _named_profile(plans / "hw.json", "beside-the-plan")
+    _named_profile(cwd / "stray.json", "in-the-cwd")
+    cwd.mkdir(exist_ok=True)
+    monkeypatch.chdir(cwd)
+    plan_file = plans / "p.toml"
+    plan_file.write_text('hardware = "hw.json"\n[parallel]\nulysses = 8\n')
+    assert cli.main(["plan", str(plan_file)]) == 0, capsys.readouterr().err
+    assert "(beside-the-plan)" in capsys.readouterr().out
+    # a path that resolves only from the current directory would make the plan mean another thing elsewhere
+    plan_file.write_text('hardware = "stray.json"\n[parallel]\nulysses = 8\n')
+    with pytest.raises(PlanError, match=r"hardware = 'stray.json': no file .*plans/stray.json \(a relative path in "
+                                        r"a plan is read from the plan's folder\); stray.json exists relative to the "
+                                        r"current directory: write hardware = '../cwd/stray.json'"):
+        plan.load_plan(plan_file)

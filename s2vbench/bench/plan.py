@@ -128,8 +128,28 @@ def _plan_value(path: Path, key: str, value, kind: type, what: str):
     return value
 
 
+def _plan_hardware(path: Path, value: str) -> str:
+    """The plan's ``hardware``: a shipped profile's name as it is; a profile file (a name with a suffix, as
+    ``load_profile`` tells them apart) relative to the plan's folder, so that the plan means the same from any
+    directory. A file that is only where the current directory would put it is refused, not read from there."""
+    given = Path(value).expanduser()
+    if not given.suffix:
+        return value
+    where = given if given.is_absolute() else path.parent / given
+    if not where.is_file():
+        import os
+
+        hint = (f"; {value} exists relative to the current directory: write hardware = "
+                f"{os.path.relpath(given.resolve(), path.parent.resolve())!r} or an absolute path"
+                if given.is_file() else "")
+        raise PlanError(f"{path}: hardware = {value!r}: no file {where} (a relative path in a plan is read from "
+                        f"the plan's folder){hint}")
+    return str(where)
+
+
 def load_plan(path: Path) -> tuple[Workload, Strategy, str]:
-    """A plan TOML: top-level workload keys, a [parallel] table and ``hardware``."""
+    """A plan TOML: top-level workload keys, a [parallel] table and ``hardware`` (a shipped profile's name, or a
+    profile file, read relative to the plan's folder)."""
     if not path.is_file():
         raise PlanError(f"no plan file {path}; {_PLAN_FORMAT}")
     try:
@@ -184,7 +204,7 @@ def load_plan(path: Path) -> tuple[Workload, Strategy, str]:
                                    f"{st.dp_shard} x {st.ring} x {st.ulysses}")
     except PlanError as exc:
         raise PlanError(f"{path}: {exc}") from None
-    return work, st, doc.get("hardware", "h100-sxm")
+    return work, st, _plan_hardware(path, doc.get("hardware", "h100-sxm"))
 
 
 def describe_plan(work: Workload, st: Strategy, hw: HardwareProfile) -> str:
