@@ -5,7 +5,8 @@ hostname). A change is flagged only when the new median lies outside a bootstrap
 baseline's median, taken for a median of as many samples as the new run has (the baseline is resampled, then a
 new-sized sample drawn from the resample, so both runs' noise is in the interval); a slower median outside it is
 a regression and makes the command exit non-zero. Reads our results files and pytest-benchmark JSON
-(raw timings with ``--benchmark-save-data``; without them the baseline's [min, max] is the interval).
+(raw timings with ``--benchmark-save-data``; without them the baseline's [min, max] is the interval, where its
+rounds are enough for one, below).
 
 A point the baseline timed that the new run did not is never a pass: failed or out of memory there (a record
 without a step time, as ``sweep.failure_record`` writes it) is a regression, and so is a point missing from the
@@ -22,9 +23,9 @@ point is judged by the two runs' ranges (samples, or the min, max and count reco
 sample is slower than every baseline one (the new min above the baseline max), faster the other way round. With
 no change that happens by chance with probability 1 / C(n_b + n_new, n_b), whatever the distribution; it is used
 only where that is at most (1 - level) / 2, the bootstrap interval's own rate on each side (at 0.95: 2 baseline
-samples against 8 new, 3 against 5; not 2 against 2, nor 3 against 3, which 0.9 allows). Otherwise the point is reported as "too few samples" and
-counted as not judged in the summary: neither a regression nor a pass. A run in which no point could be judged
-is an error (exit 2), as one in which no point matched.
+samples against 8 new, 3 against 5; not 2 against 2, nor 3 against 3, which 0.9 allows). Otherwise the point is
+reported as "too few samples" and counted as not judged in the summary: neither a regression nor a pass. A run in
+which no point could be judged is an error (exit 2), as one in which no point matched.
 """
 
 from __future__ import annotations
