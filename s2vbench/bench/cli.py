@@ -269,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     p_cmp.add_argument("new", type=Path)
     p_cmp.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
     p_cmp.add_argument("--repeats", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p_cmp.add_argument("--allow-missing", action="store_true",
+                       help="let baseline points the new run lacks or left untimed pass (failures still fail)")
     from .gpu_run import DEFAULT_BUDGET_MIN as GPU_RUN_BUDGET_MIN  # no Triton at import: the kernels load lazily
 
     p_gpu = sub.add_parser("gpu-run", help="kernel correctness and benchmarks for one GPU lease (tiny shapes on CPU)")
@@ -342,7 +344,7 @@ def _dispatch(args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.command == "compare":
         from .compare import run_compare
 
-        return run_compare(args.baseline, args.new, args.level, args.repeats)
+        return run_compare(args.baseline, args.new, args.level, args.repeats, args.allow_missing)
     if args.command == "report":
         from .report import write_report
 
