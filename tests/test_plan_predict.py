@@ -87,3 +87,29 @@ def test_a_plans_hardware_file_is_read_from_the_plans_folder(tmp_path, monkeypat
                                         r"a plan is read from the plan's folder\); stray.json exists relative to the "
                                         r"current directory: write hardware = '../cwd/stray.json'"):
         plan.load_plan(plan_file)
+
+
+def test_gib_keeps_three_significant_figures():
+    from s2vbench.bench.perfmodel import fmt_gib
+
+    assert [fmt_gib(b) for b in (108.03e9, 48.0e9, 80 * 2**30, 24 * 2**20, 0)] == ["101", "44.7", "80.0", "0.0234",
+                                                                                "0"]
+
+
+def test_memory_is_gib_in_the_table_the_notes_the_json_and_plan():
+    from s2vbench.bench.perfmodel import Strategy
+    from s2vbench.bench.profiles import load_profile
+
+    hw = load_profile("h100-sxm")
+    work = plan.Workload("small", 32, 256, 256, 2)
+    rows, preds = plan.claim_table(work, 2, hw)
+    column = plan.PREDICTION_HEADERS.index("GiB/rank")
+    for row, rec in zip(rows, plan._records(preds, hw, work)):
+        stored = next(m for m in rec.metrics if m.name == "memory_per_rank")
+        assert stored.unit == "GiB" and row[column] == f"{stored.value:.3g}", (row, stored.value)  # was GB
+        assert 0 < stored.value < 1  # the small preset
+    text = plan.describe_plan(work, Strategy(1, 2, 1), hw)
+    line = next(line for line in text.splitlines() if line.startswith("predicted memory per rank (GiB): params 0.0"))
+    assert "params 0.0," not in line and line.endswith(" of 80.0")  # an H100 80GB holds 80 GiB, printed 85.9 GB
+    huge = plan.claim_table(plan.Workload("14b", 48, 1024, 768, 1), 1, hw)[1][0][1]
+    assert "does not fit: 304 GiB per rank > 80.0 GiB" in huge.notes

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass, field
 
 from ..model.config import WanS2VConfig
@@ -76,6 +77,15 @@ not zeroed."""
 
 class PlanError(ValueError):
     """A configuration the model cannot predict, with the fix."""
+
+
+def fmt_gib(nbytes: float) -> str:
+    """Bytes as GiB, the unit of every memory figure the model prints (capacities are binary: an "80 GB" GPU holds
+    80 GiB), to 3 significant figures and whole GiB from 100 up, so that a small preset's megabytes still show."""
+    gib = nbytes / 2 ** 30
+    if gib == 0:
+        return "0"
+    return f"{gib:.{max(0, 2 - math.floor(math.log10(abs(gib))))}f}"
 
 
 @dataclass(frozen=True)
@@ -566,11 +576,10 @@ def _set_training_memory(pred: Prediction, cfg: WanS2VConfig, st: Strategy, act:
         "forward and backward": m.get("gathered", 0.0) + resident + (m["grads"] if st.grad_accum > 1 else 0.0),
         "optimizer step": m["grads"] + 4 * n_params / p}
     if not pred.fits:
-        pred.notes.append(f"does not fit: {pred.memory_total / 1e9:.1f} GB per rank > "
-                          f"{pred.capacity / 1e9:.0f} GB")
+        pred.notes.append(f"does not fit: {fmt_gib(pred.memory_total)} GiB per rank > {fmt_gib(pred.capacity)} GiB")
     elif pred.fit == "tight":
-        pred.notes.append(f"a tight fit: {pred.memory_total / 1e9:.1f} GB per rank of {pred.capacity / 1e9:.0f} "
-                          f"GB, within the model's {MEMORY_MARGIN:.0%} error")
+        pred.notes.append(f"a tight fit: {fmt_gib(pred.memory_total)} GiB per rank of {fmt_gib(pred.capacity)} GiB, "
+                          f"within the model's {MEMORY_MARGIN:.0%} error")
 
 
 def predict_training_memory(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, global_batch: int,
@@ -616,7 +625,7 @@ def predict_training(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, hw
         move = act.layers / hw.host_link
         fwd, bwd = sum(fwd_layers) + fwd_outside, sum(bwd_layers) + 2 * fwd_outside
         pred.other += st.grad_accum * (max(0.0, move - fwd) + max(0.0, move - bwd))
-        pred.notes.append(f"activation offload moves {act.layers / 1e9:.1f} GB per micro-batch each way over the "
+        pred.notes.append(f"activation offload moves {fmt_gib(act.layers)} GiB per micro-batch each way over the "
                           f"host link ({hw.host_link / 1e9:.0f} GB/s), overlapped with compute where it can be")
 
     # context-parallel communication, per layer
@@ -749,6 +758,7 @@ __all__ = [
     "context_parallel_comm",
     "elementwise_seconds",
     "encoder_seconds",
+    "fmt_gib",
     "forward_op_count",
     "fsdp_unit_params",
     "group_link",

@@ -15,6 +15,7 @@ from .perfmodel import (
     PlanError,
     Prediction,
     Strategy,
+    fmt_gib,
     predict_inference,
     predict_training,
 )
@@ -26,8 +27,6 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-
-GB = 1e9
 
 MAX_TOKENS = 10_000_000
 """Tokens per clip that plan and predict accept. No real clip comes near: it is 224x the paper's 44,544-token clip,
@@ -93,17 +92,13 @@ def parse_size(size: str) -> tuple[int, int]:
     return w, h
 
 
-def _fmt_gb(b: float) -> str:
-    return f"{b / GB:.1f}"
-
-
 def prediction_row(name: str, p: Prediction) -> list:
     return [name, p.strategy.world_size, p.global_batch, f"{p.time:.2f}", f"{p.compute:.2f}", f"{p.exposed_comm:.2f}",
-            f"{p.other:.2f}", f"{p.samples_per_s_per_gpu:.4f}", f"{p.mfu:.2f}", _fmt_gb(p.memory_total), p.fit]
+            f"{p.other:.2f}", f"{p.samples_per_s_per_gpu:.4f}", f"{p.mfu:.2f}", fmt_gib(p.memory_total), p.fit]
 
 
 PREDICTION_HEADERS = ["configuration", "GPUs", "clips/iter", "s/iter", "compute s", "exposed comm s", "other s",
-                      "samples/s/GPU", "MFU", "GB/rank", "fits"]
+                      "samples/s/GPU", "MFU", "GiB/rank", "fits"]
 
 
 # ---- plan ---------------------------------------------------------------------------------------------
@@ -239,11 +234,11 @@ def describe_plan(work: Workload, st: Strategy, hw: HardwareProfile) -> str:
     head = ["rank", "node", *(["replica"] if st.dp_replicate > 1 else []), "dp", "ring", "ulysses", "tokens",
             "padding", "param shard (M)"]
     lines.append(tabulate(rows, head, tablefmt="github"))
-    lines += ["", "predicted memory per rank (GB): " + ", ".join(f"{k} {_fmt_gb(v)}" for k, v in pred.memory.items())
-              + f"; peak {_fmt_gb(pred.memory_total)}"
+    lines += ["", "predicted memory per rank (GiB): " + ", ".join(f"{k} {fmt_gib(v)}" for k, v in pred.memory.items())
+              + f"; peak {fmt_gib(pred.memory_total)}"
               + (f" in the {pred.peak_phase} (the weights and optimizer state plus what that phase holds: the "
                  f"parts do not all peak together)" if pred.peak_phase else "")
-              + f" of {_fmt_gb(hw.memory_capacity)}"
+              + f" of {fmt_gib(hw.memory_capacity)}"
               + {"NO": "  ** DOES NOT FIT **", "tight": "  (a tight fit: within the model's error)"}.get(pred.fit, ""),
               (f"predicted time per iteration: {pred.time:.2f} s = compute {pred.compute:.2f} + exposed communication "
               f"{pred.exposed_comm:.2f} + other {pred.other:.2f}; MFU {pred.mfu:.2f}; "
@@ -440,11 +435,11 @@ def write_claim(log, work: Workload, gpus: int, hardware: list[str], sections: l
             for g, p in pts:
                 rows.append([cname, g, p.global_batch, p.strategy.label, f"{p.time:.2f}",
                              f"{p.global_batch / p.time:.3f}", f"{p.exposed_comm / p.time:.0%}",
-                             _fmt_gb(p.memory_total), p.fit])
+                             fmt_gib(p.memory_total), p.fit])
         lines += ["", f"### Scaling to 512 GPUs on {hw.name} (USP: Ulysses inside a node, ring across nodes)", "",
                   f"![scaling]({png.name})", "",
                   tabulate(rows, ["curve", "GPUs", "clips/iter", "strategy", "s/iter", "clips/s",
-                                  "exposed comm share", "GB/rank", "fits"], tablefmt="github"), ""]
+                                  "exposed comm share", "GiB/rank", "fits"], tablefmt="github"), ""]
         inf = sec.inference
         lines += [f"Inference, one clip (40 steps x 2 CFG forwards) on {gpus} GPUs: {inf.time:.1f} s predicted "
                   f"(compute {inf.compute:.1f}, exposed communication {inf.exposed_comm:.1f}, other {inf.other:.1f}); "
