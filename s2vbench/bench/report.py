@@ -434,10 +434,10 @@ def write_report(results: list[Path], out: Path, title: str | None = None) -> Pa
         files.update((id(r), p) for r in recs)
     if not owner and not any(r.kind in KERNEL_KINDS or _is_ground(r) for r in records):
         kinds = sorted({r.kind for r in records})
-        raise ResultsError(f"{', '.join(map(str, results))} hold(s) none of the records the report tables "
-                           f"(iteration, {', '.join(KERNEL_KINDS)}), only {', '.join(kinds)}; pass the results.json "
-                           f"of `s2vbench run`, `scaling` or `gpu-run` (buckets and longform write their own "
-                           f"report.md)")
+        raise ResultsError(f"{', '.join(map(str, results))} hold(s) no iteration records (only {', '.join(kinds)}) "
+                           f"nor {', '.join(KERNEL_KINDS)} ones, which are what the report tables; pass the "
+                           f"results.json of `s2vbench run`, `scaling` or `gpu-run` (buckets and longform write their "
+                           f"own report.md)")
     check_output_folder(out)
     kernel_lines = (_gpu_model_lines(records) + _correctness_lines(records) + _attention_lines(records)
                     + _ground_lines(records) + _conv_lines(records))
