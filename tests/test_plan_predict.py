@@ -113,3 +113,31 @@ def test_memory_is_gib_in_the_table_the_notes_the_json_and_plan():
     assert "params 0.0," not in line and line.endswith(" of 80.0")  # an H100 80GB holds 80 GiB, printed 85.9 GB
     huge = plan.claim_table(plan.Workload("14b", 48, 1024, 768, 1), 1, hw)[1][0][1]
     assert "does not fit: 304 GiB per rank > 80.0 GiB" in huge.notes
+
+
+def test_the_tables_usp_row_is_the_curves_split():
+    from s2vbench.bench.perfmodel import Strategy
+    from s2vbench.bench.profiles import load_profile
+
+    hw = load_profile("h100-sxm")
+    work = plan.Workload("14b", 4, 256, 256, 16)
+    # Ulysses fills the node, ring crosses nodes: on 16 GPUs u8 x r2 (3.08 s at the paper's clip), not u4 x r4
+    # (3.28 s), as the one-clip curve splits it
+    _rows, preds = plan.claim_table(work, 16, hw)
+    table = [(name, p.strategy) for name, p in preds if "USP" in name]
+    curve = plan.scaling_curves(work, hw, [16])["sequence (1 clip)"][0][1].strategy
+    assert table == [("CP: FSDP + USP u8xr2, 1 clip, AC", curve)] and curve == Strategy(1, 8, 2)
+    # on one node, beside the Ulysses-8 row, the hybrid keeps a ring of 2 (the claim's u4 x r2); 1 GPU has none
+    usp = {gpus: [st for name, st, _ in plan.claim_configurations(gpus, 40, 8) if "USP" in name] for gpus in (1, 8)}
+    assert usp == {1: [], 8: [Strategy(1, 4, 2)]}
+
+
+def test_inference_splits_one_clip_over_all_the_gpus_as_the_curves_do():
+    from s2vbench.bench.perfmodel import Strategy
+    from s2vbench.bench.profiles import load_profile
+
+    # it used Ulysses min(gpus, 8) x ring gpus // 8: Ulysses-3 over 40 heads on 3 GPUs, 8 ranks on 12
+    work = plan.Workload("14b", 4, 256, 256, 1)
+    for gpus, split in ((3, (1, 3)), (12, (4, 3)), (16, (8, 2))):
+        inference = plan.claim_section(work, gpus, load_profile("h100-sxm"), report=True).inference
+        assert inference.strategy == Strategy(1, *split, ac=False), gpus

@@ -258,26 +258,40 @@ def _profile_caveat(hw: HardwareProfile) -> str:
 # ---- predict: the claim table -------------------------------------------------------------------------
 
 
-def claim_configurations(gpus: int) -> list[tuple[str, Strategy, int]]:
+def usp_degrees(gpus: int, heads: int, gpus_per_node: int, min_ring: int = 1) -> tuple[int, int] | None:
+    """(ulysses, ring) for one clip over ``gpus`` GPUs with USP, as the scaling curves, the inference prediction
+    and the claim table all split it: Ulysses inside a node (its all-to-alls need the node's bandwidth), as wide
+    as the heads allow, and ring across nodes (its K/V exchange hides behind attention). ``min_ring`` asks for at
+    least that many ring ranks (the claim table's USP row, beside its Ulysses-only row); None where no split has
+    them."""
+    widest = min(gpus_per_node, gpus // min_ring)
+    fits = [u for u in range(1, widest + 1) if heads % u == 0 and gpus % u == 0]
+    return (fits[-1], gpus // fits[-1]) if fits else None
+
+
+def claim_configurations(gpus: int, heads: int, gpus_per_node: int) -> list[tuple[str, Strategy, int]]:
     """The two readings of the paper's baseline and the context-parallel configurations, on ``gpus`` GPUs."""
-    uu = max(1, min(gpus, 8) // 2)  # USP: half the node's Ulysses degree, the rest as ring
-    return [
+    configs = [
         ("A: FSDP, 1 clip/GPU, AC", Strategy(gpus, ac=True), gpus),
         ("A: FSDP, 1 clip/GPU, no AC", Strategy(gpus, ac=False), gpus),
         ("B: FSDP, 1 clip/GPU, activation offload", Strategy(gpus, ac=False, offload_activations=True), gpus),
         ("CP: FSDP + Ulysses, 1 clip, AC", Strategy(1, gpus, 1, ac=True), 1),
         ("CP: FSDP + Ulysses, 1 clip, no AC", Strategy(1, gpus, 1, ac=False), 1),
         ("CP: FSDP + ring, 1 clip, AC", Strategy(1, 1, gpus, ac=True), 1),
-        (f"CP: FSDP + USP u{uu}xr{gpus // uu}, 1 clip, AC", Strategy(1, uu, gpus // uu, ac=True), 1),
-        (f"CP: FSDP + Ulysses, {gpus} clips by accumulation, AC", Strategy(1, gpus, 1, ac=True, grad_accum=gpus),
-         gpus),
     ]
+    usp = usp_degrees(gpus, heads, gpus_per_node, min_ring=2)
+    if usp is not None and usp[0] > 1:  # with Ulysses 1 it would be the ring row again
+        u, r = usp
+        configs.append((f"CP: FSDP + USP u{u}xr{r}, 1 clip, AC", Strategy(1, u, r, ac=True), 1))
+    configs.append((f"CP: FSDP + Ulysses, {gpus} clips by accumulation, AC",
+                    Strategy(1, gpus, 1, ac=True, grad_accum=gpus), gpus))
+    return configs
 
 
 def claim_table(work: Workload, gpus: int, hw: HardwareProfile) -> tuple[list[list], list[tuple[str, Prediction]]]:
     cfg, lay = work.model()
     preds = []
-    for name, st, gb in claim_configurations(gpus):
+    for name, st, gb in claim_configurations(gpus, cfg.num_heads, hw.gpus_per_node):
         try:
             preds.append((name, predict_training(cfg, lay, st, hw, gb)))
         except PlanError as exc:
@@ -304,19 +318,18 @@ def scaling_curves(work: Workload, hw: HardwareProfile, gpus: list[int]) -> dict
         if st.cp <= lay.total:
             out[curve].append((n, predict_training(cfg, lay, st, hw, global_batch)))
 
+    cu, cr = usp_degrees(8, cfg.num_heads, hw.gpus_per_node)  # the strong and weak curves' clip over 8 GPUs
     for n in gpus:
-        u = min(n, hw.gpus_per_node, 8)
-        if cfg.num_heads % u:
-            continue
         if n >= 8:
             cp_groups = n // 8
             if 64 % cp_groups == 0:
-                add("strong (64 clips)", n, Strategy(cp_groups, 8, 1, ac=True, grad_accum=64 // cp_groups), 64)
+                add("strong (64 clips)", n, Strategy(cp_groups, cu, cr, ac=True, grad_accum=64 // cp_groups), 64)
                 add("strong HSDP (64 clips)", n,
-                    Strategy(1, 8, 1, ac=True, grad_accum=64 // cp_groups, dp_replicate=cp_groups), 64)
-            add("weak (1 clip / 8 GPUs)", n, Strategy(cp_groups, 8, 1, ac=True), cp_groups)
-            add("weak HSDP (1 clip / 8 GPUs)", n, Strategy(1, 8, 1, ac=True, dp_replicate=cp_groups), cp_groups)
-        add("sequence (1 clip)", n, Strategy(1, u, n // u, ac=True), 1)
+                    Strategy(1, cu, cr, ac=True, grad_accum=64 // cp_groups, dp_replicate=cp_groups), 64)
+            add("weak (1 clip / 8 GPUs)", n, Strategy(cp_groups, cu, cr, ac=True), cp_groups)
+            add("weak HSDP (1 clip / 8 GPUs)", n, Strategy(1, cu, cr, ac=True, dp_replicate=cp_groups), cp_groups)
+        u, r = usp_degrees(n, cfg.num_heads, hw.gpus_per_node)
+        add("sequence (1 clip)", n, Strategy(1, u, r, ac=True), 1)
     return out
 
 
@@ -394,8 +407,9 @@ def claim_section(work: Workload, gpus: int, hw: HardwareProfile, report: bool) 
     section = ClaimSection(hw, rows, preds)
     if report:
         section.curves = scaling_curves(work, hw, REPORT_GPU_COUNTS)
-        section.inference = predict_inference(*work.model(), Strategy(1, min(gpus, 8), max(1, gpus // 8), ac=False),
-                                              hw)
+        cfg, lay = work.model()
+        u, r = usp_degrees(gpus, cfg.num_heads, hw.gpus_per_node)
+        section.inference = predict_inference(cfg, lay, Strategy(1, u, r, ac=False), hw)
     return section
 
 
@@ -516,4 +530,4 @@ def run_predict(args: argparse.Namespace) -> int:
 
 __all__ = ["MAX_RANKS", "MAX_TOKENS", "ClaimSection", "Workload", "add_plan_arguments", "add_predict_arguments",
            "check_ranks", "claim_configurations", "claim_log", "claim_section", "claim_table", "describe_plan",
-           "load_plan", "parse_size", "run_plan", "run_predict", "scaling_curves", "write_claim"]
+           "load_plan", "parse_size", "run_plan", "run_predict", "scaling_curves", "usp_degrees", "write_claim"]
