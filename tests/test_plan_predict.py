@@ -141,3 +141,15 @@ def test_inference_splits_one_clip_over_all_the_gpus_as_the_curves_do():
     for gpus, split in ((3, (1, 3)), (12, (4, 3)), (16, (8, 2))):
         inference = plan.claim_section(work, gpus, load_profile("h100-sxm"), report=True).inference
         assert inference.strategy == Strategy(1, *split, ac=False), gpus
+
+
+def test_predict_refuses_a_profile_given_twice(tmp_path, capsys):
+    _named_profile(tmp_path / "a.json", "calibrated")
+    _named_profile(tmp_path / "b.json", "calibrated")  # two calibrations with one name: one PNG overwrote the other
+    small = ["--frames", "4", "--size", "256x256"]
+    for hw, match in (("h200,h200", "--hw names profile 'h200' twice ('h200' and 'h200')"),
+                      (f"{tmp_path / 'a.json'},{tmp_path / 'b.json'}", "--hw names profile 'calibrated' twice")):
+        assert cli.main(["predict", *small, "--hw", hw, "--report", str(tmp_path / "D")]) == 2
+        out, err = capsys.readouterr()
+        assert match in err and out == ""
+    assert not (tmp_path / "D").exists()

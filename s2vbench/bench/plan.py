@@ -512,6 +512,14 @@ def run_predict(args: argparse.Namespace) -> int:
         raise PlanError(f"--hw {args.hw!r} names no hardware profile; pass one or more, comma-separated, e.g. "
                         f"--hw h100-sxm,h200")
     profiles = [load_profile(name) for name in names]
+    given: dict[str, str] = {}
+    for name, hw in zip(names, profiles):
+        # a profile's name keys its records, its section and its plot, so a second one would duplicate the first's
+        # or overwrite its scaling PNG
+        if hw.name in given:
+            raise PlanError(f"--hw names profile {hw.name!r} twice ({given[hw.name]!r} and {name!r}); pass each "
+                            f"profile once (two calibrations of one device need different names)")
+        given[hw.name] = name
     _cfg, lay = work.model()
     log = claim_log(args.report) if args.report is not None else None  # a bad folder fails before the work
     sections = [claim_section(work, args.gpus, hw, args.report is not None) for hw in profiles]
