@@ -153,3 +153,13 @@ def test_predict_refuses_a_profile_given_twice(tmp_path, capsys):
         out, err = capsys.readouterr()
         assert match in err and out == ""
     assert not (tmp_path / "D").exists()
+
+
+@pytest.mark.parametrize("text", ['preset = "14b"\n', 'preset = "14b"\n[parallel]\n'])
+def test_a_plan_without_parallel_degrees_is_refused(tmp_path, text):
+    path = tmp_path / "p.toml"
+    path.write_text(text)  # planned 1 rank, while the empty file's error said a [parallel] table is needed
+    with pytest.raises(PlanError, match=r"no \[parallel\] degrees: .* \(dp_shard = 1 for one rank\)"):
+        plan.load_plan(path)
+    path.write_text(text + ('' if "[parallel]" in text else "[parallel]\n") + "dp_shard = 1\n")
+    assert plan.load_plan(path)[1].world_size == 1

@@ -151,9 +151,8 @@ def load_plan(path: Path) -> tuple[Workload, Strategy, str]:
         doc = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise PlanError(f"{path} is not valid TOML ({exc}); {_PLAN_FORMAT}") from None
-    if not doc:  # an empty file would silently plan the defaults (one rank)
-        raise PlanError(f"{path} is empty: a plan names at least its workload and a [parallel] table; "
-                        f"{_PLAN_FORMAT}")
+    if not doc:
+        raise PlanError(f"{path} is empty: a plan needs at least a [parallel] table of its degrees; {_PLAN_FORMAT}")
     unknown = set(doc) - set(_PLAN_TYPES)
     if unknown:
         raise PlanError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(_PLAN_TYPES)}")
@@ -180,6 +179,9 @@ def load_plan(path: Path) -> tuple[Workload, Strategy, str]:
     except (PlanError, ConfigError) as exc:
         raise PlanError(f"{path}: {exc}") from None
     par = doc.get("parallel", {})
+    if not par:  # without degrees a plan would silently be one rank; one rank is planned by saying so
+        raise PlanError(f"{path}: no [parallel] degrees: a plan says how the job is split, e.g. [parallel] "
+                        f"ulysses = 8 (dp_shard = 1 for one rank); {_PLAN_FORMAT}")
     fields = set(Strategy.__dataclass_fields__)
     if set(par) - fields:
         raise PlanError(f"{path}: unknown [parallel] keys {sorted(set(par) - fields)}; known: {sorted(fields)}")
