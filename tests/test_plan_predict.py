@@ -163,3 +163,18 @@ def test_a_plan_without_parallel_degrees_is_refused(tmp_path, text):
         plan.load_plan(path)
     path.write_text(text + ('' if "[parallel]" in text else "[parallel]\n") + "dp_shard = 1\n")
     assert plan.load_plan(path)[1].world_size == 1
+
+
+def test_plan_and_predict_default_to_the_presets_clip_and_say_so(tmp_path, capsys):
+    # they took the 14b's 44,544-token clip for every preset, where `scaling` takes the preset's own
+    assert cli.main(["predict", "--preset", "tiny", "--gpus", "2"]) == 0
+    assert "tiny: 16 frames of 128x128 (the tiny preset's own clip, the default) = 416 tokens per clip" in \
+        capsys.readouterr().out
+    assert cli.main(["predict", "--preset", "tiny", "--frames", "8", "--gpus", "2"]) == 0
+    assert ("8 frames of 128x128 (as given; the tiny preset's own clip is 16 frames of 128x128)"
+            in capsys.readouterr().out)
+    path = tmp_path / "p.toml"
+    path.write_text('preset = "small"\n[parallel]\nulysses = 2\n')
+    assert cli.main(["plan", str(path)]) == 0
+    assert ("workload: small, 32 frames of 256x256 (the small preset's own clip, the default), 2,688 tokens per clip"
+            in capsys.readouterr().out)

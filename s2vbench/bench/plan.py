@@ -83,6 +83,22 @@ def check_ranks(ranks: int, what: str) -> None:
                         f"holds)")
 
 
+def preset_clip(preset: str) -> tuple[int, int, int]:
+    """(frames, width, height) of the preset's own clip, plan's and predict's workload where none is given, as it
+    is `scaling`'s: a preset is benchmarked on its clip (the 14b's is the paper's 48 frames of 1024x768; tiny's
+    model at the paper's 44,544 tokens is no workload anyone runs)."""
+    clip = get_preset(preset).clip
+    return clip.infer_frames, 8 * clip.latent_width, 8 * clip.latent_height
+
+
+def clip_note(work: Workload) -> str:
+    """Which clip geometry ``work`` is, and why: the preset's own (the default) or one given instead."""
+    frames, width, height = preset_clip(work.preset)
+    if (work.frames, work.width, work.height) == (frames, width, height):
+        return f"the {work.preset} preset's own clip, the default"
+    return f"as given; the {work.preset} preset's own clip is {frames} frames of {width}x{height}"
+
+
 def parse_size(size: str) -> tuple[int, int]:
     """"1024x768" -> (width 1024, height 768)."""
     try:
@@ -168,12 +184,17 @@ def load_plan(path: Path) -> tuple[Workload, Strategy, str]:
         except PlanError as exc:
             raise PlanError(f"{path}: {exc}") from None
     else:
-        width, height = doc.get("width", 1024), doc.get("height", 768)
+        width, height = doc.get("width"), doc.get("height")
     global_batch = doc.get("global_batch", 1)
     if global_batch < 1:
         raise PlanError(f"{path}: global_batch = {global_batch} must be at least 1 (clips per iteration)")
-    work = Workload(doc.get("preset", "14b"), doc.get("frames", 48), width, height, global_batch,
-                    doc.get("with_motion", True))
+    preset = doc.get("preset", "14b")
+    try:
+        clip = preset_clip(preset)
+    except ConfigError as exc:
+        raise PlanError(f"{path}: {exc}") from None
+    work = Workload(preset, doc.get("frames", clip[0]), clip[1] if width is None else width,
+                    clip[2] if height is None else height, global_batch, doc.get("with_motion", True))
     try:  # the preset, frames and size, checked here so that the error names the file
         work.model()
     except (PlanError, ConfigError) as exc:
@@ -211,7 +232,7 @@ def describe_plan(work: Workload, st: Strategy, hw: HardwareProfile) -> str:
     pred = predict_training(cfg, lay, st, hw, work.global_batch)
     cp = st.cp
     local = -(-lay.total // cp)
-    lines = [(f"workload: {work.preset}, {work.frames} frames of {work.width}x{work.height}, "
+    lines = [(f"workload: {work.preset}, {work.frames} frames of {work.width}x{work.height} ({clip_note(work)}), "
              f"{lay.total:,} tokens per clip (noisy {lay.noisy:,} + ref {lay.ref:,} + motion {lay.motion:,}), "
              f"{work.global_batch} clip(s) per iteration"),
              (f"mesh: {f'dp_replicate {st.dp_replicate} x ' if st.dp_replicate > 1 else ''}dp_shard {st.dp_shard} x "
@@ -492,8 +513,10 @@ def run_plan(args: argparse.Namespace) -> int:
 
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="14b")
-    p.add_argument("--frames", type=int, default=48, help="video frames per clip (default 48)")
-    p.add_argument("--size", default="1024x768", help="WIDTHxHEIGHT in pixels (default 1024x768)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="video frames per clip (default: the preset's clip's, 48 for 14b)")
+    p.add_argument("--size", default=None,
+                   help="WIDTHxHEIGHT in pixels (default: the preset's clip's, 1024x768 for 14b)")
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--hw", default="h100-sxm", help="hardware profile(s), comma-separated")
     p.add_argument("--report", type=Path, default=None, help="also write predictions.md, plots and JSON here")
@@ -507,8 +530,10 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.gpus < 1:
         raise PlanError(f"--gpus {args.gpus}: predict needs at least 1 GPU, e.g. --gpus 8")
     check_ranks(args.gpus, f"--gpus {args.gpus}")
-    width, height = parse_size(args.size)
-    work = Workload(args.preset, args.frames, width, height, args.gpus)
+    frames, width, height = preset_clip(args.preset)
+    if args.size is not None:
+        width, height = parse_size(args.size)
+    work = Workload(args.preset, frames if args.frames is None else args.frames, width, height, args.gpus)
     names = [h.strip() for h in args.hw.split(",") if h.strip()]
     if not names:
         raise PlanError(f"--hw {args.hw!r} names no hardware profile; pass one or more, comma-separated, e.g. "
@@ -526,8 +551,8 @@ def run_predict(args: argparse.Namespace) -> int:
     log = claim_log(args.report) if args.report is not None else None  # a bad folder fails before the work
     sections = [claim_section(work, args.gpus, hw, args.report is not None) for hw in profiles]
     for sec in sections:
-        print(f"{work.preset}: {work.frames} frames of {width}x{height} = {lay.total:,} tokens per clip, "
-              f"{args.gpus} GPUs, profile {sec.hw.name} (predicted)")
+        print(f"{work.preset}: {work.frames} frames of {width}x{height} ({clip_note(work)}) = {lay.total:,} tokens "
+              f"per clip, {args.gpus} GPUs, profile {sec.hw.name} (predicted)")
         print(tabulate(sec.rows, PREDICTION_HEADERS, tablefmt="github"))
         for n, p in sec.preds:
             for note in p.notes:
@@ -539,5 +564,6 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 __all__ = ["MAX_RANKS", "MAX_TOKENS", "ClaimSection", "Workload", "add_plan_arguments", "add_predict_arguments",
-           "check_ranks", "claim_configurations", "claim_log", "claim_section", "claim_table", "describe_plan",
-           "load_plan", "parse_size", "run_plan", "run_predict", "scaling_curves", "usp_degrees", "write_claim"]
+           "check_ranks", "claim_configurations", "claim_log", "claim_section", "claim_table", "clip_note",
+           "describe_plan", "load_plan", "parse_size", "preset_clip", "run_plan", "run_predict", "scaling_curves",
+           "usp_degrees", "write_claim"]
