@@ -70,9 +70,9 @@ class Workload:
         except InputError as exc:
             raise PlanError(str(exc)) from None
         if lay.total > MAX_TOKENS:
-            raise PlanError(f"frames={self.frames} of width={self.width} x height={self.height} is {lay.total:,} tokens "
-                            f"per clip, above the limit of {MAX_TOKENS:,} (224x the paper's clip); use fewer frames "
-                            f"or a smaller size, e.g. 48 frames of 1024x768")
+            raise PlanError(f"frames={self.frames} of width={self.width} x height={self.height} is {lay.total:,} "
+                            f"tokens per clip, above the limit of {MAX_TOKENS:,} (224x the paper's clip); use fewer "
+                            f"frames or a smaller size, e.g. 48 frames of 1024x768")
         return cfg, lay
 
 
