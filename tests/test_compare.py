@@ -1,6 +1,7 @@
 """s2vbench compare on synthetic noisy data: pass, fail, improvement, pytest-benchmark input."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -453,9 +454,12 @@ def test_our_benchmark_json_names_the_gpu_so_compare_keeps_cards_apart(tmp_path)
     import sys
 
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/benchmarks",
-                           "-k", "test_attention_forward and sdpa", "--benchmark-json", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    # outside this run's xdist worker: pytest-benchmark saves nothing where it sees xdist, inherited or not
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                           "tests/benchmarks", "-k", "test_attention_forward and sdpa", "--benchmark-json", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
+                          env=env)
     assert proc.returncode == 0, proc.stdout[-2000:]
     import torch
 
