@@ -48,6 +48,7 @@ def test_each_ground_point_asks_the_lease_and_is_stopped_within_it(tmp_path, mon
     # each stopped within what is left, keeping run_ranks' own slack and the next point's need
     assert calls == [300.0 - 45.0 - 60.0, 60.0]
     assert [r.tags for r in log.records] == [["failed"], ["failed"]] and "within 195 s" in log.records[0].notes
+    assert [r.kind for r in log.records] == ["ground", "ground"]  # was "iteration": report took them for a sweep's
 
 
 def test_only_the_devices_a_shipped_profile_describes_get_its_figures():

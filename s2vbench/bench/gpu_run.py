@@ -102,7 +102,7 @@ def _own_records(device: torch.device, dtype: torch.dtype, correctness_n: int | 
         for provider in {*attention_providers(device), "flash_attn"}:
             own[_attention_name(shape, provider, dtype)] = (("attention_kernel",), _same_shape(shape))
     own[model.name] = (("iteration",), _same_point(model))
-    for point in ground:  # run_ground records a grounding point that failed as a failed iteration
+    for point in ground:  # before 2026-12-08 run_ground recorded a grounding point that failed as an iteration
         own[f"ground/{point.name}"] = (("ground", "iteration"), _same_point(point))
     for shape in convs:
         own[_conv_name(shape, dtype)] = (("causal_conv_kernel",), _same_shape(shape))

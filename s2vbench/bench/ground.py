@@ -119,7 +119,7 @@ def run_ground(points: list[Point], log, timeout_s: float = 600.0, left_s: Calla
             log.append(ground_record(point, result))
         except (RankFailed, TimeoutError) as e:
             rec = failure_record(point, e)
-            rec.name = name
+            rec.kind, rec.name = "ground", name  # a grounding point, not a sweep's iteration
             log.append(rec)
 
 

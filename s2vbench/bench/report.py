@@ -185,7 +185,7 @@ _ELEMENT_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}
 
 
 def _is_ground(r: Record) -> bool:
-    # run_ground records a point that failed with sweep.failure_record: kind iteration, named ground/...
+    # before 2026-12-08 run_ground recorded a point that failed as kind iteration, named ground/...
     return r.kind == "ground" or r.name.startswith("ground/")
 
 
