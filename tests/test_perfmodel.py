@@ -1027,3 +1027,11 @@ def test_memory_alone_is_the_full_predictions_memory(strategy):
     assert alone.memory == full.memory and alone.memory_phases == full.memory_phases
     assert alone.memory_total == full.memory_total and alone.saved_activations == full.saved_activations
     assert alone.fit == full.fit and alone.time == 0.0
+
+
+def test_inference_refuses_degrees_a_real_job_would_refuse():
+    # Ulysses 3 over 40 heads was predicted without a word (the plan no longer asks for it; the model must not
+    # answer it either)
+    cfg, lay = _layout("14b")
+    with pytest.raises(PlanError, match="Ulysses degree 3"):
+        predict_inference(cfg, lay, Strategy(ulysses=3, ac=False), load_profile("h100-sxm"), steps=1)

@@ -522,14 +522,20 @@ def fsdp_unit_params(cfg: WanS2VConfig) -> tuple[tuple[int, ...], int]:
 # ---- the prediction -----------------------------------------------------------------------------------
 
 
-def _check(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, global_batch: int) -> int:
-    """Micro-batch clips per replica; the degrees are checked as ``parallel.ParallelConfig`` checks a real job."""
+def _check_degrees(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy) -> None:
+    """The degrees, checked as ``parallel.ParallelConfig`` checks a real job (Ulysses dividing the heads, no more
+    context-parallel ranks than tokens)."""
     from ..parallel.mesh import ParallelConfigError
 
     try:
         st.parallel_config().validate(st.world_size, cfg.num_heads, layout.total)
     except ParallelConfigError as exc:
         raise PlanError(str(exc)) from None
+
+
+def _check(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, global_batch: int) -> int:
+    """Micro-batch clips per replica, after :func:`_check_degrees`."""
+    _check_degrees(cfg, layout, st)
     if not isinstance(st.grad_accum, int) or st.grad_accum < 1:
         raise PlanError(f"Strategy.grad_accum={st.grad_accum!r} must be a positive integer")
     if st.dtype not in ("bfloat16", "float32"):
@@ -710,6 +716,7 @@ def predict_inference(cfg: WanS2VConfig, layout: SequenceLayout, st: Strategy, h
                         f"dp_replicate=1 (got {st.dp_shard} and {st.dp_replicate})")
     if not isinstance(batch, int) or batch < 1:
         raise PlanError(f"inference batch {batch!r} must be a positive number of clips")
+    _check_degrees(cfg, layout, st)  # a Ulysses degree that does not divide the heads was predicted silently
     forwards = steps * (2 if cfg_scale else 1)
     pred = Prediction(st, layout.total, batch, capacity=hw.memory_capacity, peak_flops=hw.peak_flops)
     ff = forward_flops(cfg, layout)
