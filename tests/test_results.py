@@ -170,3 +170,29 @@ def test_a_records_own_environment_is_kept(tmp_path):
     a, b = R.read_results(log.path)
     # the log's environment is only for records that have none
     assert a.environment == {"host": "x", "device": "d"} and b.environment == {"host": "h"}
+
+
+def test_a_figure_is_saved_whole_or_not_at_all(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from s2vbench.bench.results import atomic_save_figure
+
+    path = tmp_path / "plot.png"
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    atomic_save_figure(fig, path, dpi=50)
+    old = path.read_bytes()
+    assert old.startswith(b"\x89PNG")
+
+    class Broken:  # a figure whose drawing fails part way, as savefig into the file itself would leave it
+        def savefig(self, buf, **kw):
+            buf.write(b"\x89PNG half")
+            raise RuntimeError("renderer failed")
+
+    with pytest.raises(RuntimeError, match="renderer failed"):
+        atomic_save_figure(Broken(), path)
+    assert path.read_bytes() == old and sorted(p.name for p in tmp_path.iterdir()) == ["plot.png"]
+    plt.close(fig)

@@ -27,7 +27,7 @@ from ..data.sampler import BucketSampler, SamplerError, dp_cost_imbalance
 from ..model.cli import seed_arg
 from ..model.config import PRESETS, get_preset
 from .analytic import clip_step_cost
-from .results import Metric, Record, ResultsLog, atomic_write_text
+from .results import Metric, Record, ResultsLog, atomic_save_figure, atomic_write_text
 
 TARGET_UTILISATION = 0.98
 TARGET_IMBALANCE = 0.02
@@ -336,7 +336,7 @@ def _plot_assignment(plan: BucketPlan, name: str, out: Path) -> str:
     bx.set_title(f"{name}: buckets (M = {plan.geometry.max_tokens:,} tokens)")
     fig.tight_layout()
     png = f"buckets_{name}.png"
-    fig.savefig(out / png, dpi=110)
+    atomic_save_figure(fig, out / png, dpi=110)
     plt.close(fig)
     return png
 
@@ -356,7 +356,7 @@ def _plot_times(points: list[tuple[str, float, list[float]]], floor: float, out:
     ax.set_ylabel("train-step time, s (bar: median; warm-up excluded)")
     ax.set_title(f"Measured vs predicted (noise floor {floor:.1%})")
     fig.tight_layout()
-    fig.savefig(out / "step_time_vs_cost.png", dpi=110)
+    atomic_save_figure(fig, out / "step_time_vs_cost.png", dpi=110)
     plt.close(fig)
     return "step_time_vs_cost.png"
 

@@ -60,7 +60,7 @@ from ..model.sequence import MOTION, SequenceLayout, rope_positions, sequence_la
 from ..model.vae import WanVAE, WanVAEConfig
 from .analytic import forward_flops, parameter_count
 from .measure import peak_rss_bytes
-from .results import Metric, Record, ResultsError, ResultsLog, atomic_write_text
+from .results import Metric, Record, ResultsError, ResultsLog, atomic_save_figure, atomic_write_text
 
 ARMS = ("framepack", "window", "history")
 ARM_TITLES = {"framepack": "FramePack (as released)", "window": "uncompressed 19-frame window",
@@ -573,7 +573,7 @@ def write_plot(table: dict[str, list[dict[str, Any]]], path: Path, title: str) -
     axes[0][1].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

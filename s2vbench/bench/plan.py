@@ -20,7 +20,7 @@ from .perfmodel import (
     predict_training,
 )
 from .profiles import HardwareProfile, ProfileError, load_profile
-from .results import has_type
+from .results import atomic_save_figure, has_type
 
 try:
     import tomllib
@@ -383,7 +383,7 @@ def plot_curves(curves: dict[str, list[tuple[int, Prediction]]], path: Path, tit
         ax.legend(fontsize=8)
     fig.suptitle(title + " (predicted)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 

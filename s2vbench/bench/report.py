@@ -7,7 +7,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .results import Record, ResultsError, atomic_write_text, check_output_folder, is_int, is_number, read_results
+from .results import (Record, ResultsError, atomic_save_figure, atomic_write_text, check_output_folder, is_int,
+                      is_number, read_results)
 
 CALIBRATION_SECTION = "calibration.md"
 """The performance model's calibration and validation section, as ``s2vbench run`` saves it in its folder
@@ -111,7 +112,7 @@ def _plots(records: list[Record], out: Path) -> list[str]:
 
     def save(fig, name: str) -> None:
         fig.tight_layout()
-        fig.savefig(out / name, dpi=120)
+        atomic_save_figure(fig, out / name, dpi=120)
         plt.close(fig)
         made.append(name)
 

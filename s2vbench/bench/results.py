@@ -240,6 +240,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.close(dfd)
 
 
+def atomic_save_figure(fig, path: str | Path, **savefig_kwargs) -> None:
+    """Save a matplotlib figure (PNG, or the format of ``path``'s suffix) so that readers see either the old
+    image or the whole new one, as the reports beside it are written."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", **savefig_kwargs)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
 
@@ -426,5 +436,5 @@ def check_output_file(path, flag: str = "--out", suffixes: tuple[str, ...] = ())
 
 
 __all__ = ["Metric", "Record", "ResultsError", "ResultsLog", "SCHEMA", "SCHEMA_VERSION", "STATUSES",
-           "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "capture_environment", "check_output_file",
-           "check_output_folder", "has_type", "is_int", "is_number", "read_results", "step_times", "to_jsonable"]
+           "atomic_save_figure", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "capture_environment",
+           "check_output_file", "check_output_folder", "has_type", "is_int", "is_number", "read_results", "step_times", "to_jsonable"]
