@@ -253,3 +253,16 @@ def test_gpu_run_exits_1_when_a_stage_failed(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("s2vbench gpu-run: 1 of 2 points failed (causal-conv/conv3/torch.float32); ") and \
         err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("argv", [["report", "x.json", "--out"], ["predict", "--report"], ["run", "--out"],
+                                  ["buckets", "--out"], ["longform", "--out"], ["gpu-run", "--out"],
+                                  ["scaling", "--out"], ["calibrate", "--out"]])
+@pytest.mark.parametrize("empty", ["", " "])
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch, capsys, argv, empty):
+    # Path("") is ".": report and predict wrote report.md, predictions.* and their PNGs where they were run
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        cli.main([*argv, empty])
+    assert e.value.code == 2 and f"takes a path, got {empty!r}" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

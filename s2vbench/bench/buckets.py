@@ -24,7 +24,7 @@ import numpy as np
 from ..data.bucketing import MAX_BATCH, BucketError, BucketGeometry, BucketPlan, fit_fixed, plan_buckets
 from ..data.manifest import ManifestError, read_manifest, shipped_manifests
 from ..data.sampler import BucketSampler, SamplerError, dp_cost_imbalance
-from ..model.cli import seed_arg
+from ..model.cli import path_arg, seed_arg
 from ..model.config import PRESETS, get_preset
 from .analytic import clip_step_cost
 from .results import Metric, Record, ResultsLog, atomic_save_figure, atomic_write_text
@@ -38,7 +38,7 @@ MAX_TIMED_NAIVE_SHAPES = 32
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .cli import non_negative_int, positive_int
 
-    p.add_argument("--manifest", type=Path, action="append", default=None,
+    p.add_argument("--manifest", type=path_arg, action="append", default=None,
                    help="a .jsonl or .parquet manifest (repeatable; default: the shipped synthetic manifests)")
     p.add_argument("--preset", default="small", choices=sorted(PRESETS),
                    help="model preset that is timed (default small)")
@@ -66,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale-max-tokens", type=positive_int, default=44544,
                    help="its M (default 44,544: the paper's clip)")
     p.add_argument("--scale-frames", default="12,20", help="its latent frame window (default 12,20: 48-80 frames)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/buckets-<timestamp>)")
+    p.add_argument("--out", type=path_arg, default=None, help="output folder (default runs/buckets-<timestamp>)")
 
 
 def _pair(text: str, what: str) -> tuple[int, int]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..model.cli import path_arg
 from .perfmodel import (
     ATTENTION_BACKWARD_FLOPS,
     PlanError,
@@ -884,11 +885,9 @@ def calibrate_gpu(base: str = "h100-sxm") -> tuple[HardwareProfile, dict]:
 
 
 def add_arguments(p) -> None:
-    from pathlib import Path
-
     from .profiles import shipped_profiles
 
-    p.add_argument("--out", type=Path, required=True,
+    p.add_argument("--out", type=path_arg, required=True,
                    help="profile JSON to write, PROFILE.json (beside it: PROFILE.raw.json, every sample behind the "
                         "fit, and, while a CPU calibration runs, PROFILE.rounds.json, its finished rounds)")
     p.add_argument("--base", default="h100-sxm",

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..model import cli as model_cli
+from ..model.cli import path_arg
 
 
 def _default_out() -> Path:
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "for single/fsdp/ulysses/ring (CPU, gloo), then the report")
     p_run.add_argument("--preset", default="small", help="model preset (default small)")
     p_run.add_argument("--steps", type=positive_int, default=None, help="timed steps per point (default 3)")
-    p_run.add_argument("--out", type=Path, default=None, help="output folder (default runs/<timestamp>); an "
+    p_run.add_argument("--out", type=path_arg, default=None, help="output folder (default runs/<timestamp>); an "
                                                               "existing one is resumed")
     p_run.add_argument("--quiet", action="store_true", help="no progress bar")
     p_run.add_argument("--no-calibration", action="store_true",
@@ -216,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                             f"points and one calibration round always run, further rounds only while they fit; "
                             f"the report says when rounds were cut")
     p_rep = sub.add_parser("report", help="markdown report with tables and plots from results files")
-    p_rep.add_argument("results", nargs="+", type=Path)
-    p_rep.add_argument("--out", type=Path, required=True, help="folder for report.md and its plots")
+    p_rep.add_argument("results", nargs="+", type=path_arg)
+    p_rep.add_argument("--out", type=path_arg, required=True, help="folder for report.md and its plots")
     p_rep.add_argument("--title", default=None)
     p_sc = sub.add_parser("scaling", help="sweep GPU counts and strategies: inside torchrun/SLURM, or launching "
                                           "torchrun per GPU count on this node")
@@ -251,9 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     p_sc.add_argument("--steps", type=positive_int, default=3, help="timed steps per point (default 3)")
     p_sc.add_argument("--warmup", type=non_negative_int, default=1,
                       help="untimed warm-up steps per point, excluded from every figure (default 1)")
-    p_sc.add_argument("--sweep", type=Path, default=None, help="a TOML sweep file (overrides the flags above)")
-    p_sc.add_argument("--points-json", type=Path, default=None, help=argparse.SUPPRESS)
-    p_sc.add_argument("--out", type=Path, default=None, help="output folder (default runs/<timestamp>)")
+    p_sc.add_argument("--sweep", type=path_arg, default=None, help="a TOML sweep file (overrides the flags above)")
+    p_sc.add_argument("--points-json", type=path_arg, default=None, help=argparse.SUPPRESS)
+    p_sc.add_argument("--out", type=path_arg, default=None, help="output folder (default runs/<timestamp>)")
     p_sc.add_argument("--sbatch", action="store_true", help="print an sbatch script for this sweep and exit")
     p_sc.add_argument("--nodes", type=positive_int, default=1, help="with --sbatch: nodes (default 1)")
     p_sc.add_argument("--gpus-per-node", type=positive_int, default=8, help="with --sbatch: GPUs per node (default 8)")
@@ -265,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     p_sc.add_argument("--account", default=None, help="with --sbatch: the SLURM account (default: yours)")
     p_cmp = sub.add_parser("compare", help="regression check: flags medians outside the baseline's bootstrap CI; "
                                            "exits 1 on a regression")
-    p_cmp.add_argument("baseline", type=Path)
-    p_cmp.add_argument("new", type=Path)
+    p_cmp.add_argument("baseline", type=path_arg)
+    p_cmp.add_argument("new", type=path_arg)
     p_cmp.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
     p_cmp.add_argument("--repeats", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p_cmp.add_argument("--allow-missing", action="store_true",
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     from .gpu_run import DEFAULT_BUDGET_MIN as GPU_RUN_BUDGET_MIN  # no Triton at import: the kernels load lazily
 
     p_gpu = sub.add_parser("gpu-run", help="kernel correctness and benchmarks for one GPU lease (tiny shapes on CPU)")
-    p_gpu.add_argument("--out", type=Path, default=None, help="output folder (default runs/<timestamp>)")
+    p_gpu.add_argument("--out", type=path_arg, default=None, help="output folder (default runs/<timestamp>)")
     p_gpu.add_argument("--budget-min", type=_positive_minutes, default=GPU_RUN_BUDGET_MIN,
                        help=f"wall-clock budget in minutes (default {GPU_RUN_BUDGET_MIN:g}: one device command of a "
                             f"15-minute lease)")

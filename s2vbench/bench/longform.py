@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from ..model import PreparedSequence, WanS2V, get_preset
+from ..model.cli import path_arg
 from ..model.config import PRESETS, Preset, WanS2VConfig
 from ..model.device import check_device
 from ..model.pipeline import (
@@ -721,7 +722,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vae-dim", type=positive_int, default=None, help="random VAE base width in the split "
                         "(default 8 for tiny and small, 96 otherwise)")
     parser.add_argument("--no-audio-model", action="store_true", help="skip the wav2vec2 timing in the split")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/longform-<time>); an "
+    parser.add_argument("--out", type=path_arg, default=None, help="output folder (default runs/longform-<time>); an "
                         "existing results.json there is resumed")
     parser.add_argument("--in-process", action="store_true", help="run every point in this process (faster; no "
                         "per-point CPU memory)")

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..model.cli import path_arg
 from ..model.config import ConfigError, WanS2VConfig, get_preset
 from ..model.sequence import InputError, SequenceLayout, sequence_layout
 from .analytic import parameter_count
@@ -491,7 +492,7 @@ def write_claim(log, work: Workload, gpus: int, hardware: list[str], sections: l
 
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", type=Path, help="a plan TOML (see s2vbench/bench/sweeps/plan_14b_usp.toml)")
+    p.add_argument("config", type=path_arg, help="a plan TOML (see s2vbench/bench/sweeps/plan_14b_usp.toml)")
     p.add_argument("--hw", default=None, help="hardware profile name or JSON (default: the file's, else h100-sxm)")
 
 
@@ -519,7 +520,7 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
                    help="WIDTHxHEIGHT in pixels (default: the preset's clip's, 1024x768 for 14b)")
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--hw", default="h100-sxm", help="hardware profile(s), comma-separated")
-    p.add_argument("--report", type=Path, default=None, help="also write predictions.md, plots and JSON here")
+    p.add_argument("--report", type=path_arg, default=None, help="also write predictions.md, plots and JSON here")
 
 
 def run_predict(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 from tabulate import tabulate
@@ -81,6 +82,14 @@ def seed_arg(text: str) -> int:
     return value
 
 
+def path_arg(text: str) -> Path:
+    """An argparse type for a file or folder: an empty or blank one is refused (``Path("")`` is the current
+    folder, where an output would land unasked)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"takes a path, got {text!r}")
+    return Path(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", required=True, choices=sorted(PRESETS), help="model preset")
     parser.add_argument("--no-forward", action="store_true", help="only count parameters")
@@ -98,4 +107,4 @@ def main(argv: list[str] | None = None) -> int:
     return run(parser.parse_args(argv))
 
 
-__all__ = ["SEED_MAX", "build", "describe", "main", "parameter_groups", "seed_arg", "smoke_forward"]
+__all__ = ["SEED_MAX", "build", "describe", "main", "parameter_groups", "path_arg", "seed_arg", "smoke_forward"]

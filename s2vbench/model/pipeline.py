@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .audio_frontend import SAMPLE_RATE, VIDEO_FPS, AudioFrontend, bucket_per_video_frame, resample_features
-from .cli import seed_arg
+from .cli import path_arg, seed_arg
 from .config import WanS2VConfig
 from .device import check_device
 from .sampling import ClipConditions, sample_clip
@@ -559,23 +559,23 @@ def _size(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .config import PRESETS
 
-    parser.add_argument("--image", required=True, type=Path, help="reference image (png, jpg)")
-    parser.add_argument("--audio", required=True, type=Path, help="driving audio (wav; resampled to 16 kHz mono)")
-    parser.add_argument("--out", required=True, type=Path, help="output mp4")
+    parser.add_argument("--image", required=True, type=path_arg, help="reference image (png, jpg)")
+    parser.add_argument("--audio", required=True, type=path_arg, help="driving audio (wav; resampled to 16 kHz mono)")
+    parser.add_argument("--out", required=True, type=path_arg, help="output mp4")
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="DiT preset (default tiny)")
-    parser.add_argument("--weights", type=Path, help="local folder of the released model (Wan2.2-S2V-14B): DiT "
+    parser.add_argument("--weights", type=path_arg, help="local folder of the released model (Wan2.2-S2V-14B): DiT "
                         "safetensors, Wan2.1_VAE.pth, wav2vec2-large-xlsr-53-english/; default: random weights")
     parser.add_argument("--vae-dim", type=int, help="base width of a random-weight VAE (default: 8 for tiny and small, "
                         "96 otherwise)")
     parser.add_argument("--size", type=_size, help="HxW, multiples of 64 (default: the image's own size)")
-    parser.add_argument("--text-embedding", type=Path, help="precomputed prompt embedding (.safetensors/.pt with "
+    parser.add_argument("--text-embedding", type=path_arg, help="precomputed prompt embedding (.safetensors/.pt with "
                         "'context' and optionally 'negative_context')")
-    parser.add_argument("--text-encoder", type=Path, help="local Hugging Face umT5 folder (with --prompt)")
+    parser.add_argument("--text-encoder", type=path_arg, help="local Hugging Face umT5 folder (with --prompt)")
     parser.add_argument("--prompt", default="", help="prompt for --text-encoder")
     parser.add_argument("--negative-prompt", default="", help="negative prompt for --text-encoder")
-    parser.add_argument("--audio-features", type=Path, help="precomputed wav2vec2 hidden states [layers, T_50fps, C]")
-    parser.add_argument("--wav2vec2", type=Path, help="local wav2vec2 folder (default: the one in --weights)")
-    parser.add_argument("--pose", type=Path, help="optional pose video")
+    parser.add_argument("--audio-features", type=path_arg, help="precomputed wav2vec2 hidden states [layers, T_50fps, C]")
+    parser.add_argument("--wav2vec2", type=path_arg, help="local wav2vec2 folder (default: the one in --weights)")
+    parser.add_argument("--pose", type=path_arg, help="optional pose video")
     parser.add_argument("--infer-frames", type=int, default=None, help="frames per clip (default: 80, or the "
                         "preset's clip for tiny/small)")
     parser.add_argument("--num-clips", type=int, help="clips to generate (default: as many as the audio covers)")
