@@ -144,3 +144,21 @@ def test_the_header_names_every_machine_and_commit(tmp_path):
     assert f"- **cpu-b x 8 cores** (0 GPUs), git bbbbbbbbbbbb: 1 record(s) from {mixed.path};" in text
     alone = write_report([gpu], tmp_path / "alone").read_text()  # one machine and commit: one line, as before
     assert "Device: **NVIDIA H100 80GB HBM3** (1 GPUs); CPU test-cpu x 16; " in alone and "git aaaaaaaaaaaa." in alone
+
+
+def test_speed_up_is_against_the_baseline_of_the_same_machine():
+    # a 2-rank point of a fast machine measured against a slow machine's 1-rank baseline showed the machines'
+    # difference as scaling
+    from s2vbench.bench.report import speedups
+    from s2vbench.bench.results import Metric, Record
+
+    def point(world, step, cpu):
+        return Record("iteration", f"{cpu}/w{world}", {"world": world, "strategy": "fsdp" if world > 1 else "single",
+                                                       "preset": "small", "global_batch": 2},
+                      [Metric("step_time", step, "s", "synthetic"),
+                       Metric("exposed_comm", 0.0, "s", "synthetic", stats={"share": 0.0})],
+                      environment={"device": "cpu", "cpu": cpu, "cpu_count": 2})
+
+    bases, sp = speedups([point(1, 4.0, "slow"), point(2, 2.5, "slow"), point(1, 1.0, "fast"), point(2, 0.8, "fast")])
+    assert len(bases) == 2
+    assert sp["fast/w2"][0] == 1.0 / 0.8 and sp["slow/w2"][0] == 4.0 / 2.5

@@ -59,11 +59,12 @@ def timed(records: list[Record]) -> list[Record]:
 
 def group_key(r: Record) -> tuple:
     """Points that differ only in rank count and strategy compare with each other (strong scaling also keeps
-    the global batch; weak scaling lets it grow with the data-parallel degree)."""
+    the global batch; weak scaling lets it grow with the data-parallel degree), on one machine: a speed-up
+    against another machine's baseline would be the machines' difference."""
     c = r.config
     batch = c.get("global_batch") if c.get("scaling", "strong") == "strong" else None
     return (c.get("preset"), c.get("ac"), c.get("dtype"), c.get("attention_backend"), c.get("scaling"), batch,
-            c.get("compile", False), c.get("tokens"))
+            c.get("compile", False), c.get("tokens"), machine(r.environment))
 
 
 def check_iteration(r: Record) -> None:
@@ -124,7 +125,8 @@ def _plots(records: list[Record], out: Path) -> list[str]:
         w0 = min(worlds)
         ax.plot(worlds, [w / w0 for w in worlds], "k--", label="ideal")
         for key, base in sorted(bases.items(), key=lambda kv: str(kv[0])):
-            tag = "" if len(bases) == 1 else f" (ac={key[1]}, {key[2]})"
+            several = len({k[-1] for k in bases}) > 1
+            tag = "" if len(bases) == 1 else f" (ac={key[1]}, {key[2]}{', ' + key[-1] if several else ''})"
             group = [r for r in ran if group_key(r) == key]
             for strategy in sorted({strategy_label(r.config) for r in group}):
                 pts = sorted((r.config["world"], sp[r.name][0]) for r in group if strategy_label(r.config) == strategy)
