@@ -89,19 +89,33 @@ def test_resuming_over_points_measured_with_other_settings_is_refused(tmp_path):
     points = [Point("tiny", 1, "single", steps=5, warmup=2), Point("tiny", 2, "fsdp", steps=5, warmup=2)]
     same, other = _record(points[0]), _record(Point("tiny", 2, "fsdp", steps=3, warmup=1))
     assert other.name == points[1].name  # names leave steps and warm-up out: that is how it slipped through
-    sweep.check_resume([same, _record(Point("tiny", 2, "ring"))], points, "r.json")  # other names: not ours
+    sweep.check_resume([same, _record(Point("tiny", 2, "ring"))], points, "r.json", {})  # other names: not ours
     with pytest.raises(ValueError, match=r"r.json already holds 1 of this sweep's points measured with other "
-                                         r"settings.*tiny/fsdp/w2.*\(steps 3 there, 5 now, warmup 1 there, 2 now\)"
+                                         r"settings or elsewhere.*tiny/fsdp/w2.*\(steps 3 there, 5 now, warmup 1 there, 2 now\)"
                                          r".*write to a new --out"):
-        sweep.check_resume([same, other], points, "r.json")
+        sweep.check_resume([same, other], points, "r.json", {})
     # a record's config carries the actual token count beside the requested one; it still compares equal
     tok = Point("tiny", 1, "single", tokens=416)
     cfg = tok.to_dict() | {"tokens": 448, "tokens_requested": 416, "model": {}}
-    sweep.check_resume([Record("iteration", tok.name, cfg, [Metric("step_time", 1.0, "s", "x")])], [tok], "r")
+    sweep.check_resume([Record("iteration", tok.name, cfg, [Metric("step_time", 1.0, "s", "x")])], [tok], "r", {})
+
+
+def test_a_point_measured_on_another_machine_is_not_resumed_as_this_ones():
+    # gpu-run refused these; run and scaling kept them, and report then mixed two machines' times in one run
+    point = Point("tiny", 1, "single")
+    theirs = _record(point)
+    theirs.environment = {"device": "cpu", "cpu": "Intel Xeon", "cpu_count": 2}
+    here = {"device": "cpu", "cpu": "AMD EPYC", "cpu_count": 2}
+    with pytest.raises(ValueError, match=r"r.json already holds 1 of this sweep's points measured with other settings "
+                                         r"or elsewhere.*measured on Intel Xeon x 2 cores; this machine is AMD EPYC"):
+        sweep.check_resume([theirs], [point], "r.json", here)
+    sweep.check_resume([theirs], [point], "r.json", None)  # a job's ranks: not compared
+    theirs.environment = dict(here, host="another-runner")  # one machine type, another host: the same machine
+    sweep.check_resume([theirs], [point], "r.json", here)
 
 
 def test_run_sweep_refuses_the_clash_before_running_anything(tmp_path, monkeypatch):
-    log = ResultsLog(tmp_path / "results.json", environment={"device": "cpu"})
+    log = ResultsLog(tmp_path / "results.json")  # this machine's: only the steps differ
     log.append(_record(Point("tiny", 1, "single", steps=1)))
     monkeypatch.setattr(sweep, "run_ranks", lambda *a, **k: pytest.fail("ran a point"))
     with pytest.raises(ValueError, match="steps 1 there, 2 now"):

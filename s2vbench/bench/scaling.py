@@ -31,7 +31,8 @@ from ..parallel.launch import default_backend
 from .cluster import detect_env, export_for_torch
 from ..parallel.local_attention import BACKENDS
 from .points import DTYPES, STRATEGIES, Point, clip_for_tokens
-from .results import ResultsLog, atomic_write_bytes, check_output_folder, has_type, is_int, read_results
+from .results import (ResultsLog, atomic_write_bytes, capture_environment, check_output_folder, has_type, is_int,
+                      read_results)
 from .sweep import check_resume, check_runnable_here, failure_record, point_record
 from .worker import PointOOM, run_point_rank
 
@@ -244,7 +245,9 @@ def run_in_job(points: list[Point], out: Path, timeout_s: float = 900.0) -> None
     # wait for it forever.
     finished = set(_died_in(out, mine))
     recorded = read_results(results_path) if results_path.exists() else []
-    check_resume(recorded, mine, results_path)  # every rank raises alike, before any point
+    # every rank raises alike, before any point; the machine is not compared, since ranks on several nodes
+    # could not agree on one without a collective
+    check_resume(recorded, mine, results_path, None)
     finished |= {r.name for r in recorded}
     log = ResultsLog(results_path) if env.rank == 0 else None
     if log is not None:
@@ -340,7 +343,7 @@ def launch_sweep(points: list[Point], out: Path, timeout_s: float = 3600.0) -> R
     check_output_folder(out)  # before any rank starts, not at the first point's write
     check_runnable_here(points, ranks_on_this_host=True)
     recorded = out / "results.json"
-    check_resume(read_results(recorded) if recorded.exists() else [], points, recorded)
+    check_resume(read_results(recorded) if recorded.exists() else [], points, recorded, capture_environment())
     spec = out / "sweep.json"
     spec.write_text(json.dumps([p.to_dict() for p in points]))
     for world in sorted({p.world for p in points}):

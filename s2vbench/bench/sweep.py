@@ -199,14 +199,21 @@ def failure_record(point: Point, error: BaseException) -> Record:
                   tags=[status], notes=_last_lines(text, 4000))
 
 
-def check_resume(records: list[Record], points: list[Point], where: str | Path) -> None:
-    """Refuse to resume over records of these points measured with other settings: a point's name leaves out
-    its steps, warm-up and other fields, so such a record would pass as this sweep's and be kept."""
+def check_resume(records: list[Record], points: list[Point], where: str | Path, environment: dict | None) -> None:
+    """Refuse to resume over records of these points measured with other settings, or on another machine than
+    ``environment``'s (as gpu-run refuses its own; None: not checked): a point's name leaves out its steps,
+    warm-up, other fields and the machine, so such a record would pass as this sweep's and be kept."""
+    from .report import machine
+
     wanted = {p.name: p for p in points}
+    here = machine(environment) if environment is not None else None
     clashes = []
     for r in records:
         point = wanted.get(r.name)
         if point is None:
+            continue
+        if here is not None and machine(r.environment) != here:
+            clashes.append(f"{r.name} (measured on {machine(r.environment)}; this machine is {here})")
             continue
         try:
             saved = Point.from_dict(r.config)
@@ -219,8 +226,8 @@ def check_resume(records: list[Record], points: list[Point], where: str | Path) 
             clashes.append(f"{r.name} ({', '.join(diff)})")
     if clashes:
         more = f"; and {len(clashes) - 3} more" if len(clashes) > 3 else ""
-        raise ValueError(f"{where} already holds {len(clashes)} of this sweep's points measured with other settings, "
-                         f"which resuming would keep as this sweep's: {'; '.join(clashes[:3])}{more}. Re-run with "
+        raise ValueError(f"{where} already holds {len(clashes)} of this sweep's points measured with other settings "
+                         f"or elsewhere, which resuming would keep as this sweep's: {'; '.join(clashes[:3])}{more}. Re-run with "
                          f"the settings they were measured with, write to a new --out, or remove those records "
                          f"from the file")
 
@@ -304,7 +311,7 @@ def run_sweep(points: list[Point], results_path: str | Path, timeout_s: float = 
         p.validate()
     check_runnable_here(points)
     log = ResultsLog(results_path)
-    check_resume(log.records, points, results_path)
+    check_resume(log.records, points, results_path, log.environment)
     todo = [p for p in points if not log.done(p.name)]
     bar = None
     if progress:
