@@ -49,9 +49,13 @@ def _gpu_run_results(path, with_model=False):
                        [Metric.failed("passed", "1", RuntimeError("no warp specialisation here"))]),
                 _attention("triton", 20.0, 50.0), _attention("sdpa_cudnn", 25.0, 45.0),
                 _attention("sdpa_flash", 30.0, 60.0), _ground("ulysses"),
-                # a grounding point that failed, as run_ground records it
-                Record("iteration", "ground/14b-2layer/ring/w8",
+                # grounding points that failed, as run_ground records them, and as it did before 2026-12-08
+                Record("ground", "ground/14b-2layer/ring/w8",
                        {"preset": "14b-2layer", "world": 8, "strategy": "ring"},
+                       [Metric("step_time", None, "s", "failed: RankFailed: rank 0 exited with code 1",
+                               status="not_measured")], tags=["failed"]),
+                Record("iteration", "ground/14b-2layer/ring/w4",
+                       {"preset": "14b-2layer", "world": 4, "strategy": "ring"},
                        [Metric("step_time", None, "s", "failed: RankFailed: rank 0 exited with code 1",
                                status="not_measured")], tags=["failed"]),
                 Record("causal_conv_kernel", "causal-conv/conv1_local/torch.bfloat16",
@@ -97,7 +101,9 @@ def test_report_tables_what_gpu_run_measures_without_a_model_point(tmp_path, cap
     ground = _row(text, "| ulysses w8 ")
     assert "1.25 (measured)" in ground and "11.5 (predicted)" in ground and "9.75 (predicted)" in ground
     assert "| 1.25 " in ground and "h100-sxm" in ground  # measured / model
-    assert "- `ground/14b-2layer/ring/w8`: failed: RankFailed" in text
+    for world in (8, 4):
+        assert f"- `ground/14b-2layer/ring/w{world}`: failed: RankFailed" in text
+    assert "ring w8" not in text  # listed as a point that did not run, not as a row of empty figures
     # the conv: times, speed-up, and bytes (x, weight, bias, output: 33,347,584 in bf16) over the time
     conv = _row(text, "conv1_local (B1 1024->5120 T153 stride 1)")
     assert "| 100.0 " in conv and "| 40.0 " in conv and "| 2.50 " in conv and "| 833.7 " in conv
@@ -138,7 +144,7 @@ def test_the_header_names_every_machine_and_commit(tmp_path):
     text = write_report([gpu, mixed.path], tmp_path / "rep").read_text()
     assert "Device: **" not in text
     assert "(3 machine(s), 2 commit(s))" in text
-    assert (f"- **NVIDIA H100 80GB HBM3 | test-cpu x 16 cores** (1 GPUs), git aaaaaaaaaaaa: 9 record(s) from "
+    assert (f"- **NVIDIA H100 80GB HBM3 | test-cpu x 16 cores** (1 GPUs), git aaaaaaaaaaaa: 10 record(s) from "
             f"{gpu};") in text
     assert f"- **cpu-a x 2 cores** (0 GPUs), git bbbbbbbbbbbb: 2 record(s) from {mixed.path};" in text
     assert f"- **cpu-b x 8 cores** (0 GPUs), git bbbbbbbbbbbb: 1 record(s) from {mixed.path};" in text

@@ -320,7 +320,7 @@ def _ground_lines(records: list[Record]) -> list[str]:
 
     rows, missing, failed = [], set(), []
     for r in recs:
-        if r.kind != "ground":
+        if r.kind != "ground" or {"failed", "oom"} & set(r.tags):  # failure_record's, of either kind
             failed.append(f"- `{r.name}`: {r.metrics[0].how if r.metrics else r.notes}")
             continue
         missing |= {f"{m.name}: {m.how}" for m in r.metrics if m.status == "not_measured"}
